@@ -1,0 +1,85 @@
+"""HTTP for jobs: follow, list, cancel, and stream progress (server-sent events)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from service.deps import CtxDep, UowDep, WriterDep
+from service.errors import error_responses
+from service.jobs import repository, service
+from service.jobs.schemas import JobOut, JobState
+from service.pagination import Page, PageParams, encode_token, page_params
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.get("", operation_id="list_jobs", response_model=Page[JobOut], responses=error_responses(422))
+def list_jobs(
+    uow: UowDep,
+    page: Annotated[PageParams, Depends(page_params)],
+    state: JobState | None = None,
+    kind: str | None = None,
+) -> Page[JobOut]:
+    rows = repository.list_page(uow.session, page.limit, page.after, state, kind)
+    items = [JobOut.model_validate(j) for j in rows[: page.limit]]
+    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
+    return Page[JobOut](items=items, next_page_token=token)
+
+
+@router.get("/{job_id}", operation_id="get_job", response_model=JobOut, responses=error_responses(404))
+def get_job(job_id: str, uow: UowDep) -> JobOut:
+    return JobOut.model_validate(service.get_job(uow.session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    operation_id="cancel_job",
+    response_model=JobOut,
+    dependencies=[WriterDep],
+    responses=error_responses(401, 404, 409),
+)
+def cancel_job(job_id: str, uow: UowDep) -> JobOut:
+    return JobOut.model_validate(service.request_cancel(uow.session, job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    operation_id="stream_job_events",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}}
+    | error_responses(404),
+    response_class=StreamingResponse,
+)
+async def stream_job_events(
+    job_id: str,
+    ctx: CtxDep,
+    poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5,
+    timeout_s: Annotated[float, Query(ge=1, le=3600)] = 600,
+) -> StreamingResponse:
+    """Every progress event of the job, then a final ``state`` event when it ends (or at ``timeout_s``)."""
+    with ctx.sessions() as session:
+        service.get_job(session, job_id)
+
+    async def events() -> AsyncIterator[str]:
+        last = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            with ctx.sessions() as session:
+                rows = repository.events_after(session, job_id, last)
+                job = service.get_job(session, job_id)
+                state = job.state
+                final = JobOut.model_validate(job).model_dump(mode="json")
+            for ev in rows:
+                last = ev.id
+                yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(ev.data)}\n\n"
+            if state in repository.FINISHED or loop.time() > deadline:
+                yield f"event: state\ndata: {json.dumps(final)}\n\n"
+                return
+            await asyncio.sleep(poll_s)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,113 @@
+"""Every query on jobs and their events."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobEvent, utcnow
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def get(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_page(session: Session, limit: int, after: str | None, state: str | None, kind: str | None) -> Sequence[Job]:
+    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if state:
+        q = q.where(Job.state == state)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if after:
+        ref = session.get(Job, after)
+        if ref is not None:
+            q = q.where(
+                or_(Job.created_at < ref.created_at, and_(Job.created_at == ref.created_at, Job.id < ref.id))
+            )
+    return session.scalars(q).all()
+
+
+def claim(session: Session, job_id: str, worker: str, stale_before: dt.datetime) -> bool:
+    """Atomically take a queued job, or a running one whose worker stopped beating. One winner only."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            or_(Job.state == "queued", and_(Job.state == "running", Job.heartbeat_at < stale_before)),
+        )
+        .values(
+            state="running",
+            attempts=Job.attempts + 1,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def heartbeat(session: Session, job_id: str, worker: str) -> bool:
+    """Refresh the heartbeat; returns whether cancellation was requested."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish(
+    session: Session, job_id: str, worker: str, state: str, *, result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """Move a job this worker holds to a final state; False when someone else took it over meanwhile."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
+        .values(state=state, result=result, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def set_progress(session: Session, job_id: str, progress: dict[str, Any]) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(progress=progress).execution_options(synchronize_session=False)
+    )
+
+
+def add_event(session: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
+
+
+def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> Sequence[JobEvent]:
+    q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+    return session.scalars(q).all()
+
+
+def stale_running(session: Session, stale_before: dt.datetime) -> Sequence[Job]:
+    q = select(Job).where(Job.state == "running", Job.heartbeat_at < stale_before)
+    return session.scalars(q).all()
+
+
+def requeue_if_stale(session: Session, job_id: str, stale_before: dt.datetime) -> bool:
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.heartbeat_at < stale_before)
+        .values(state="queued", worker=None)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def queued(session: Session) -> Sequence[Job]:
+    return session.scalars(select(Job).where(Job.state == "queued").order_by(Job.created_at)).all()

@@ -1,0 +1,58 @@
+"""HTTP for browsing the learngene registry."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from service.deps import UowDep
+from service.errors import error_responses
+from service.learngenes import repository, service
+from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut
+from service.pagination import Page, PageParams, encode_token, page_params
+
+router = APIRouter(prefix="/v1/learngenes", tags=["learngenes"])
+
+
+@router.get("", operation_id="list_learngenes", response_model=Page[LearngeneOut], responses=error_responses(422))
+def list_learngenes(
+    uow: UowDep, page: Annotated[PageParams, Depends(page_params)], method: str | None = None
+) -> Page[LearngeneOut]:
+    rows = repository.list_page(uow.session, page.limit, page.after, method)
+    items = [service.learngene_out(uow.session, lg) for lg in rows[: page.limit]]
+    token = encode_token(rows[page.limit - 1].name) if len(rows) > page.limit else None
+    return Page[LearngeneOut](items=items, next_page_token=token)
+
+
+@router.get("/{name}", operation_id="get_learngene", response_model=LearngeneOut, responses=error_responses(404))
+def get_learngene(name: str, uow: UowDep) -> LearngeneOut:
+    return service.learngene_out(uow.session, service.get_learngene(uow.session, name))
+
+
+@router.get(
+    "/{name}/versions",
+    operation_id="list_learngene_versions",
+    response_model=Page[LearngeneVersionOut],
+    responses=error_responses(404, 422),
+)
+def list_versions(
+    name: str, uow: UowDep, page: Annotated[PageParams, Depends(page_params)]
+) -> Page[LearngeneVersionOut]:
+    lg = service.get_learngene(uow.session, name)
+    after = page.after if isinstance(page.after, int) else None
+    rows = repository.versions_page(uow.session, lg.id, page.limit, after)
+    items = [service.version_out(uow.session, v) for v in rows[: page.limit]]
+    token = encode_token(rows[page.limit - 1].version) if len(rows) > page.limit else None
+    return Page[LearngeneVersionOut](items=items, next_page_token=token)
+
+
+@router.get(
+    "/{name}/versions/{ref}",
+    operation_id="get_learngene_version",
+    response_model=LearngeneVersionOut,
+    responses=error_responses(404),
+)
+def get_version(name: str, ref: str, uow: UowDep) -> LearngeneVersionOut:
+    """``ref`` is a version number or an alias such as ``latest``."""
+    lg = service.get_learngene(uow.session, name)
+    return service.version_out(uow.session, service.get_version(uow.session, lg, ref))

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class LearngeneOut(BaseModel):
+    name: str
+    method: str
+    family: str
+    description: str
+    created_at: dt.datetime
+    latest_version: int | None
+    version_count: int
+    aliases: dict[str, int]
+
+
+class Lineage(BaseModel):
+    """Where a version came from: its ancestry, the dataset it was condensed on, and the job that made it."""
+
+    ancestry_id: int | None
+    ancestry_name: str | None
+    dataset: str | None
+    job_id: str | None
+    mode: str | None
+
+
+class LearngeneVersionOut(BaseModel):
+    learngene: str
+    version: int
+    method: str
+    status: str
+    aliases: list[str]
+    lineage: Lineage
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+    sha256: str | None
+    size_bytes: int | None
+    created_at: dt.datetime
+    tensors_url: str

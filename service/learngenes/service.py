@@ -1,0 +1,139 @@
+"""Business rules of the learngene registry: naming, version resolution, publishing new versions."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.errors import InvalidRequest, NotFound
+from service.learngenes import repository
+from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut, Lineage
+from service.models import Learngene, LearngeneVersion
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,59}$")
+LATEST = "latest"
+
+
+def check_name(name: str, field: str = "learngene") -> str:
+    if not NAME_RE.match(name):
+        raise InvalidRequest(
+            f"learngene name {name!r} must be 1-100 of lowercase letters, digits, '.', '_' or '-'", field=field
+        )
+    return name
+
+
+def get_learngene(session: Session, name: str) -> Learngene:
+    lg = repository.by_name(session, name)
+    if lg is None:
+        raise NotFound(f"learngene {name!r} not found")
+    return lg
+
+
+def get_version(session: Session, lg: Learngene, ref: str) -> LearngeneVersion:
+    """``ref`` is a version number or an alias (``latest``...)."""
+    if ref.isdigit():
+        v = repository.version(session, lg.id, int(ref))
+    else:
+        v = repository.version_by_alias(session, lg.id, ref)
+    if v is None:
+        raise NotFound(f"learngene {lg.name!r} has no version {ref!r}")
+    return v
+
+
+def resolve(session: Session, reference: str, field: str = "learngene") -> LearngeneVersion:
+    """``name`` or ``name:version-or-alias`` to a ready version."""
+    name, _, ref = reference.partition(":")
+    check_name(name, field)
+    lg = get_learngene(session, name)
+    version = get_version(session, lg, ref or LATEST)
+    if version.status != "ready":
+        raise InvalidRequest(f"learngene {name}:{version.version} is {version.status}, not ready", field=field)
+    return version
+
+
+def learngene_out(session: Session, lg: Learngene) -> LearngeneOut:
+    aliases = {a.alias: a.version.version for a in lg.aliases}
+    return LearngeneOut(
+        name=lg.name,
+        method=lg.method,
+        family=lg.family,
+        description=lg.description,
+        created_at=lg.created_at,
+        latest_version=aliases.get(LATEST),
+        version_count=repository.count_versions(session, lg.id),
+        aliases=aliases,
+    )
+
+
+def version_out(session: Session, v: LearngeneVersion) -> LearngeneVersionOut:
+    name = v.learngene.name
+    return LearngeneVersionOut(
+        learngene=name,
+        version=v.version,
+        method=v.method,
+        status=v.status,
+        aliases=repository.aliases_of(session, v.id),
+        lineage=Lineage(
+            ancestry_id=v.ancestry_id,
+            ancestry_name=v.ancestry.name if v.ancestry else None,
+            dataset=v.dataset,
+            job_id=v.job_id,
+            mode=v.mode,
+        ),
+        hyperparams=v.hyperparams,
+        metrics=v.metrics,
+        meta=v.meta,
+        sha256=v.sha256,
+        size_bytes=v.size_bytes,
+        created_at=v.created_at,
+        tensors_url=f"/v1/learngenes/{name}/versions/{v.version}/tensors",
+    )
+
+
+def publish_version(
+    session: Session,
+    *,
+    name: str,
+    method: str,
+    description: str,
+    ancestry_id: int | None,
+    job_id: str | None,
+    dataset: str | None,
+    mode: str | None,
+    hyperparams: dict[str, Any],
+    metrics: dict[str, Any],
+    meta: dict[str, Any],
+    sha256: str,
+    size_bytes: int,
+    storage_key: str,
+) -> LearngeneVersion:
+    """Add a ready version (creating the learngene on first use) and point ``latest`` at it."""
+    lg = repository.by_name(session, name)
+    if lg is None:
+        lg = Learngene(name=name, method=method, description=description)
+        session.add(lg)
+        session.flush()
+    elif lg.method != method:
+        raise InvalidRequest(f"learngene {name!r} holds method {lg.method!r}, not {method!r}", field="learngene")
+    version = LearngeneVersion(
+        learngene_id=lg.id,
+        version=repository.max_version(session, lg.id) + 1,
+        method=method,
+        status="ready",
+        ancestry_id=ancestry_id,
+        job_id=job_id,
+        dataset=dataset,
+        mode=mode,
+        hyperparams=hyperparams,
+        metrics=metrics,
+        meta=meta,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        storage_key=storage_key,
+    )
+    session.add(version)
+    session.flush()
+    repository.set_alias(session, lg.id, LATEST, version.id)
+    return version

@@ -1,0 +1,216 @@
+"""The registry: typed SQLAlchemy 2 models. Migrations in ``migrations/`` create exactly these tables."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on the way out, whatever the backend stores (SQLite keeps naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Ancestry(Base):
+    """An uploaded (or seeded) source model: a timm architecture plus its weights in storage."""
+
+    __tablename__ = "ancestries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    architecture: Mapped[str] = mapped_column(String(200))
+    model_args: Mapped[dict[str, Any]]
+    #: The ViTSpec the engine derived from the architecture and model_args.
+    spec: Mapped[dict[str, Any]]
+    param_count: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Learngene(Base):
+    __tablename__ = "learngenes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    method: Mapped[str] = mapped_column(String(40))
+    #: Architecture family of every version (``vit`` for now).
+    family: Mapped[str] = mapped_column(String(40), default="vit")
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    versions: Mapped[list[LearngeneVersion]] = relationship(
+        back_populates="learngene", order_by="LearngeneVersion.version"
+    )
+    aliases: Mapped[list[LearngeneAlias]] = relationship(back_populates="learngene")
+
+
+class LearngeneVersion(Base):
+    __tablename__ = "learngene_versions"
+    __table_args__ = (UniqueConstraint("learngene_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    learngene_id: Mapped[int] = mapped_column(ForeignKey("learngenes.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(40))
+    #: pending (its job runs), ready, failed.
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    ancestry_id: Mapped[int | None] = mapped_column(ForeignKey("ancestries.id"), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    dataset: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    mode: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    hyperparams: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The learngene's own description for the engine (base spec, tile sizes, indices...).
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    storage_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    learngene: Mapped[Learngene] = relationship(back_populates="versions")
+    ancestry: Mapped[Ancestry | None] = relationship()
+
+
+class LearngeneAlias(Base):
+    __tablename__ = "learngene_aliases"
+
+    learngene_id: Mapped[int] = mapped_column(
+        ForeignKey("learngenes.id", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(60), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("learngene_versions.id", ondelete="CASCADE"))
+
+    learngene: Mapped[Learngene] = relationship(back_populates="aliases")
+    version: Mapped[LearngeneVersion] = relationship()
+
+
+class Descendant(Base):
+    __tablename__ = "descendants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: (source, method, resolved spec, seed) canonically hashed: one row per distinct request.
+    cache_key: Mapped[str] = mapped_column(String(64), unique=True)
+    learngene_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("learngene_versions.id"), nullable=True, index=True
+    )
+    ancestry_id: Mapped[int | None] = mapped_column(ForeignKey("ancestries.id"), nullable=True)
+    method: Mapped[str] = mapped_column(String(40))
+    spec: Mapped[dict[str, Any]]
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    param_count: Mapped[int] = mapped_column(BigInteger)
+    gflops: Mapped[float] = mapped_column(Float)
+    architecture: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    storage_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Job(Base):
+    """The truth about a unit of background work; the broker only carries its id."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    kind: Mapped[str] = mapped_column(String(30))
+    queue: Mapped[str] = mapped_column(String(10))
+    #: queued, running, succeeded, failed, cancelled.
+    state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    checkpoint_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+
+class JobEvent(Base):
+    """Append-only progress log of a job: what the live event stream and the loss curve read."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded ImageFolder archive, unpacked into storage for workers to read."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    uri: Mapped[str] = mapped_column(String(500), unique=True)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    num_images: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,87 @@
+"""All configuration, from environment variables prefixed ``LEARNGENE_``, validated once at start."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEARNGENE_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    #: Everything of the embedded default lives here: the SQLite registry and the artifact folder.
+    data_dir: Path = Path(".learngene")
+    #: SQLAlchemy URL; empty means ``sqlite:///<data_dir>/registry.db``.
+    database_url: str = ""
+    #: Celery broker (``redis://...``); empty means jobs run in an in-process worker thread pool.
+    broker_url: str = ""
+    #: ``file:///abs/path``; empty means ``<data_dir>/artifacts``.
+    storage_url: str = ""
+    #: When set, every write (POST) needs ``Authorization: Bearer <api_token>``.
+    api_token: str = ""
+
+    # --- jobs --------------------------------------------------------------------------------------
+    inprocess_workers: int = Field(2, ge=1, le=32)
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    #: A running job whose heartbeat is older than this is considered orphaned and is requeued.
+    stale_after_s: float = Field(30.0, gt=0)
+    #: Longest a job may take; the broker's visibility timeout is set above it so a long job is never
+    #: redelivered while its worker is alive.
+    max_job_seconds: int = Field(6 * 3600, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    checkpoint_every_s: float = Field(120.0, gt=0)
+
+    # --- request limits -----------------------------------------------------------------------------
+    max_depth: int = Field(48, ge=1)
+    max_embed_dim: int = Field(2048, ge=8)
+    max_params: int = Field(400_000_000, ge=1)
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
+    default_wait_s: float = Field(5.0, ge=0)
+    max_wait_s: float = Field(60.0, ge=0)
+    #: Roots under which ``imagefolder:`` dataset paths may lie (empty list: none allowed).
+    allowed_dataset_roots: list[Path] = Field(default_factory=list)
+
+    seed_on_start: bool = True
+
+    @model_validator(mode="after")
+    def _production_needs_real_settings(self) -> "Settings":
+        if self.environment == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("LEARNGENE_API_TOKEN", self.api_token),
+                    ("LEARNGENE_DATABASE_URL", self.database_url),
+                    ("LEARNGENE_BROKER_URL", self.broker_url),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"production needs {', '.join(missing)} to be set")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        if self.storage_url:
+            if not self.storage_url.startswith("file://"):
+                raise ValueError(f"unsupported LEARNGENE_STORAGE_URL scheme: {self.storage_url!r}")
+            return Path(self.storage_url.removeprefix("file://"))
+        return (self.data_dir / "artifacts").resolve()
+
+    @property
+    def uses_celery(self) -> bool:
+        return bool(self.broker_url)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
