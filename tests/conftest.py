@@ -1,0 +1,88 @@
+"""Shared fixtures: real PostgreSQL and Redis on this machine, real migrations, real servers and workers.
+
+PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379) must be running; `scripts/test.sh`
+starts them when they are not. Each test session gets its own PostgreSQL database and Redis db index.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from service.context import AppContext, build_context
+from service.db import make_engine
+from service.migrate import upgrade
+from service.settings import Settings
+from tests.support import make_settings
+
+PG_ADMIN = os.environ.get("LEARNGENE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("LEARNGENE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    name = f"lg_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis db index of its own (flushed before and after) so queues of other runs never mix in."""
+    db = int(os.environ.get("LEARNGENE_TEST_REDIS_DB", "11"))
+    url = f"{REDIS_BASE}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+def _reset_pg(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for an empty, migrated registry on each supported database."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        _reset_pg(url)
+        settings = make_settings(tmp_path, database_url=url)
+    else:
+        settings = make_settings(tmp_path)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    engine.dispose()
+    return settings
+
+
+@pytest.fixture
+def ctx(backend_settings: Settings) -> Iterator[AppContext]:
+    context = build_context(backend_settings)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def client(ctx: AppContext) -> Iterator["TestClient"]:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(ctx.settings, ctx=ctx)) as c:
+        yield c
+
+
