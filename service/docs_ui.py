@@ -77,7 +77,11 @@ def _page(
     }
     config.update(parameters)
     v = html.escape(version, quote=True)
-    asset = lambda name: html.escape(f"{static_url}/{name}?v={version}", quote=True)  # noqa: E731
+
+    def asset(name: str) -> str:
+        # ?v= makes browsers fetch the new file after an upgrade of the vendored copy.
+        return html.escape(f"{static_url}/{name}?v={version}", quote=True)
+
     redirect = (
         f"cfg.oauth2RedirectUrl = window.location.origin + {_script_json(oauth2_redirect_path)};"
         if oauth2_redirect_path
