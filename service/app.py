@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.context import AppContext, build_context
+from service.docs_ui import install_docs
 from service.errors import install_error_handlers
 from service.settings import Settings, get_settings
 
@@ -19,6 +20,10 @@ Every error has the shape `{"error": {"code", "message", "details": [{"field", "
 
 TAGS = [
     {"name": "learngenes", "description": "The registry of condensed learngenes and their versions."},
+    {"name": "descendants", "description": "Initialized models of any size: request, download, inspect."},
+    {"name": "ancestries", "description": "Source models (timm ViTs as safetensors) that learngenes are condensed from."},
+    {"name": "condensing", "description": "Turn an ancestry into a new learngene version (a background job)."},
+    {"name": "datasets", "description": "Uploaded ImageFolder archives for condensing."},
     {"name": "jobs", "description": "Background work (expansions, condensing): state, progress, cancellation."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
@@ -46,18 +51,22 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     app.state.ctx = ctx or build_context(settings)
     install_error_handlers(app)
 
-    from service import health
+    from service import health, hub
+    from service.ancestries import endpoints as ancestries
+    from service.condensing import endpoints as condensing
+    from service.datasets import endpoints as datasets
+    from service.descendants import endpoints as descendants
     from service.jobs import endpoints as jobs
     from service.learngenes import endpoints as learngenes
 
     app.include_router(health.router)
     app.include_router(learngenes.router)
+    app.include_router(descendants.router)
+    app.include_router(ancestries.router)
+    app.include_router(condensing.router)
+    app.include_router(datasets.router)
     app.include_router(jobs.router)
+    app.include_router(hub.router)
 
-    try:
-        from service.docs_ui import install_docs
-    except ImportError:  # pragma: no cover - the offline docs module ships with the package
-        pass
-    else:
-        install_docs(app, title="Learngene Service")
+    install_docs(app, title="Learngene Service")
     return app

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sqlalchemy.orm import Session
+
 from service.context import AppContext
 from service.jobs import repository
 from service.models import Job, utcnow
@@ -43,6 +45,9 @@ class JobContext:
     payload: dict[str, Any]
     attempt: int
     _cancel: threading.Event = field(default_factory=threading.Event)
+    #: Registry writes that must land together with the job's success, in the same transaction (so a job
+    #: taken over by another worker can never publish twice).
+    finalizers: list[Callable[[Session], None]] = field(default_factory=list)
 
     def progress(self, data: dict[str, Any], *, event: str = "progress") -> None:
         with self.app.sessions.begin() as session:
@@ -116,18 +121,34 @@ def run_job(ctx: AppContext, job_id: str) -> Outcome:
     finally:
         stop_beating.set()
         beat.join()
-    return _finish(ctx, job_id, me, "succeeded", result=result)
+    return _finish(ctx, job_id, me, "succeeded", result=result, finalizers=jctx.finalizers)
+
+
+class _TakenOver(Exception):
+    pass
 
 
 def _finish(
     ctx: AppContext, job_id: str, me: str, state: Outcome, *, result: dict[str, Any] | None = None,
-    error: str | None = None,
+    error: str | None = None, finalizers: list[Callable[[Session], None]] | None = None,
 ) -> Outcome:
-    with ctx.sessions.begin() as session:
-        if not repository.finish(session, job_id, me, state, result=result, error=error):
-            log.warning("job %s was taken over before it finished here; result dropped", job_id)
-            return "skipped"
-        repository.add_event(session, job_id, "state", {"state": state, **({"error": error} if error else {})})
+    try:
+        with ctx.sessions.begin() as session:
+            # Finalizers first (they may add to ``result``); a lost claim rolls their writes back too.
+            for finalize in finalizers or []:
+                finalize(session)
+            if not repository.finish(session, job_id, me, state, result=result, error=error):
+                raise _TakenOver()
+            event = {"state": state, **({"error": error.splitlines()[0]} if error else {})}
+            repository.add_event(session, job_id, "state", event)
+    except _TakenOver:
+        log.warning("job %s was taken over before it finished here; result dropped", job_id)
+        return "skipped"
+    except Exception as exc:
+        if state != "succeeded":
+            raise
+        log.exception("job %s could not record its success", job_id)
+        return _finish(ctx, job_id, me, "failed", error=f"recording the result failed: {type(exc).__name__}: {exc}")
     return state
 
 

@@ -111,3 +111,8 @@ def requeue_if_stale(session: Session, job_id: str, stale_before: dt.datetime) -
 
 def queued(session: Session) -> Sequence[Job]:
     return session.scalars(select(Job).where(Job.state == "queued").order_by(Job.created_at)).all()
+
+
+def events_of_kind(session: Session, job_id: str, kind: str) -> Sequence[JobEvent]:
+    q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == kind).order_by(JobEvent.id)
+    return session.scalars(q).all()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
-from service.deps import UowDep
-from service.errors import error_responses
+from service.deps import CtxDep, UowDep
+from service.errors import NotFound, error_responses
+from service.files import serve_blob
 from service.learngenes import repository, service
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut
 from service.pagination import Page, PageParams, encode_token, page_params
@@ -56,3 +57,24 @@ def get_version(name: str, ref: str, uow: UowDep) -> LearngeneVersionOut:
     """``ref`` is a version number or an alias such as ``latest``."""
     lg = service.get_learngene(uow.session, name)
     return service.version_out(uow.session, service.get_version(uow.session, lg, ref))
+
+
+@router.get(
+    "/{name}/versions/{ref}/tensors",
+    operation_id="download_learngene_tensors",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The learngene as safetensors"},
+        206: {"description": "The requested byte range"},
+        304: {"description": "Not modified"},
+    }
+    | error_responses(404),
+)
+def download_tensors(name: str, ref: str, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
+    """The learngene itself, so a client can expand offline or audit it (metadata in the safetensors header)."""
+    lg = service.get_learngene(uow.session, name)
+    v = service.get_version(uow.session, lg, ref)
+    if v.storage_key is None or v.sha256 is None:
+        raise NotFound(f"learngene {name}:{v.version} has no stored tensors (status {v.status})")
+    return serve_blob(request, ctx, v.storage_key, v.sha256, filename=f"{name}-v{v.version}.safetensors",
+                      media_type="application/octet-stream")

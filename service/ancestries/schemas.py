@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class AncestryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    architecture: str
+    model_args: dict[str, Any]
+    spec: dict[str, Any]
+    param_count: int
+    sha256: str
+    size_bytes: int
+    metrics: dict[str, Any]
+    created_at: dt.datetime

@@ -1,0 +1,30 @@
+"""HTTP for condensing: submit a job that turns an ancestry into a new learngene version."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.condensing import service
+from service.condensing.schemas import CondenseRequest
+from service.deps import CtxDep, UowDep, WriterDep
+from service.errors import error_responses
+from service.jobs.schemas import JobOut
+
+router = APIRouter(tags=["condensing"])
+
+
+@router.post(
+    "/v1/condense-jobs",
+    operation_id="create_condense_job",
+    status_code=202,
+    response_model=JobOut,
+    dependencies=[WriterDep],
+    responses=error_responses(401, 404, 422),
+)
+def create_condense_job(body: CondenseRequest, ctx: CtxDep, uow: UowDep) -> JSONResponse:
+    """Queue condensing; follow it at `/v1/jobs/{id}` or `/v1/jobs/{id}/events`. On success the learngene
+    gets a new version (and `latest` moves to it); a cancelled or failed job leaves no version behind."""
+    job = service.submit(uow, ctx, body)
+    uow.commit()
+    return JSONResponse(status_code=202, content=JobOut.model_validate(job).model_dump(mode="json"),
+                        headers={"location": f"/v1/jobs/{job.id}"})

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CondenseMethod = Literal["tleg", "wave", "pool", "layers"]
+
+
+class CondenseRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"ancestry": 1, "method": "tleg", "learngene": "my-tleg", "mode": "fit"},
+                {"ancestry": 1, "method": "wave", "dataset": "builtin:digits", "learngene": "my-wave",
+                 "params": {"epochs": 2}},
+            ]
+        },
+    )
+
+    ancestry: int = Field(description="Ancestry id (see POST /v1/ancestries)")
+    method: CondenseMethod
+    learngene: str = Field(max_length=100, description="Name of the learngene the new version is added to")
+    dataset: str | None = Field(
+        None, max_length=500,
+        description="`builtin:digits`, `imagefolder:<path under an allowed root>` or `dataset:<id>` (uploaded)",
+    )
+    mode: Literal["fit", "train"] | None = Field(
+        None, description="`fit`: data-free, seconds on a CPU (tleg, wave); `train`: distillation on the dataset. "
+        "Default: train when a dataset is given, else fit.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (defaults: GET /v1/methods)")
+    evaluate: bool = Field(True, description="Add an evaluation card (few-step fine-tuning vs random init)")
+    description: str = Field("", max_length=2000)

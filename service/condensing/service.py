@@ -1,0 +1,83 @@
+"""Business rules of condensing: everything a job needs is checked before it is queued."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from service.ancestries import service as ancestries
+from service.condensing.schemas import CondenseRequest
+from service.context import AppContext
+from service.datasets import service as datasets
+from service.db import UnitOfWork
+from service.errors import InvalidRequest
+from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
+from service.jobs.service import create_job
+from service.learngenes import repository as learngene_repo
+from service.learngenes.service import check_name
+from service.models import Job
+
+CONDENSE_JOB = "condense"
+
+
+def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
+    """Normalize a dataset URI and make sure a worker may read it."""
+    if uri == "builtin:digits":
+        return uri
+    if uri.startswith("imagefolder:"):
+        path = Path(uri.removeprefix("imagefolder:")).expanduser()
+        if not path.is_absolute():
+            raise InvalidRequest("imagefolder paths must be absolute", field="dataset")
+        real = path.resolve()
+        roots = [r.resolve() for r in ctx.settings.allowed_dataset_roots]
+        if not any(real == root or root in real.parents for root in roots):
+            raise InvalidRequest(
+                f"{path} is outside the allowed dataset roots (LEARNGENE_ALLOWED_DATASET_ROOTS)", field="dataset"
+            )
+        if not real.is_dir():
+            raise InvalidRequest(f"{path} is not a directory", field="dataset")
+        return f"imagefolder:{real}"
+    if uri.startswith("dataset:"):
+        ident = uri.removeprefix("dataset:")
+        if not ident.isdigit():
+            raise InvalidRequest("dataset:<id> needs a numeric id", field="dataset")
+        datasets.get_dataset(session, int(ident), field="dataset")
+        return uri
+    raise InvalidRequest("dataset must be builtin:digits, imagefolder:<path> or dataset:<id>", field="dataset")
+
+
+def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
+    from engine.train import supports_fit, validate_params  # torch only when a job is submitted
+
+    session = uow.session
+    ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
+    check_name(req.learngene)
+    existing = learngene_repo.by_name(session, req.learngene)
+    if existing is not None and existing.method != req.method:
+        raise InvalidRequest(
+            f"learngene {req.learngene!r} holds {existing.method} versions; pick another name", field="learngene"
+        )
+    mode = req.mode or ("train" if req.dataset else "fit")
+    if mode == "fit" and not supports_fit(req.method):
+        raise InvalidRequest(f"{req.method} has no data-free fit; use mode train with a dataset", field="mode")
+    dataset = check_dataset(session, ctx, req.dataset) if req.dataset else None
+    if mode == "train" and dataset is None:
+        raise InvalidRequest("mode train needs a dataset", field="dataset")
+    if req.evaluate and dataset is None:
+        raise InvalidRequest("the evaluation card needs a dataset (or set evaluate to false)", field="evaluate")
+    try:
+        params = validate_params(req.method, req.params)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), field="params") from exc
+    payload = {
+        "ancestry_id": ancestry.id,
+        "method": req.method,
+        "mode": mode,
+        "dataset": dataset,
+        "learngene": req.learngene,
+        "params": params,
+        "evaluate": req.evaluate,
+        "description": req.description,
+    }
+    # Fitting is seconds of linear algebra; training wants the GPU queue.
+    return create_job(uow, ctx, CONDENSE_JOB, QUEUE_GPU if mode == "train" else QUEUE_CPU, payload)

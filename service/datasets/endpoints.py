@@ -1,0 +1,46 @@
+"""HTTP for uploaded datasets (ImageFolder archives) used by condensing jobs."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
+
+from service.files import spool_upload
+from service.datasets import service
+from service.datasets.schemas import DatasetOut
+from service.deps import CtxDep, UowDep, WriterDep
+from service.errors import PayloadTooLarge, error_responses
+from service.pagination import Page, PageParams, encode_token, page_params
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", operation_id="upload_dataset", status_code=status.HTTP_201_CREATED, response_model=DatasetOut,
+             dependencies=[WriterDep], responses=error_responses(401, 413, 422))
+def upload_dataset(
+    request: Request,
+    ctx: CtxDep,
+    uow: UowDep,
+    file: Annotated[UploadFile, File(description="A .zip or .tar(.gz) of an ImageFolder: one folder per class")],
+    name: Annotated[str, Form(max_length=200)] = "",
+) -> DatasetOut:
+    """Use the returned `uri` (`dataset:<id>`) as a condensing job's dataset."""
+    if int(request.headers.get("content-length") or 0) > ctx.settings.max_upload_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"upload exceeds {ctx.settings.max_upload_bytes} bytes", field="file")
+    path = spool_upload(ctx, file.file, ctx.settings.max_upload_bytes)
+    row = service.register_upload(uow.session, ctx, path, name or (file.filename or "dataset"))
+    return DatasetOut.model_validate(row)
+
+
+@router.get("", operation_id="list_datasets", response_model=Page[DatasetOut], responses=error_responses(422))
+def list_datasets(uow: UowDep, page: Annotated[PageParams, Depends(page_params)]) -> Page[DatasetOut]:
+    after = page.after if isinstance(page.after, int) else None
+    rows = service.list_page(uow.session, page.limit, after)
+    items = [DatasetOut.model_validate(r) for r in rows[: page.limit]]
+    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
+    return Page[DatasetOut](items=items, next_page_token=token)
+
+
+@router.get("/{dataset_id}", operation_id="get_dataset", response_model=DatasetOut, responses=error_responses(404))
+def get_dataset(dataset_id: int, uow: UowDep) -> DatasetOut:
+    return DatasetOut.model_validate(service.get_dataset(uow.session, dataset_id))

@@ -1,0 +1,145 @@
+"""HTTP for descendants: ask for a size or a budget, get timm-loadable weights."""
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.context import AppContext
+from service.deps import CtxDep, UowDep, WriterDep
+from service.descendants import repository, service
+from service.files import safetensors_header, serve_blob
+from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
+from service.errors import InvalidRequest, error_responses
+from service.jobs.dispatch import InProcessDispatcher
+from service.learngenes import service as learngenes
+from service.models import Descendant
+from service.pagination import Page, PageParams, encode_token, page_params
+
+router = APIRouter(prefix="/v1/descendants", tags=["descendants"])
+
+
+def wait_for(ctx: AppContext, descendant_id: int, job_id: str | None, timeout: float) -> None:
+    """Block until the descendant leaves ``pending`` or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    dispatcher = ctx.dispatcher
+    if job_id and isinstance(dispatcher, InProcessDispatcher) and dispatcher.wait(job_id, timeout):
+        return
+    delay = 0.01
+    while time.monotonic() < deadline:
+        with ctx.sessions() as session:
+            row = session.get(Descendant, descendant_id)
+            if row is None or row.status != "pending":
+                return
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+
+
+@router.post(
+    "",
+    operation_id="create_descendant",
+    response_model=DescendantOut,
+    status_code=201,
+    dependencies=[WriterDep],
+    responses={
+        200: {"model": DescendantOut, "description": "Already in the registry (same source, spec and seed)"},
+        201: {"model": DescendantOut, "description": "Produced within `wait` seconds"},
+        202: {"model": DescendantOut, "description": "Queued or still running: follow `job_id` or poll the descendant"},
+    }
+    | error_responses(401, 404, 422),
+)
+def create_descendant(
+    body: DescendantRequest,
+    ctx: CtxDep,
+    uow: UowDep,
+    wait: Annotated[float | None, Query(ge=0, description="Seconds to wait for the weights (default from settings)")] = None,
+) -> JSONResponse:
+    """Expand a learngene (or use an ancestry directly) into a descendant of the requested size or budget.
+
+    Everything is validated before any work is queued; identical requests share one computation."""
+    wait_s = ctx.settings.default_wait_s if wait is None else wait
+    if wait_s > ctx.settings.max_wait_s:
+        raise InvalidRequest(f"wait may be at most {ctx.settings.max_wait_s} s", field="wait")
+    row, created = service.request_descendant(uow, ctx, body)
+    uow.commit()  # the job is published only now
+    descendant_id, job_id, was_ready = row.id, row.job_id, row.status == "ready"
+    if not was_ready and wait_s > 0:
+        wait_for(ctx, descendant_id, job_id, wait_s)
+    with ctx.sessions() as session:
+        fresh = service.get_descendant(session, descendant_id)
+        out = service.descendant_out(session, fresh)
+    if was_ready and not created:
+        code = 200
+    else:
+        code = 201 if out.status == "ready" else 202
+    if out.status == "failed":
+        code = 422 if code != 200 else code
+    headers = {"location": f"/v1/descendants/{descendant_id}"}
+    return JSONResponse(status_code=code, content=out.model_dump(mode="json"), headers=headers)
+
+
+@router.get("", operation_id="list_descendants", response_model=Page[DescendantOut], responses=error_responses(404, 422))
+def list_descendants(
+    uow: UowDep,
+    page: Annotated[PageParams, Depends(page_params)],
+    learngene: str | None = None,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    ancestry: int | None = None,
+) -> Page[DescendantOut]:
+    version_ids: list[int] | None = None
+    if learngene is not None:
+        lg = learngenes.get_learngene(uow.session, learngene)
+        version_ids = [v.id for v in lg.versions if version is None or v.version == version]
+    elif version is not None:
+        raise InvalidRequest("filtering by version needs a learngene", field="version")
+    after = page.after if isinstance(page.after, int) else None
+    rows = repository.list_page(uow.session, page.limit, after, version_ids, ancestry)
+    items = [service.descendant_out(uow.session, r) for r in rows[: page.limit]]
+    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
+    return Page[DescendantOut](items=items, next_page_token=token)
+
+
+@router.get("/{descendant_id}", operation_id="get_descendant", response_model=DescendantOut,
+            responses=error_responses(404))
+def get_descendant(descendant_id: int, uow: UowDep) -> DescendantOut:
+    return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id))
+
+
+@router.get(
+    "/{descendant_id}/weights",
+    operation_id="download_descendant_weights",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "model.safetensors"},
+        206: {"description": "The requested byte range"},
+        304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
+    }
+    | error_responses(404),
+)
+def download_weights(descendant_id: int, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
+    """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges."""
+    row = service.get_ready(uow.session, descendant_id)
+    assert row.storage_key is not None and row.sha256 is not None
+    return serve_blob(request, ctx, row.storage_key, row.sha256, filename="model.safetensors",
+                      media_type="application/octet-stream")
+
+
+@router.get("/{descendant_id}/config", operation_id="get_descendant_config", responses=error_responses(404))
+def get_config(descendant_id: int, uow: UowDep) -> JSONResponse:
+    """timm ``config.json`` (architecture, num_classes, model_args, pretrained_cfg)."""
+    row = service.get_ready(uow.session, descendant_id)
+    return JSONResponse(row.config or {}, headers={"content-disposition": 'attachment; filename="config.json"'})
+
+
+@router.get("/{descendant_id}/metadata", operation_id="get_descendant_metadata", response_model=WeightsMetadata,
+            responses=error_responses(404))
+def get_metadata(descendant_id: int, ctx: CtxDep, uow: UowDep) -> WeightsMetadata:
+    """Tensor names, shapes, dtypes and provenance from the safetensors header, without the weights."""
+    row = service.get_ready(uow.session, descendant_id)
+    assert row.storage_key is not None
+    header, n = safetensors_header(ctx, row.storage_key)
+    meta = header.pop("__metadata__", {}) or {}
+    tensors = {k: TensorInfo(dtype=v["dtype"], shape=v["shape"]) for k, v in sorted(header.items())}
+    return WeightsMetadata(tensors=tensors, metadata=meta, header_bytes=n)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MethodName = Literal["tleg", "layers", "pool", "wave", "weight-selection", "random"]
+
+
+class SpecIn(BaseModel):
+    """A descendant size. Fields left out default to the source's own (``{"depth": 6}`` keeps its width)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    depth: int | None = Field(None, ge=1, le=1024)
+    embed_dim: int | None = Field(None, ge=1, le=65536)
+    num_heads: int | None = Field(None, ge=1, le=1024)
+    mlp_ratio: float | None = Field(None, gt=0, le=32)
+    num_classes: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class BudgetIn(BaseModel):
+    """A resource budget; the planner picks the largest descendant (most parameters) that fits all limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_params: int | None = Field(None, ge=1)
+    max_gflops: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0, description="Forward latency for one image on `device`")
+    device: Literal["cpu", "cuda"] = "cpu"
+    num_classes: int | None = Field(None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "BudgetIn":
+        if self.max_params is None and self.max_gflops is None and self.max_latency_ms is None:
+            raise ValueError("a budget needs at least one of max_params, max_gflops, max_latency_ms")
+        return self
+
+
+class DescendantRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"learngene": "digits-tleg", "spec": {"depth": 6}, "seed": 0},
+                {"learngene": "digits-wave:latest", "budget": {"max_params": 200000}},
+                {"ancestry": 1, "method": "weight-selection", "spec": {"depth": 3, "embed_dim": 32, "num_heads": 2}},
+            ]
+        },
+    )
+
+    learngene: str | None = Field(None, description="`name` or `name:version-or-alias`", max_length=200)
+    ancestry: int | None = Field(None, description="An ancestry id (with method weight-selection or random)")
+    method: MethodName | None = None
+    spec: SpecIn | None = None
+    budget: BudgetIn | None = None
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _source_and_size(self) -> "DescendantRequest":
+        if (self.learngene is None) == (self.ancestry is None):
+            raise ValueError("give exactly one source: learngene or ancestry")
+        if self.ancestry is not None and self.method not in ("weight-selection", "random"):
+            raise ValueError("from an ancestry, method must be weight-selection or random")
+        if self.spec is not None and self.budget is not None:
+            raise ValueError("give a spec or a budget, not both")
+        return self
+
+
+class DescendantSource(BaseModel):
+    learngene: str | None = None
+    version: int | None = None
+    ancestry: int | None = None
+
+
+class DescendantOut(BaseModel):
+    id: int
+    status: Literal["pending", "ready", "failed"]
+    source: DescendantSource
+    method: str
+    spec: dict[str, Any]
+    seed: int
+    param_count: int
+    gflops: float
+    sha256: str | None
+    size_bytes: int | None
+    weights_url: str
+    config_url: str
+    metadata_url: str
+    hub_repo_id: str
+    job_id: str | None
+    error: str | None = None
+    details: dict[str, Any]
+    created_at: dt.datetime
+
+
+class TensorInfo(BaseModel):
+    dtype: str
+    shape: list[int]
+
+
+class WeightsMetadata(BaseModel):
+    """The safetensors header of a descendant: names, shapes, dtypes and provenance, without the weights."""
+
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    header_bytes: int

@@ -1,0 +1,190 @@
+"""Business rules of descendants: resolve the source and the size, dedupe, queue the expansion."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.ancestries import service as ancestries
+from service.context import AppContext
+from service.db import UnitOfWork
+from service.descendants import repository, sizing
+from service.descendants.schemas import DescendantOut, DescendantRequest, DescendantSource
+from service.errors import InvalidRequest, NotFound
+from service.jobs.dispatch import QUEUE_CPU
+from service.jobs.service import create_job
+from service.learngenes import service as learngenes
+from service.models import Ancestry, Descendant, Job, LearngeneVersion
+
+EXPAND_JOB = "expand"
+
+
+@dataclass
+class Source:
+    """Where a descendant's weights come from: a learngene version, or an ancestry used directly."""
+
+    method: str
+    meta: dict[str, Any]
+    version: LearngeneVersion | None = None
+    ancestry: Ancestry | None = None
+
+    @property
+    def key(self) -> str:
+        return f"lgv:{self.version.id}" if self.version else f"anc:{self.ancestry.id}"  # type: ignore[union-attr]
+
+    @property
+    def hub_namespace(self) -> str:
+        if self.version is not None:
+            return f"{self.version.learngene.name}.v{self.version.version}"
+        return f"ancestry-{self.ancestry.id}.{self.method}"  # type: ignore[union-attr]
+
+
+def resolve_source(session: Session, req: DescendantRequest) -> Source:
+    if req.learngene is not None:
+        version = learngenes.resolve(session, req.learngene)
+        if req.method is not None and req.method != version.method:
+            raise InvalidRequest(
+                f"learngene {version.learngene.name!r} is a {version.method} learngene; leave method out "
+                f"or ask for {version.method!r}",
+                field="method",
+            )
+        return Source(method=version.method, meta=version.meta, version=version)
+    assert req.ancestry is not None and req.method is not None
+    ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
+    return Source(method=req.method, meta={"spec": ancestry.spec}, ancestry=ancestry)
+
+
+def cache_key(source: Source, spec: dict[str, Any], seed: int) -> str:
+    canonical = json.dumps({"source": source.key, "method": source.method, "spec": spec, "seed": seed},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest) -> tuple[Descendant, bool]:
+    """The descendant for this request: the registered one when it exists, else a new row and its job.
+
+    Identical requests racing each other meet at the unique cache key: one inserts, the others read its row,
+    so the expansion runs once. Returns (row, created).
+    """
+    session = uow.session
+    source = resolve_source(session, req)
+    plan = sizing.plan(ctx.settings, source.method, source.meta, req.spec, req.budget)
+    key = cache_key(source, plan.spec, req.seed)
+    existing = repository.by_cache_key(session, key)
+    if existing is not None and existing.status != "failed":
+        return existing, False
+    if existing is not None:  # a failed earlier attempt: try again with a new job
+        row = existing
+        row.status = "pending"
+    else:
+        row = Descendant(
+            cache_key=key,
+            learngene_version_id=source.version.id if source.version else None,
+            ancestry_id=source.ancestry.id if source.ancestry else None,
+            method=source.method,
+            spec=plan.spec,
+            seed=req.seed,
+            status="pending",
+            param_count=plan.param_count,
+            gflops=plan.gflops,
+            details=plan.details,
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            winner = repository.by_cache_key(session, key)
+            if winner is None:
+                raise
+            return winner, False
+    job = create_job(uow, ctx, EXPAND_JOB, QUEUE_CPU, {"descendant_id": row.id})
+    row.job_id = job.id
+    return row, True
+
+
+def get_descendant(session: Session, descendant_id: int) -> Descendant:
+    row = repository.get(session, descendant_id)
+    if row is None:
+        raise NotFound(f"descendant {descendant_id} not found")
+    return row
+
+
+def get_ready(session: Session, descendant_id: int) -> Descendant:
+    row = get_descendant(session, descendant_id)
+    if row.status != "ready" or row.storage_key is None:
+        raise NotFound(f"descendant {descendant_id} has no weights yet (status {row.status})")
+    return row
+
+
+def spec_slug(spec: dict[str, Any], seed: int) -> str:
+    return (
+        f"d{spec['depth']}-e{spec['embed_dim']}-h{spec['num_heads']}-r{spec['mlp_ratio']:g}"
+        f"-c{spec['num_classes']}-s{seed}"
+    )
+
+
+_SLUG_PART = re.compile(r"^(?P<key>[dehrcs])(?P<value>\d+(?:\.\d+)?)$")
+_SLUG_FIELDS = {"d": "depth", "e": "embed_dim", "h": "num_heads", "r": "mlp_ratio", "c": "num_classes"}
+
+
+def parse_slug(slug: str) -> tuple[dict[str, Any], int]:
+    """``d6-e64-h4-r4-c10-s0`` (any subset, any order) to a partial spec and a seed."""
+    spec: dict[str, Any] = {}
+    seed = 0
+    for part in slug.split("-"):
+        m = _SLUG_PART.match(part)
+        if m is None:
+            raise NotFound(f"repository name {slug!r} is not a descendant spec (e.g. d6-e64-h4-r4-c10-s0)")
+        key, value = m["key"], m["value"]
+        if key == "s":
+            seed = int(value)
+        elif key == "r":
+            spec["mlp_ratio"] = float(value)
+        else:
+            spec[_SLUG_FIELDS[key]] = int(value)
+    return spec, seed
+
+
+def descendant_out(session: Session, row: Descendant) -> DescendantOut:
+    base = f"/v1/descendants/{row.id}"
+    version = session.get(LearngeneVersion, row.learngene_version_id) if row.learngene_version_id else None
+    error = None
+    if row.status == "failed" and row.job_id:
+        job = session.get(Job, row.job_id)
+        error = job.error.splitlines()[0] if job and job.error else None
+    return DescendantOut(
+        id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        source=DescendantSource(
+            learngene=version.learngene.name if version else None,
+            version=version.version if version else None,
+            ancestry=row.ancestry_id,
+        ),
+        method=row.method,
+        spec=row.spec,
+        seed=row.seed,
+        param_count=row.param_count,
+        gflops=row.gflops,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        weights_url=f"{base}/weights",
+        config_url=f"{base}/config",
+        metadata_url=f"{base}/metadata",
+        hub_repo_id=_hub_repo_id(row, version),
+        job_id=row.job_id,
+        error=error,
+        details=row.details,
+        created_at=row.created_at,
+    )
+
+
+def _hub_repo_id(row: Descendant, version: LearngeneVersion | None) -> str:
+    namespace = (
+        f"{version.learngene.name}.v{version.version}" if version else f"ancestry-{row.ancestry_id}.{row.method}"
+    )
+    return f"{namespace}/{spec_slug(row.spec, row.seed)}"

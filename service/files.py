@@ -1,0 +1,67 @@
+"""Files over HTTP: serving stored blobs (strong ETag = sha256, conditional GET, byte ranges, header-only
+reads) and spooling uploads into storage scratch space under a size cap."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fastapi import Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from service.context import AppContext
+from service.errors import PayloadTooLarge
+from service.storage import CHUNK, iter_file
+
+
+def etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def serve_blob(
+    request: Request, ctx: AppContext, key: str, sha256: str, *, filename: str, media_type: str,
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
+    etag = f'"{sha256}"'
+    headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable", **(extra_headers or {})}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    path = ctx.store.local_path(key)
+    if path is not None:
+        # Starlette's FileResponse answers Range / If-Range itself (206, 416) and streams with zero extra copies.
+        return FileResponse(path, media_type=media_type, filename=filename, headers=headers)
+    size = ctx.store.size(key)
+    headers |= {"content-length": str(size), "content-disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(iter_file(ctx.store.open(key)), media_type=media_type, headers=headers)
+
+
+def safetensors_header(ctx: AppContext, key: str) -> tuple[dict[str, Any], int]:
+    """Read just the JSON header of a stored safetensors file."""
+    with ctx.store.open(key) as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n)), n
+
+
+def spool_upload(ctx: AppContext, src: BinaryIO, limit: int) -> Path:
+    """Copy an upload into the store's scratch space, refusing it past ``limit`` bytes."""
+    fd, name = tempfile.mkstemp(dir=ctx.store.scratch_dir(), suffix=".upload")
+    path = Path(name)
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := src.read(CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"upload exceeds {limit} bytes", field="file")
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,108 @@
+"""A Hugging Face Hub-compatible view of descendants, for ``HF_ENDPOINT=http://<host>:<port>/hub``.
+
+A repository id names a learngene and a size: ``<learngene>.v<N>/<slug>`` pins a version, ``<learngene>/<slug>``
+follows the revision (``main`` = the ``latest`` alias, a number = that version, any other alias), and
+``ancestry-<id>.<method>/<slug>`` uses an ancestry directly. The slug is ``d6-e64-h4-r4-c10-s0`` (depth,
+embed_dim, heads, mlp ratio, classes, seed; any subset). Asking for a size nobody asked for before produces it
+on the fly, so ``timm.create_model("hf-hub:digits-tleg/d4", pretrained=True)`` just works.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.context import AppContext
+from service.db import UnitOfWork
+from service.deps import CtxDep, UowDep
+from service.descendants import service as descendants
+from service.descendants.endpoints import wait_for
+from service.files import serve_blob
+from service.descendants.schemas import DescendantRequest, SpecIn
+from service.errors import NotFound, ServiceError
+from service.models import Descendant
+
+router = APIRouter(prefix="/hub", tags=["hub"], include_in_schema=False)
+
+_PINNED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)$")
+_ANCESTRY = re.compile(r"^ancestry-(?P<id>\d+)\.(?P<method>weight-selection|random)$")
+FILES = ("config.json", "model.safetensors")
+
+
+def _request_for(namespace: str, slug: str, revision: str) -> DescendantRequest:
+    spec, seed = descendants.parse_slug(slug)
+    if m := _ANCESTRY.match(namespace):
+        return DescendantRequest(ancestry=int(m["id"]), method=m["method"], spec=SpecIn(**spec), seed=seed)
+    if m := _PINNED.match(namespace):
+        return DescendantRequest(learngene=f"{m['name']}:{m['version']}", spec=SpecIn(**spec), seed=seed)
+    ref = "latest" if revision == "main" or re.fullmatch(r"[0-9a-f]{40}", revision) else revision
+    return DescendantRequest(learngene=f"{namespace}:{ref}", spec=SpecIn(**spec), seed=seed)
+
+
+def _descendant(ctx: AppContext, uow: UnitOfWork, namespace: str, slug: str, revision: str) -> Descendant:
+    try:
+        req = _request_for(namespace, slug, revision)
+        row, _ = descendants.request_descendant(uow, ctx, req)
+    except ServiceError as exc:
+        raise NotFound(f"repository {namespace}/{slug}: {exc.message}") from exc
+    except ValueError as exc:  # pydantic validation of the slug's numbers
+        raise NotFound(f"repository {namespace}/{slug}: {exc}") from exc
+    uow.commit()
+    if row.status == "pending":
+        wait_for(ctx, row.id, row.job_id, ctx.settings.max_wait_s)
+        uow.session.refresh(row)
+    if row.status != "ready":
+        raise NotFound(f"repository {namespace}/{slug} is {row.status}")
+    return row
+
+
+def _not_found(message: str) -> JSONResponse:
+    # huggingface_hub maps this header to EntryNotFoundError, which timm expects for optional files.
+    return JSONResponse({"error": message}, status_code=404, headers={"X-Error-Code": "EntryNotFound"})
+
+
+def _config_bytes(row: Descendant) -> bytes:
+    return json.dumps(row.config, indent=2, sort_keys=True).encode()
+
+
+def commit_of(row: Descendant) -> str:
+    """A 40-hex revision id: a descendant's content never changes, so its sha256 names its only commit."""
+    assert row.sha256 is not None
+    return row.sha256[:40]
+
+
+@router.api_route("/{namespace}/{slug}/resolve/{revision}/{filename}", methods=["GET", "HEAD"])
+def resolve_file(namespace: str, slug: str, revision: str, filename: str, request: Request, ctx: CtxDep,
+                 uow: UowDep) -> Response:
+    if filename not in FILES:
+        return _not_found(f"{filename} is not in this repository (it has {', '.join(FILES)})")
+    row = _descendant(ctx, uow, namespace, slug, revision)
+    headers = {"X-Repo-Commit": commit_of(row)}
+    if filename == "model.safetensors":
+        assert row.storage_key is not None and row.sha256 is not None
+        return serve_blob(request, ctx, row.storage_key, row.sha256, filename=filename,
+                          media_type="application/octet-stream", extra_headers=headers)
+    body = _config_bytes(row)
+    etag = f'"{hashlib.sha256(body).hexdigest()}"'
+    headers |= {"ETag": etag, "Content-Length": str(len(body))}
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers, media_type="application/json")
+    return Response(body, headers=headers, media_type="application/json")
+
+
+@router.get("/api/models/{namespace}/{slug}")
+@router.get("/api/models/{namespace}/{slug}/revision/{revision}")
+def model_info(namespace: str, slug: str, ctx: CtxDep, uow: UowDep, revision: str = "main") -> JSONResponse:
+    row = _descendant(ctx, uow, namespace, slug, revision)
+    return JSONResponse({
+        "id": f"{namespace}/{slug}",
+        "modelId": f"{namespace}/{slug}",
+        "sha": commit_of(row),
+        "library_name": "timm",
+        "tags": ["timm", "image-classification", f"learngene:{row.method}"],
+        "siblings": [{"rfilename": f} for f in FILES],
+        "private": False,
+    })

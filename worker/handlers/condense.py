@@ -1,0 +1,103 @@
+"""Condensing job: ancestry (+ dataset) -> a new learngene version, with its lineage and evaluation card."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.context import AppContext
+from service.datasets.service import get_dataset, resolve_path
+from service.learngenes.service import publish_version
+from service.models import Ancestry
+from worker.runner import Cancelled, JobContext, JobFailed
+
+
+class _JobHooks:
+    """engine.train's Hooks, backed by the job row: progress events, cancellation, checkpoints in storage."""
+
+    def __init__(self, jctx: JobContext) -> None:
+        self.jctx = jctx
+
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        self.jctx.progress(progress)
+
+    def should_stop(self) -> bool:
+        return self.jctx.should_stop()
+
+    def save_checkpoint(self, blob: bytes) -> None:
+        self.jctx.save_checkpoint(blob)
+
+    def load_checkpoint(self) -> bytes | None:
+        return self.jctx.load_checkpoint()
+
+
+def dataset_uri_for_engine(app: AppContext, uri: str | None) -> str | None:
+    """``dataset:<id>`` (an upload) becomes the ``imagefolder:`` path it was unpacked to."""
+    if uri is None or not uri.startswith("dataset:"):
+        return uri
+    with app.sessions() as session:
+        row = get_dataset(session, int(uri.removeprefix("dataset:")))
+        return f"imagefolder:{resolve_path(app, row)}"
+
+
+def run(jctx: JobContext) -> dict[str, Any]:
+    from engine.ancestry import load_ancestry
+    from engine.artifacts import save_learngene
+    from engine.train import condense, evaluate_card
+    from engine.train.loop import Cancelled as TrainingCancelled
+
+    p = jctx.payload
+    app = jctx.app
+    with app.sessions() as session:
+        ancestry = session.get(Ancestry, p["ancestry_id"])
+        if ancestry is None:
+            raise JobFailed(f"ancestry {p['ancestry_id']} no longer exists")
+        path = app.store.local_path(ancestry.storage_key)
+        architecture, model_args = ancestry.architecture, ancestry.model_args
+    assert path is not None
+    state, spec = load_ancestry(path, architecture, model_args)
+    dataset = dataset_uri_for_engine(app, p["dataset"])
+    hooks = _JobHooks(jctx)
+    started = time.perf_counter()
+    try:
+        learngene, metrics, loss_history = condense(p["method"], p["mode"], state, spec, dataset, p["params"], hooks)
+        card = evaluate_card(learngene, dataset, hooks=hooks) if p.get("evaluate") and dataset else None
+    except TrainingCancelled as exc:
+        raise Cancelled() from exc
+    jctx.check_cancelled()
+    metrics = {**metrics, "seconds": round(time.perf_counter() - started, 2)}
+    if card is not None:
+        metrics["evaluation_card"] = card
+
+    fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
+    os.close(fd)
+    save_learngene(learngene, Path(tmp))
+    stored = app.store.put_file(Path(tmp), move=True)
+
+    def publish(session: Session) -> None:
+        version = publish_version(
+            session,
+            name=p["learngene"],
+            method=p["method"],
+            description=p.get("description", ""),
+            ancestry_id=p["ancestry_id"],
+            job_id=jctx.job_id,
+            dataset=p["dataset"],
+            mode=p["mode"],
+            hyperparams=p["params"],
+            metrics=metrics,
+            meta=learngene.meta,
+            sha256=stored.sha256,
+            size_bytes=stored.size,
+            storage_key=stored.key,
+        )
+        result["version"] = version.version
+
+    result: dict[str, Any] = {"learngene": p["learngene"], "sha256": stored.sha256, "size_bytes": stored.size,
+                              "loss_history": loss_history, "metrics": metrics}
+    jctx.finalizers.append(publish)
+    return result

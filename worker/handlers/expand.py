@@ -1,0 +1,115 @@
+"""Expansion job: a learngene (or an ancestry) + a resolved spec + a seed -> model.safetensors + config.json."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.context import AppContext
+from service.models import Ancestry, Descendant, LearngeneVersion
+from worker.runner import JobContext, JobFailed
+
+_CACHE_SIZE = 4
+_cache: OrderedDict[str, Any] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cached(sha256: str, load: Any) -> Any:
+    """Learngenes are read from storage once per worker process and kept (a few, least recently used out)."""
+    with _cache_lock:
+        if sha256 in _cache:
+            _cache.move_to_end(sha256)
+            return _cache[sha256]
+    value = load()
+    with _cache_lock:
+        _cache[sha256] = value
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return value
+
+
+def _source(app: AppContext, row: Descendant, session: Session) -> tuple[Any, dict[str, str]]:
+    from engine.ancestry import load_ancestry
+    from engine.artifacts import load_learngene
+    from engine.methods.base import Learngene
+
+    if row.learngene_version_id is not None:
+        version = session.get(LearngeneVersion, row.learngene_version_id)
+        assert version is not None and version.storage_key and version.sha256
+        path = app.store.local_path(version.storage_key)
+        learngene = _cached(version.sha256, lambda: load_learngene(path))
+        provenance = {"learngene": version.learngene.name, "version": str(version.version),
+                      "learngene_sha256": version.sha256}
+        return learngene, provenance
+    ancestry = session.get(Ancestry, row.ancestry_id)
+    assert ancestry is not None
+    path = app.store.local_path(ancestry.storage_key)
+
+    def load() -> Any:
+        state, spec = load_ancestry(path, ancestry.architecture, ancestry.model_args)
+        return Learngene(method="weight-selection", tensors=state, meta={"spec": spec.to_dict()})
+
+    learngene = _cached(ancestry.sha256, load)
+    return learngene, {"ancestry": str(ancestry.id), "ancestry_sha256": ancestry.sha256}
+
+
+def run(jctx: JobContext) -> dict[str, Any]:
+    app = jctx.app
+    descendant_id = int(jctx.payload["descendant_id"])
+    try:
+        return _expand(jctx, app, descendant_id)
+    except Exception:
+        with app.sessions.begin() as session:
+            row = session.get(Descendant, descendant_id)
+            if row is not None and row.status == "pending":
+                row.status = "failed"
+        raise
+
+
+def _expand(jctx: JobContext, app: AppContext, descendant_id: int) -> dict[str, Any]:
+    from engine.artifacts import descendant_config, save_descendant
+    from engine.methods import get_method
+    from engine.spec import ViTSpec
+
+    with app.sessions() as session:
+        row = session.get(Descendant, descendant_id)
+        if row is None:
+            raise JobFailed(f"descendant {descendant_id} no longer exists")
+        if row.status == "ready":
+            return {"descendant_id": row.id, "sha256": row.sha256}
+        learngene, provenance = _source(app, row, session)
+        method_name, spec_dict, seed = row.method, dict(row.spec), row.seed
+    spec = ViTSpec.from_dict(spec_dict)
+    descendant = get_method(method_name).expand(learngene, spec, seed)
+    metadata = {
+        **provenance,
+        "method": method_name,
+        "spec": json.dumps(spec_dict, sort_keys=True),
+        "seed": str(seed),
+        "producer": "learngene-service",
+    }
+    fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
+    os.close(fd)
+    save_descendant(descendant, metadata, Path(tmp))
+    stored = app.store.put_file(Path(tmp), move=True)
+    config = descendant_config(descendant, spec)
+
+    def record(session: Session) -> None:
+        target = session.get(Descendant, descendant_id)
+        assert target is not None
+        target.status = "ready"
+        target.sha256 = stored.sha256
+        target.size_bytes = stored.size
+        target.storage_key = stored.key
+        target.architecture = descendant.architecture
+        target.config = config
+        target.details = {**target.details, **descendant.details}
+
+    jctx.finalizers.append(record)
+    return {"descendant_id": descendant_id, "sha256": stored.sha256, "size_bytes": stored.size}
