@@ -1,17 +1,28 @@
 """Descendant architecture specs: what a user asks for, validated and costed without building a model.
 
-A spec is everything needed to rebuild a plain timm ``VisionTransformer``. Image size, patch size and input
-channels normally come from the learngene; a request names depth, width, heads, MLP ratio and classes.
+A spec is everything needed to rebuild a descendant. Plain descendants are timm ``VisionTransformer``s; a
+Learngene Pool descendant is a stitched ViT (a front part at one width, a stitch layer, a back part at another
+width), described by the same spec plus its :class:`FrontSpec`. Image size, patch size and input channels
+normally come from the learngene; a request names depth, width, heads, MLP ratio and classes.
+
+This module imports neither torch nor timm, so the API can validate and cost a request at import-light cost.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from engine.costs import param_count
 
 #: The timm architecture name written into every plain descendant's ``config.json``. Every field of the spec is
 #: passed as a ``model_args`` override, so the name only picks the ``VisionTransformer`` constructor.
 TIMM_ARCHITECTURE = "vit_base_patch16_224"
+#: The timm registry name of :class:`engine.stitched.StitchedViT` (registered when ``engine.stitched`` is imported).
+STITCHED_ARCHITECTURE = "learngene_stitched_vit"
+
+GLOBAL_POOLS = ("token", "avg")
 
 
 class SpecError(ValueError):
@@ -23,8 +34,19 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class ViTSpec:
+class FrontSpec:
+    """The front part of a stitched descendant: its first ``depth`` blocks (and the patch and position
+    embeddings) run at this width; a stitch ``Linear(embed_dim -> ViTSpec.embed_dim)`` follows them."""
+
     depth: int
+    embed_dim: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    depth: int  # all blocks, the front part's included
     embed_dim: int
     num_heads: int
     mlp_ratio: float = 4.0
@@ -34,6 +56,7 @@ class ViTSpec:
     in_chans: int = 3
     class_token: bool = True
     global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens, with fc_norm)
+    front: FrontSpec | None = None  # set only for stitched (Learngene Pool) descendants
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,6 +67,13 @@ class ViTSpec:
         unknown = set(data) - names
         if unknown:
             raise SpecError(f"unknown spec fields: {sorted(unknown)}", field=sorted(unknown)[0])
+        front = data.get("front")
+        if isinstance(front, dict):
+            front_names = {f.name for f in dataclasses.fields(FrontSpec)}
+            if set(front) - front_names:
+                bad = sorted(set(front) - front_names)
+                raise SpecError(f"unknown front fields: {bad}", field=f"front.{bad[0]}")
+            data = {**data, "front": FrontSpec(**front)}
         return cls(**data)
 
     def replace(self, **changes: Any) -> "ViTSpec":
@@ -54,6 +84,10 @@ class ViTSpec:
         return int(self.embed_dim * self.mlp_ratio)
 
     @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
     def num_patches(self) -> int:
         return (self.img_size // self.patch_size) ** 2
 
@@ -61,9 +95,18 @@ class ViTSpec:
     def num_tokens(self) -> int:
         return self.num_patches + (1 if self.class_token else 0)
 
+    @property
+    def final_norm(self) -> str:
+        """timm's name for the final norm: ``fc_norm`` (after pooling) with average pooling, else ``norm``."""
+        return "fc_norm" if self.global_pool == "avg" else "norm"
+
+    @property
+    def architecture(self) -> str:
+        return STITCHED_ARCHITECTURE if self.front is not None else TIMM_ARCHITECTURE
+
     def timm_model_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``timm.create_model(TIMM_ARCHITECTURE, **args)`` that rebuild this spec."""
-        return {
+        """Keyword arguments for ``timm.create_model(self.architecture, **args)`` that rebuild this spec."""
+        args: dict[str, Any] = {
             "img_size": self.img_size,
             "patch_size": self.patch_size,
             "in_chans": self.in_chans,
@@ -75,3 +118,130 @@ class ViTSpec:
             "class_token": self.class_token,
             "global_pool": self.global_pool,
         }
+        if self.front is not None:
+            args.update(
+                front_depth=self.front.depth,
+                front_embed_dim=self.front.embed_dim,
+                front_num_heads=self.front.num_heads,
+                front_mlp_ratio=self.front.mlp_ratio,
+            )
+        return args
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """What the service accepts; the defaults are generous, the service passes its own settings."""
+
+    max_depth: int = 48
+    max_embed_dim: int = 4096
+    max_params: int = 2_000_000_000
+    max_num_heads: int = 64
+    min_head_dim: int = 8
+    max_head_dim: int = 256
+    max_mlp_ratio: float = 16.0
+    max_num_classes: int = 100_000
+    max_img_size: int = 1024
+    max_in_chans: int = 16
+
+
+def _require_int(value: Any, field: str, minimum: int) -> None:
+    # bool is an int subclass; a JSON `true` must not pass as a depth.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{field} must be an integer, got {value!r}", field)
+    if value < minimum:
+        raise SpecError(f"{field} must be at least {minimum}, got {value}", field)
+
+
+def _check_width(embed_dim: Any, num_heads: Any, mlp_ratio: Any, prefix: str) -> None:
+    _require_int(embed_dim, f"{prefix}embed_dim", 1)
+    _require_int(num_heads, f"{prefix}num_heads", 1)
+    if embed_dim % num_heads:
+        raise SpecError(f"{prefix}num_heads ({num_heads}) must divide {prefix}embed_dim ({embed_dim})",
+                        f"{prefix}num_heads")
+    if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or not math.isfinite(mlp_ratio):
+        raise SpecError(f"{prefix}mlp_ratio must be a number, got {mlp_ratio!r}", f"{prefix}mlp_ratio")
+    if int(embed_dim * mlp_ratio) < 1:
+        raise SpecError(f"{prefix}mlp_ratio {mlp_ratio} gives an empty MLP", f"{prefix}mlp_ratio")
+
+
+def validate_structure(spec: ViTSpec) -> None:
+    """Check that ``spec`` can be built at all (no size limits). Raises :class:`SpecError` naming the field."""
+    _require_int(spec.depth, "depth", 1)
+    _check_width(spec.embed_dim, spec.num_heads, spec.mlp_ratio, "")
+    _require_int(spec.num_classes, "num_classes", 0)  # 0: no head, the descendant outputs pooled features
+    _require_int(spec.in_chans, "in_chans", 1)
+    _require_int(spec.patch_size, "patch_size", 1)
+    _require_int(spec.img_size, "img_size", 1)
+    if spec.img_size % spec.patch_size:
+        raise SpecError(f"img_size ({spec.img_size}) must be a multiple of patch_size ({spec.patch_size})",
+                        "patch_size")
+    if spec.global_pool not in GLOBAL_POOLS:
+        raise SpecError(f"global_pool must be one of {list(GLOBAL_POOLS)}, got {spec.global_pool!r}", "global_pool")
+    if not isinstance(spec.class_token, bool):
+        raise SpecError(f"class_token must be true or false, got {spec.class_token!r}", "class_token")
+    if spec.global_pool == "token" and not spec.class_token:
+        raise SpecError("global_pool 'token' needs class_token true", "class_token")
+    if spec.front is not None:
+        if not isinstance(spec.front, FrontSpec):
+            raise SpecError("front must be an object with depth, embed_dim, num_heads, mlp_ratio", "front")
+        _require_int(spec.front.depth, "front.depth", 1)
+        if spec.front.depth >= spec.depth:
+            raise SpecError(f"front.depth ({spec.front.depth}) must be less than depth ({spec.depth})",
+                            "front.depth")
+        _check_width(spec.front.embed_dim, spec.front.num_heads, spec.front.mlp_ratio, "front.")
+
+
+def validate_spec(spec: ViTSpec, limits: SpecLimits = SpecLimits()) -> None:
+    """Check ``spec`` is buildable and within ``limits``. Raises :class:`SpecError` naming the field."""
+    validate_structure(spec)
+    widths = [("", spec.embed_dim, spec.num_heads, spec.mlp_ratio)]
+    if spec.front is not None:
+        widths.append(("front.", spec.front.embed_dim, spec.front.num_heads, spec.front.mlp_ratio))
+    for prefix, embed_dim, num_heads, mlp_ratio in widths:
+        if embed_dim > limits.max_embed_dim:
+            raise SpecError(f"{prefix}embed_dim {embed_dim} is above the limit {limits.max_embed_dim}",
+                            f"{prefix}embed_dim")
+        if num_heads > limits.max_num_heads:
+            raise SpecError(f"{prefix}num_heads {num_heads} is above the limit {limits.max_num_heads}",
+                            f"{prefix}num_heads")
+        head_dim = embed_dim // num_heads
+        if not limits.min_head_dim <= head_dim <= limits.max_head_dim:
+            raise SpecError(
+                f"head dimension {head_dim} ({prefix}embed_dim / {prefix}num_heads) must be within "
+                f"[{limits.min_head_dim}, {limits.max_head_dim}]", f"{prefix}num_heads")
+        if not 0 < mlp_ratio <= limits.max_mlp_ratio:
+            raise SpecError(f"{prefix}mlp_ratio must be in (0, {limits.max_mlp_ratio}], got {mlp_ratio}",
+                            f"{prefix}mlp_ratio")
+    for field, value, limit in (
+        ("depth", spec.depth, limits.max_depth),
+        ("num_classes", spec.num_classes, limits.max_num_classes),
+        ("img_size", spec.img_size, limits.max_img_size),
+        ("in_chans", spec.in_chans, limits.max_in_chans),
+    ):
+        if value > limit:
+            raise SpecError(f"{field} {value} is above the limit {limit}", field)
+    params = param_count(spec)
+    if params > limits.max_params:
+        # No single field is at fault: depth and width together make the size.
+        raise SpecError(f"the spec has {params:,} parameters, above the limit {limits.max_params:,}", "spec")
+
+
+def merge_request(base: ViTSpec, partial: dict[str, Any], free: set[str], method: str) -> ViTSpec:
+    """Fill a partial request from ``base`` and refuse changes to fields the method fixes.
+
+    Fields in ``free`` may change; any other field named in ``partial`` must equal ``base``'s. A new width
+    without ``num_heads`` keeps the base head dimension (so 384 from a 768/12 base gets 6 heads).
+    """
+    merged = {**base.to_dict(), **partial}
+    spec = ViTSpec.from_dict(merged)
+    for field in partial:
+        if field not in free and getattr(spec, field) != getattr(base, field):
+            raise SpecError(f"{method} fixes {field} to {getattr(base, field)!r}", field)
+    if "embed_dim" in partial and "num_heads" not in partial and spec.embed_dim != base.embed_dim:
+        if not isinstance(spec.embed_dim, int) or spec.embed_dim % base.head_dim:
+            raise SpecError(
+                f"embed_dim {spec.embed_dim!r} is not a multiple of the base head dimension {base.head_dim}; "
+                "give num_heads", "num_heads")
+        spec = spec.replace(num_heads=spec.embed_dim // base.head_dim)
+    validate_structure(spec)
+    return spec

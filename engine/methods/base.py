@@ -16,6 +16,10 @@ from engine.spec import ViTSpec
 StateDict = dict[str, torch.Tensor]
 
 
+class LearngeneError(ValueError):
+    """A learngene, ancestry or fit parameter that a method cannot use (wrong method, missing tensors...)."""
+
+
 @dataclass
 class Learngene:
     """A condensed learngene: its tensors plus JSON-able metadata.
@@ -33,10 +37,19 @@ class Learngene:
     def base_spec(self) -> ViTSpec:
         return ViTSpec.from_dict(self.meta["spec"])
 
+    def require(self, method: str) -> None:
+        """Refuse a learngene of another method (its tensors would be misread, not merely mis-sized)."""
+        if self.method != method:
+            raise LearngeneError(f"this is a {self.method!r} learngene, not a {method!r} one")
+
 
 @dataclass
 class Descendant:
-    """An expanded descendant: weights plus what ``timm.create_model`` needs to rebuild it."""
+    """An expanded descendant: weights plus what ``timm.create_model`` needs to rebuild it.
+
+    Tensors may share storage with the learngene's (copying them would double the peak memory): treat both as
+    read-only, or clone before training in place.
+    """
 
     state_dict: StateDict
     architecture: str

@@ -1,0 +1,134 @@
+"""TLEG: linear expansion (Xia et al., AAAI 2024), METHODS.md section 1.
+
+Block i (0-based) of a descendant of depth L gets ``W_i = A + (i / L) * B`` for every block tensor.
+
+Learngene tensors (float32):
+
+- ``blocks.A.<name>`` and ``blocks.B.<name>`` for every timm block tensor name (``norm1.weight``,
+  ``norm1.bias``, ``attn.qkv.weight``, ``attn.qkv.bias``, ``attn.proj.weight``, ``attn.proj.bias``,
+  ``norm2.weight``, ``norm2.bias``, ``mlp.fc1.weight``, ``mlp.fc1.bias``, ``mlp.fc2.weight``, ``mlp.fc2.bias``);
+- ``patch_embed.proj.weight``, ``patch_embed.proj.bias``, ``pos_embed`` of shape (1, num_patches, D): patch
+  tokens only, since descendants have no class token;
+- ``fc_norm.weight``, ``fc_norm.bias``: the learngene's final norm (timm's name under average pooling);
+- ``head.weight``, ``head.bias`` when the learngene has classes.
+
+``meta``: ``spec`` (the auxiliary network's: ``class_token=False``, ``global_pool="avg"``, depth L_aux),
+``aux_depth`` (L_aux), and ``fit`` (``relative_residual`` of the least-squares fit) when made by :func:`fit`.
+
+Auxiliary network (for the trainer): ``blocks = nn.ModuleDict({"A": block, "B": block})`` of two timm blocks
+(:func:`engine.vit.vit_block`) gives exactly the ``blocks.A.*`` / ``blocks.B.*`` keys; block i of the auxiliary
+network runs a block with weights ``A + (i / L_aux) * B`` (e.g. ``torch.func.functional_call``). Together with a
+timm ViT's ``patch_embed``, ``pos_embed``, ``fc_norm`` and ``head`` (built from ``meta["spec"]``), its
+``state_dict()`` is the learngene: pass it to :func:`make_learngene`. METHODS.md gives the training init (B's
+norm weights 0).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.costs import block_shapes, state_shapes
+from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
+from engine.spec import ViTSpec, merge_request
+from engine.vit import (BLOCK_TENSORS, as_float32, block_key, check_layout, inherits_head, make_descendant,
+                        stack_blocks, timm_random_init)
+
+name = "tleg"
+supports_fit = True
+
+
+def coefficients(depth: int) -> torch.Tensor:
+    """``i / depth`` for i = 0..depth-1 as float32, rounded once from float64 like Python's ``i / depth``."""
+    return (torch.arange(depth, dtype=torch.float64) / depth).float()
+
+
+def layout(spec: ViTSpec) -> dict[str, tuple[int, ...]]:
+    """Learngene tensor names and shapes for an auxiliary network of ``spec``."""
+    blocks = block_shapes(spec.embed_dim, spec.mlp_hidden)
+    outside = {k: v for k, v in state_shapes(spec.replace(depth=1)).items() if not k.startswith("blocks.")}
+    return {
+        **{f"blocks.{part}.{k}": v for part in ("A", "B") for k, v in blocks.items()},
+        **outside,
+    }
+
+
+def make_learngene(tensors: StateDict, spec: ViTSpec, **meta: Any) -> Learngene:
+    """Package (A, B) and the shared tensors (named as in the module docstring) as a TLEG learngene."""
+    if spec.class_token or spec.global_pool != "avg":
+        raise LearngeneError("a TLEG learngene has no class token and average pooling")
+    tensors = as_float32(tensors)
+    check_layout(tensors, layout(spec), "TLEG learngene")
+    return Learngene(method=name, tensors=tensors, meta={"spec": spec.to_dict(), "aux_depth": spec.depth, **meta})
+
+
+def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
+    """Least squares ``W_i ~ A + (i / L_a) * B`` over the ancestry's blocks, for every block tensor.
+
+    The design matrix ``[1, i / L_a]`` is the same for every tensor, so its pseudo-inverse (2 x L_a) is solved once
+    and applied to each tensor's whole stack of blocks.
+    """
+    if params:
+        raise LearngeneError(f"tleg fit takes no parameters, got {sorted(params)}")
+    check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
+    state = as_float32(ancestry)
+    depth = ancestry_spec.depth
+    design = torch.stack([torch.ones(depth, dtype=torch.float64), coefficients(depth).double()], dim=1)
+    solve = torch.linalg.pinv(design).float()
+    coeff = coefficients(depth)
+    tensors: StateDict = {}
+    residual = total = 0.0
+    for tensor_name in BLOCK_TENSORS:
+        stack = stack_blocks(state, depth, tensor_name)
+        a, b = torch.tensordot(solve, stack, dims=1)
+        fitted = a + coeff.view((-1,) + (1,) * a.ndim) * b
+        residual += float((stack - fitted).square().sum())
+        total += float(stack.square().sum())
+        tensors[f"blocks.A.{tensor_name}"] = a
+        tensors[f"blocks.B.{tensor_name}"] = b
+    spec = ancestry_spec.replace(class_token=False, global_pool="avg")
+    # Descendants have no class token: keep the patch positions only.
+    tensors["pos_embed"] = state["pos_embed"][:, 1:] if ancestry_spec.class_token else state["pos_embed"]
+    tensors["patch_embed.proj.weight"] = state["patch_embed.proj.weight"]
+    tensors["patch_embed.proj.bias"] = state["patch_embed.proj.bias"]
+    tensors["fc_norm.weight"] = state[f"{ancestry_spec.final_norm}.weight"]
+    tensors["fc_norm.bias"] = state[f"{ancestry_spec.final_norm}.bias"]
+    if ancestry_spec.num_classes > 0:
+        tensors["head.weight"] = state["head.weight"]
+        tensors["head.bias"] = state["head.bias"]
+    return make_learngene(tensors, spec, fit={"relative_residual": (residual / max(total, 1e-30)) ** 0.5})
+
+
+def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
+    """Depth and classes are free; width, heads, MLP, input and pooling are the learngene's."""
+    return merge_request(learngene.base_spec, partial, {"depth", "num_classes"}, name)
+
+
+def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
+    base = learngene.base_spec
+    return [base.replace(depth=depth) for depth in range(1, 2 * learngene.meta["aux_depth"] + 1)]
+
+
+def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
+    learngene.require(name)
+    spec = resolve_spec(learngene, spec.to_dict())
+    base = learngene.base_spec
+    tensors = learngene.tensors
+    check_layout(tensors, layout(base), "TLEG learngene")
+    coeff = coefficients(spec.depth)
+    state: StateDict = {k: tensors[k] for k in ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed",
+                                                "fc_norm.weight", "fc_norm.bias")}
+    for tensor_name in BLOCK_TENSORS:
+        a, b = tensors[f"blocks.A.{tensor_name}"], tensors[f"blocks.B.{tensor_name}"]
+        # All blocks of one tensor in one broadcast op; each block is then a contiguous view of the result.
+        stack = a + coeff.view((-1,) + (1,) * a.ndim) * b
+        for i in range(spec.depth):
+            state[block_key(i, tensor_name)] = stack[i]
+    head = "none"
+    if inherits_head(spec, base.num_classes):
+        state["head.weight"], state["head.bias"] = tensors["head.weight"], tensors["head.bias"]
+        head = "inherited"
+    elif spec.num_classes > 0:
+        state.update(timm_random_init(spec, ["head"], seed))
+        head = "fresh"
+    return make_descendant(state, spec, head=head)

@@ -1,0 +1,138 @@
+"""Weight selection (Xu et al., ICLR 2024), METHODS.md section 5: a smaller descendant copied out of the ancestry.
+
+The learngene is the ancestry itself: method ``"weight-selection"``, the ancestry's state dict (timm names,
+float32), ``meta = {"spec": <ancestry spec>}``. Only shrinks; data-free.
+
+The descendant takes the first L blocks, and in every dimension the evenly spaced indices of
+:func:`engine.vit.select_indices`; each index set is the same for every layer:
+
+- the embedding (residual stream) width: ``select(D_a, D)``, for every tensor that reads or writes the stream;
+- the MLP hidden width: ``select(H_a, H)``;
+- attention: heads and head dimensions are selected separately, ``select(heads_a, heads)`` and
+  ``select(head_dim_a, head_dim)``, so each descendant head is made of one ancestry head's dimensions
+  (**our choice**: a flat selection over the fused rows would mix heads, and q with k). The same inner index set
+  picks rows inside each of q, k and v of the fused ``qkv`` and the columns of the attention projection;
+- the position embedding: the class-token position is kept when the descendant has a class token (dropped when
+  it has not), and the patch grid is selected along its rows and columns (``select(grid_a, grid)`` each) so a
+  smaller image keeps a regular grid of positions;
+- the patch embedding conv: output channels by the embedding width; input channels and kernel untouched (the
+  patch size and input channels are fixed).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.costs import state_shapes
+from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
+from engine.spec import SpecError, ViTSpec, merge_request
+from engine.vit import (as_float32, block_key, check_layout, inherits_head, make_descendant, select_indices,
+                        timm_random_init)
+
+name = "weight-selection"
+supports_fit = True
+
+FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
+               "global_pool"}
+
+
+def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
+    if params:
+        raise LearngeneError(f"weight-selection fit takes no parameters, got {sorted(params)}")
+    check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
+    return Learngene(method=name, tensors=as_float32(ancestry), meta={"spec": ancestry_spec.to_dict()})
+
+
+def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
+    base = learngene.base_spec
+    spec = merge_request(base, partial, FREE_FIELDS, name)
+    for field, value, limit in (
+        ("depth", spec.depth, base.depth),
+        ("embed_dim", spec.embed_dim, base.embed_dim),
+        ("num_heads", spec.num_heads, base.num_heads),
+        ("num_heads", spec.head_dim, base.head_dim),
+        ("mlp_ratio", spec.mlp_hidden, base.mlp_hidden),
+        ("img_size", spec.img_size, base.img_size),
+    ):
+        if value > limit:
+            raise SpecError(f"weight selection only shrinks: {field} gives {value}, the ancestry has {limit}", field)
+    if spec.class_token and not base.class_token:
+        raise SpecError("the ancestry has no class token to select", "class_token")
+    return spec
+
+
+def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
+    """Every depth up to the ancestry's, times every head count at the ancestry's head dimension."""
+    base = learngene.base_spec
+    return [base.replace(depth=depth, embed_dim=heads * base.head_dim, num_heads=heads)
+            for heads in range(1, base.num_heads + 1) for depth in range(1, base.depth + 1)]
+
+
+def _take(tensor: torch.Tensor, *indices: torch.Tensor | None) -> torch.Tensor:
+    """Select ``indices[d]`` along each leading dimension d (``None``: kept whole). A full range is skipped, so
+    equal sizes copy nothing."""
+    for dim, index in enumerate(indices):
+        if index is not None and len(index) != tensor.shape[dim]:
+            tensor = tensor.index_select(dim, index)
+    return tensor
+
+
+def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec) -> StateDict:
+    """The descendant's weights for ``spec`` (already resolved) selected from ``ancestry``, without the head."""
+    a, s = ancestry_spec, spec
+    emb = select_indices(a.embed_dim, s.embed_dim)
+    hidden = select_indices(a.mlp_hidden, s.mlp_hidden)
+    heads = select_indices(a.num_heads, s.num_heads)
+    inner = (heads[:, None] * a.head_dim + select_indices(a.head_dim, s.head_dim)).reshape(-1)
+    qkv = torch.cat([inner + part * a.embed_dim for part in range(3)])
+    block_indices = {
+        "norm1.weight": (emb,),
+        "norm1.bias": (emb,),
+        "attn.qkv.weight": (qkv, emb),
+        "attn.qkv.bias": (qkv,),
+        "attn.proj.weight": (emb, inner),
+        "attn.proj.bias": (emb,),
+        "norm2.weight": (emb,),
+        "norm2.bias": (emb,),
+        "mlp.fc1.weight": (hidden, emb),
+        "mlp.fc1.bias": (hidden,),
+        "mlp.fc2.weight": (emb, hidden),
+        "mlp.fc2.bias": (emb,),
+    }
+    grid_a, grid = a.img_size // a.patch_size, s.img_size // s.patch_size
+    cells = select_indices(grid_a, grid)
+    tokens = (cells[:, None] * grid_a + cells[None, :]).reshape(-1) + (1 if a.class_token else 0)
+    if s.class_token:
+        tokens = torch.cat([torch.zeros(1, dtype=torch.long), tokens])
+    state: StateDict = {
+        "patch_embed.proj.weight": _take(ancestry["patch_embed.proj.weight"], emb),
+        "patch_embed.proj.bias": _take(ancestry["patch_embed.proj.bias"], emb),
+        "pos_embed": _take(ancestry["pos_embed"], None, tokens, emb),
+        f"{s.final_norm}.weight": _take(ancestry[f"{a.final_norm}.weight"], emb),
+        f"{s.final_norm}.bias": _take(ancestry[f"{a.final_norm}.bias"], emb),
+    }
+    if s.class_token:
+        state["cls_token"] = _take(ancestry["cls_token"], None, None, emb)
+    for i in range(s.depth):
+        for tensor_name, indices in block_indices.items():
+            state[block_key(i, tensor_name)] = _take(ancestry[block_key(i, tensor_name)], *indices)
+    return state
+
+
+def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
+    learngene.require(name)
+    spec = resolve_spec(learngene, spec.to_dict())
+    base = learngene.base_spec
+    check_layout(learngene.tensors, state_shapes(base), "weight-selection learngene")
+    state = select(learngene.tensors, base, spec)
+    head = "none"
+    if inherits_head(spec, base.num_classes):
+        state["head.weight"] = _take(learngene.tensors["head.weight"], None,
+                                     select_indices(base.embed_dim, spec.embed_dim))
+        state["head.bias"] = learngene.tensors["head.bias"]
+        head = "inherited"
+    elif spec.num_classes > 0:
+        state.update(timm_random_init(spec, ["head"], seed))
+        head = "fresh"
+    return make_descendant(state, spec, head=head)

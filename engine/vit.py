@@ -1,0 +1,159 @@
+"""Shared tensor helpers for the methods: timm ViT key names, evenly spaced selection, resizing along a
+dimension, resampling along depth, seeded timm initialization of parts of a descendant.
+
+Every method works on plain timm state dicts (see METHODS.md for the key names); what more than one method needs
+lives here, once.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import timm
+import torch
+from timm.layers import LayerNorm
+from timm.models import named_apply
+from timm.models.vision_transformer import Block, init_weights_vit_timm
+from torch import nn
+
+from engine.costs import block_shapes
+from engine.methods.base import Descendant, LearngeneError, StateDict
+from engine.spec import ViTSpec
+
+#: The tensors of one transformer block, by their name inside ``blocks.{i}.`` (timm order).
+BLOCK_TENSORS: tuple[str, ...] = tuple(block_shapes(1, 1))
+#: Tensors outside the blocks that carry the input side: patch embedding, class token, position embedding.
+STEM_TENSORS: tuple[str, ...] = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed")
+
+
+def block_key(index: int, name: str) -> str:
+    return f"blocks.{index}.{name}"
+
+
+def check_layout(tensors: StateDict, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Refuse tensors whose keys or shapes are not exactly ``shapes`` (e.g. an ancestry with layer scale or
+    register tokens, or a learngene missing a tensor): a clear error here beats a KeyError deep in a method."""
+    missing = sorted(set(shapes) - set(tensors))
+    unexpected = sorted(set(tensors) - set(shapes))
+    wrong = sorted(k for k in set(shapes) & set(tensors) if tuple(tensors[k].shape) != shapes[k])
+    if missing or unexpected or wrong:
+        raise LearngeneError(
+            f"{what} does not have the expected tensors: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+            f"wrong shape {wrong[:4]}")
+
+
+def as_float32(state: StateDict) -> StateDict:
+    """Ancestries may be stored in half precision; every method computes and stores float32."""
+    return {k: v if v.dtype == torch.float32 else v.float() for k, v in state.items()}
+
+
+def stack_blocks(state: StateDict, depth: int, name: str, prefix: str = "") -> torch.Tensor:
+    """``(depth, *shape)``: tensor ``name`` of blocks 0..depth-1, one copy."""
+    return torch.stack([state[prefix + block_key(i, name)] for i in range(depth)])
+
+
+def select_indices(total: int, size: int) -> torch.Tensor:
+    """Evenly spaced indices (weight selection's rule): ``arange(size) * (total // size)`` when ``size`` divides
+    ``total``, else ``round(linspace(0, total - 1, size))`` (ties to even)."""
+    if not 0 < size <= total:
+        raise ValueError(f"cannot select {size} of {total}")
+    if total % size == 0:
+        return torch.arange(size) * (total // size)
+    return torch.linspace(0, total - 1, size, dtype=torch.float64).round().long()
+
+
+def _lerp_at(tensor: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``tensor`` along ``dim`` at fractional ``positions`` (within [0, n-1])."""
+    n = tensor.shape[dim]
+    low = positions.floor().long().clamp(max=n - 1)
+    high = (low + 1).clamp(max=n - 1)
+    shape = [1] * tensor.ndim
+    shape[dim] = -1
+    weight = (positions - low).to(tensor.dtype).reshape(shape)
+    return tensor.index_select(dim, low) * (1 - weight) + tensor.index_select(dim, high) * weight
+
+
+def resize_dim(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Resize one dimension: evenly spaced selection when shrinking, linear interpolation (end points kept)
+    when growing, the tensor itself when the size is unchanged."""
+    n = tensor.shape[dim]
+    if size == n:
+        return tensor
+    if size < n:
+        return tensor.index_select(dim, select_indices(n, size))
+    return _lerp_at(tensor, dim, torch.linspace(0, n - 1, size, dtype=torch.float64))
+
+
+def resize_segments(tensor: torch.Tensor, dim: int, segments: int, size: int) -> torch.Tensor:
+    """Resize each of ``segments`` equal parts of ``dim`` to ``size`` (qkv's q|k|v rows resized apart)."""
+    parts = tensor.chunk(segments, dim)
+    return torch.cat([resize_dim(p, dim, size) for p in parts], dim)
+
+
+def resample_depth(stack: torch.Tensor, depth: int) -> torch.Tensor:
+    """Resample a ``(n, ...)`` per-block stack to ``depth`` blocks by relative position: block i of ``depth`` reads
+    the stack at ``i / depth * n`` (linear interpolation), so equal depths give the stack back unchanged."""
+    n = stack.shape[0]
+    if depth == n:
+        return stack
+    positions = (torch.arange(depth, dtype=torch.float64) * n / depth).clamp(max=n - 1)
+    return _lerp_at(stack, 0, positions)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run with the CPU generator seeded, restoring the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+def vit_block(dim: int, num_heads: int, mlp_ratio: float, **factory: Any) -> Block:
+    """The block exactly as timm's ``VisionTransformer`` builds it (qkv bias, timm LayerNorm, GELU)."""
+    return Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm,
+                 act_layer=nn.GELU, **factory)
+
+
+def block_width(spec: ViTSpec, index: int) -> tuple[int, int, float]:
+    """(embed_dim, num_heads, mlp_ratio) of block ``index`` (front blocks of a stitched spec differ)."""
+    if spec.front is not None and index < spec.front.depth:
+        return spec.front.embed_dim, spec.front.num_heads, spec.front.mlp_ratio
+    return spec.embed_dim, spec.num_heads, spec.mlp_ratio
+
+
+def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
+    """timm's default ViT initialization of some modules of ``spec`` (``"blocks.{i}"`` or ``"head"``), drawn in
+    the given order from one generator seeded with ``seed``.
+
+    Only these modules are built (on the meta device, then materialized once), so initializing a few blocks
+    costs a few blocks, not a whole model.
+    """
+    state: StateDict = {}
+    with seeded(seed):
+        for name in modules:
+            if name == "head":
+                module: nn.Module = nn.Linear(spec.embed_dim, spec.num_classes, device="meta")
+            else:
+                module = vit_block(*block_width(spec, int(name.split(".")[1])), device="meta")
+            module.to_empty(device="cpu")
+            named_apply(init_weights_vit_timm, module, include_root=True)
+            state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    return state
+
+
+def inherits_head(spec: ViTSpec, classes: int) -> bool:
+    """A head is inherited only for the very classes it was trained on; otherwise it is freshly initialized."""
+    return spec.num_classes > 0 and spec.num_classes == classes
+
+
+def make_descendant(state: StateDict, spec: ViTSpec, **details: Any) -> Descendant:
+    return Descendant(state_dict=state, architecture=spec.architecture, model_args=spec.timm_model_args(),
+                      details=details)
+
+
+def build_model(spec: ViTSpec) -> nn.Module:
+    """The descendant architecture with timm's default initialization (from the global RNG)."""
+    import engine.stitched  # noqa: F401  (registers the stitched architecture with timm)
+
+    return timm.create_model(spec.architecture, pretrained=False, **spec.timm_model_args())
