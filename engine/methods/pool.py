@@ -1,0 +1,249 @@
+"""Learngene Pool (Shi et al., AAAI 2024), METHODS.md section 3.
+
+A pool holds a few small students of different widths/depths and stitch layers between them. A descendant is
+``(f, j, b, k)``: patch embedding and blocks 0..j of front student f, the stitch ``Linear(d_f -> d_b)`` on every
+token (identity when the widths are equal), blocks k.. of back student b, then b's final norm and head. It is
+built by :class:`engine.stitched.StitchedViT` (or is a plain timm ViT when nothing differs between the parts).
+
+Learngene tensors (float32):
+
+- ``students.{s}.<timm key>``: the whole state dict of student s (a plain timm ViT), s = 0..S-1;
+- ``stitches.{f}.{b}.weight`` (d_b, d_f) and ``stitches.{f}.{b}.bias`` (d_b): for every ordered pair of students
+  of different widths.
+
+``meta``: ``spec`` (the ancestry's), ``students`` (each student's spec dict, in order), ``stitches`` ([[f, b], ...])
+and ``fit`` (how the data-free pool was made) when made by :func:`fit`. A trainer with distilled students and
+stitches packs the same format with :func:`build_pool`.
+
+Catalogue (what :func:`candidate_specs` lists and :func:`resolve_spec` chooses from): every student as it is, and
+for every ordered pair f != b and every j in 0..n_f-2 the back part starting at the same relative depth,
+``k = round((j + 1) * n_b / n_f)`` clamped to [1, n_b - 1] (**our choice**: a stitch maps features between matching
+depths, which is also what its least-squares initialization fits).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.costs import preference_key, state_shapes
+from engine.methods import weight_selection
+from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
+from engine.spec import FrontSpec, SpecError, ViTSpec, validate_structure
+from engine.vit import (BLOCK_TENSORS, STEM_TENSORS, as_float32, block_key, build_model, check_layout,
+                        inherits_head, make_descendant, timm_random_init)
+
+name = "pool"
+supports_fit = True
+
+#: Fields every student shares, so that any front fits any back.
+SHARED_FIELDS = ("img_size", "patch_size", "in_chans", "class_token", "global_pool", "num_classes")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One catalogue entry: the choice (front student, last front block, back student, first back block)."""
+
+    front: int
+    last_front_block: int
+    back: int
+    first_back_block: int
+    spec: ViTSpec
+
+    @property
+    def choice(self) -> list[int]:
+        return [self.front, self.last_front_block, self.back, self.first_back_block]
+
+
+def student_specs(learngene: Learngene) -> list[ViTSpec]:
+    return [ViTSpec.from_dict(s) for s in learngene.meta["students"]]
+
+
+def stitch_positions(front_depth: int, back_depth: int) -> list[tuple[int, int]]:
+    """(j, k) pairs stitching front block j to back block k at the same relative depth."""
+    return [(j, min(max(round((j + 1) * back_depth / front_depth), 1), back_depth - 1))
+            for j in range(front_depth - 1) if back_depth > 1]
+
+
+def _entry_spec(front: ViTSpec, j: int, back: ViTSpec, k: int) -> ViTSpec:
+    spec = back.replace(depth=(j + 1) + (back.depth - k))
+    if (front.embed_dim, front.num_heads, front.mlp_ratio) != (back.embed_dim, back.num_heads, back.mlp_ratio):
+        spec = spec.replace(front=FrontSpec(j + 1, front.embed_dim, front.num_heads, front.mlp_ratio))
+    return spec
+
+
+def catalogue(learngene: Learngene) -> list[Entry]:
+    """Every descendant the pool offers, students first; later entries with an identical spec are dropped."""
+    specs = student_specs(learngene)
+    entries = [Entry(s, spec.depth - 1, s, spec.depth, spec) for s, spec in enumerate(specs)]
+    for f, front in enumerate(specs):
+        for b, back in enumerate(specs):
+            if f != b:
+                entries.extend(Entry(f, j, b, k, _entry_spec(front, j, back, k))
+                               for j, k in stitch_positions(front.depth, back.depth))
+    unique: dict[ViTSpec, Entry] = {}
+    for entry in entries:
+        unique.setdefault(entry.spec, entry)
+    return list(unique.values())
+
+
+def build_pool(students: list[tuple[StateDict, ViTSpec]], stitches: dict[tuple[int, int], tuple[torch.Tensor,
+               torch.Tensor]], meta: dict[str, Any]) -> Learngene:
+    """A pool learngene from students (state dict, spec) and stitches {(f, b): (weight, bias)}.
+
+    Every ordered pair of students of different widths needs its stitch; ``meta`` may carry ``spec`` (the
+    ancestry's; the widest student's otherwise) and anything else worth recording.
+    """
+    if not students:
+        raise LearngeneError("a pool needs at least one student")
+    specs = [spec for _, spec in students]
+    for field in SHARED_FIELDS:
+        if len({getattr(spec, field) for spec in specs}) > 1:
+            raise LearngeneError(f"every student must share {field}")
+    tensors: StateDict = {}
+    for s, (state, spec) in enumerate(students):
+        check_layout(state, state_shapes(spec), f"student {s}")
+        tensors.update({f"students.{s}.{k}": v for k, v in as_float32(state).items()})
+    pairs = [[f, b] for f in range(len(specs)) for b in range(len(specs))
+             if specs[f].embed_dim != specs[b].embed_dim]
+    for f, b in pairs:
+        if (f, b) not in stitches:
+            raise LearngeneError(f"missing the stitch from student {f} to student {b}")
+        weight, bias = stitches[(f, b)]
+        if tuple(weight.shape) != (specs[b].embed_dim, specs[f].embed_dim) or tuple(bias.shape) != (specs[b].embed_dim,):
+            raise LearngeneError(f"stitch {f}->{b} must be Linear({specs[f].embed_dim} -> {specs[b].embed_dim})")
+        tensors[f"stitches.{f}.{b}.weight"] = weight.float()
+        tensors[f"stitches.{f}.{b}.bias"] = bias.float()
+    widest = max(specs, key=lambda spec: (spec.embed_dim, spec.depth))
+    return Learngene(method=name, tensors=tensors, meta={
+        "spec": widest.to_dict(), **meta, "students": [spec.to_dict() for spec in specs], "stitches": pairs})
+
+
+def _hidden_states(state: StateDict, spec: ViTSpec, images: torch.Tensor) -> list[torch.Tensor]:
+    """Patch-token features after every block of a student, as (batch * patches, width) float64 matrices."""
+    model = build_model(spec)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    with torch.inference_mode():
+        outputs = model.forward_intermediates(images, indices=spec.depth, output_fmt="NLC", intermediates_only=True)
+    return [x.reshape(-1, x.shape[-1]).double() for x in outputs]
+
+
+def fit_stitches(students: list[tuple[StateDict, ViTSpec]], images: torch.Tensor) -> dict[tuple[int, int],
+                                                                                        tuple[torch.Tensor, torch.Tensor]]:
+    """Least-squares stitches: for each ordered pair of widths, ``[F, 1] @ theta ~ G`` over every catalogue
+    position (j, k), F = front features after block j, G = back features entering block k, on ``images``."""
+    hidden = [_hidden_states(state, spec, images) for state, spec in students]
+    stitches = {}
+    for f, (_, front) in enumerate(students):
+        for b, (_, back) in enumerate(students):
+            if front.embed_dim == back.embed_dim:
+                continue
+            positions = stitch_positions(front.depth, back.depth)
+            if not positions:
+                raise LearngeneError(f"students {f} and {b} leave no stitch position (back depth 1)")
+            source = torch.cat([hidden[f][j] for j, _ in positions])
+            target = torch.cat([hidden[b][k - 1] for _, k in positions])
+            design = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
+            theta = torch.linalg.lstsq(design, target).solution
+            stitches[(f, b)] = (theta[:-1].T.float().contiguous(), theta[-1].float().contiguous())
+    return stitches
+
+
+def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
+    """Data-free pool: students made from the ancestry by weight selection, stitches by least squares on a
+    fixed synthetic batch.
+
+    params: ``students`` (list of {embed_dim, num_heads, depth[, mlp_ratio]}; default two students of half the
+    ancestry's depth, at half and at full width), ``batch`` (default 8 images) and ``seed`` (default 0) of the
+    synthetic batch: standard-normal pixels, i.e. inputs in the normalized range the stem expects.
+    """
+    unknown = set(params) - {"students", "batch", "seed"}
+    if unknown:
+        raise LearngeneError(f"pool fit takes students, batch, seed; got {sorted(unknown)}")
+    a = ancestry_spec
+    wanted = params.get("students", [
+        {"embed_dim": a.embed_dim // 2, "num_heads": max(a.num_heads // 2, 1), "depth": max(a.depth // 2, 2)},
+        {"embed_dim": a.embed_dim, "num_heads": a.num_heads, "depth": max(a.depth // 2, 2)},
+    ])
+    source = weight_selection.fit(ancestry, ancestry_spec, {})
+    students = []
+    for fields in wanted:
+        try:
+            spec = weight_selection.resolve_spec(source, dict(fields))
+        except SpecError as exc:
+            raise LearngeneError(f"student {fields}: {exc}") from exc
+        # Same classes as the ancestry, so the head is selected, not drawn: the seed is never used.
+        students.append((weight_selection.expand(source, spec, seed=0).state_dict, spec))
+    batch, seed = int(params.get("batch", 8)), int(params.get("seed", 0))
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, a.in_chans, a.img_size, a.img_size, generator=generator)
+    stitches = fit_stitches(students, images)
+    return build_pool(students, stitches, {
+        "spec": a.to_dict(),
+        "fit": {"students": "weight selection", "stitches": "least squares", "batch": batch, "seed": seed},
+    })
+
+
+def _choose(learngene: Learngene, partial: dict[str, Any]) -> tuple[Entry, ViTSpec]:
+    """The preferred catalogue entry matching every field of ``partial`` (the most parameters, then the fewest
+    GFLOPs), and its spec with the requested classes."""
+    known = set(ViTSpec.__dataclass_fields__)
+    unknown = set(partial) - known
+    if unknown:
+        raise SpecError(f"unknown spec fields: {sorted(unknown)}", sorted(unknown)[0])
+    entries = catalogue(learngene)
+    for field, value in partial.items():
+        if field == "num_classes":
+            continue
+        if field == "front" and isinstance(value, dict):
+            value = FrontSpec(**value)
+        narrowed = [e for e in entries if getattr(e.spec, field) == value]
+        if not narrowed:
+            offered = sorted({repr(getattr(e.spec, field)) for e in entries})
+            raise SpecError(f"no pool descendant has {field}={value!r}; offered: {', '.join(offered)}", field)
+        entries = narrowed
+    entry = min(entries, key=lambda e: preference_key(e.spec))
+    spec = entry.spec.replace(num_classes=partial.get("num_classes", entry.spec.num_classes))
+    validate_structure(spec)
+    return entry, spec
+
+
+def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
+    """The catalogue entry matching the request; classes are free (a new head when they differ)."""
+    return _choose(learngene, partial)[1]
+
+
+def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
+    return [entry.spec for entry in catalogue(learngene)]
+
+
+def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
+    learngene.require(name)
+    entry, spec = _choose(learngene, spec.to_dict())
+    tensors = learngene.tensors
+    specs = student_specs(learngene)
+    front, back = specs[entry.front], specs[entry.back]
+    f, b = f"students.{entry.front}.", f"students.{entry.back}."
+    state: StateDict = {key: tensors[f + key] for key in STEM_TENSORS if f + key in tensors}
+    for i in range(entry.last_front_block + 1):
+        state.update({block_key(i, t): tensors[f + block_key(i, t)] for t in BLOCK_TENSORS})
+    if front.embed_dim != back.embed_dim:
+        stitch = f"stitches.{entry.front}.{entry.back}."
+        state["stitch.weight"], state["stitch.bias"] = tensors[stitch + "weight"], tensors[stitch + "bias"]
+    for offset, i in enumerate(range(entry.first_back_block, back.depth), start=entry.last_front_block + 1):
+        state.update({block_key(offset, t): tensors[b + block_key(i, t)] for t in BLOCK_TENSORS})
+    for part in ("weight", "bias"):
+        state[f"{back.final_norm}.{part}"] = tensors[f"{b}{back.final_norm}.{part}"]
+    head = "none"
+    if inherits_head(spec, back.num_classes):
+        state["head.weight"], state["head.bias"] = tensors[b + "head.weight"], tensors[b + "head.bias"]
+        head = "inherited"
+    elif spec.num_classes > 0:
+        state.update(timm_random_init(spec, ["head"], seed))
+        head = "fresh"
+    descendant = make_descendant(state, spec, pool_choice=entry.choice, head=head)
+    if spec.front is not None:
+        descendant.model_args["pool_choice"] = entry.choice
+    return descendant
