@@ -120,7 +120,20 @@ def build_pool(students: list[tuple[StateDict, ViTSpec]], stitches: dict[tuple[i
         "spec": widest.to_dict(), **meta, "students": [spec.to_dict() for spec in specs], "stitches": pairs})
 
 
-def _hidden_states(state: StateDict, spec: ViTSpec, images: torch.Tensor) -> list[torch.Tensor]:
+def students(learngene: Learngene) -> list[tuple[StateDict, ViTSpec]]:
+    """The pool's students as (state dict, spec), e.g. to start distilling from a data-free pool."""
+    return [({k.removeprefix(f"students.{s}."): v for k, v in learngene.tensors.items()
+              if k.startswith(f"students.{s}.")}, spec) for s, spec in enumerate(student_specs(learngene))]
+
+
+def synthetic_batch(spec: ViTSpec, batch: int, seed: int) -> torch.Tensor:
+    """The fixed batch the data-free stitches are fitted on: standard-normal pixels (the normalized input range
+    the stem expects) from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, generator=generator)
+
+
+def hidden_states(state: StateDict, spec: ViTSpec, images: torch.Tensor) -> list[torch.Tensor]:
     """Patch-token features after every block of a student, as (batch * patches, width) float64 matrices."""
     model = build_model(spec)
     model.load_state_dict(state, strict=True)
@@ -134,7 +147,7 @@ def fit_stitches(students: list[tuple[StateDict, ViTSpec]], images: torch.Tensor
                                                                                         tuple[torch.Tensor, torch.Tensor]]:
     """Least-squares stitches: for each ordered pair of widths, ``[F, 1] @ theta ~ G`` over every catalogue
     position (j, k), F = front features after block j, G = back features entering block k, on ``images``."""
-    hidden = [_hidden_states(state, spec, images) for state, spec in students]
+    hidden = [hidden_states(state, spec, images) for state, spec in students]
     stitches = {}
     for f, (_, front) in enumerate(students):
         for b, (_, back) in enumerate(students):
@@ -157,7 +170,7 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
 
     params: ``students`` (list of {embed_dim, num_heads, depth[, mlp_ratio]}; default two students of half the
     ancestry's depth, at half and at full width), ``batch`` (default 8 images) and ``seed`` (default 0) of the
-    synthetic batch: standard-normal pixels, i.e. inputs in the normalized range the stem expects.
+    :func:`synthetic_batch`.
     """
     unknown = set(params) - {"students", "batch", "seed"}
     if unknown:
@@ -168,19 +181,17 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
         {"embed_dim": a.embed_dim, "num_heads": a.num_heads, "depth": max(a.depth // 2, 2)},
     ])
     source = weight_selection.fit(ancestry, ancestry_spec, {})
-    students = []
+    made = []
     for fields in wanted:
         try:
             spec = weight_selection.resolve_spec(source, dict(fields))
         except SpecError as exc:
             raise LearngeneError(f"student {fields}: {exc}") from exc
         # Same classes as the ancestry, so the head is selected, not drawn: the seed is never used.
-        students.append((weight_selection.expand(source, spec, seed=0).state_dict, spec))
+        made.append((weight_selection.expand(source, spec, seed=0).state_dict, spec))
     batch, seed = int(params.get("batch", 8)), int(params.get("seed", 0))
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, a.in_chans, a.img_size, a.img_size, generator=generator)
-    stitches = fit_stitches(students, images)
-    return build_pool(students, stitches, {
+    stitches = fit_stitches(made, synthetic_batch(a, batch, seed))
+    return build_pool(made, stitches, {
         "spec": a.to_dict(),
         "fit": {"students": "weight selection", "stitches": "least squares", "batch": batch, "seed": seed},
     })

@@ -1,0 +1,41 @@
+"""The registry lists every method behind one protocol; the engine never pulls in the web, database or queue."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.methods import METHOD_NAMES, get_method
+
+
+def test_every_method_implements_the_protocol() -> None:
+    assert METHOD_NAMES == ("tleg", "layers", "pool", "wave", "weight-selection", "random")
+    for name in METHOD_NAMES:
+        method = get_method(name)
+        assert method.name == name
+        assert method.supports_fit is True
+        for function in ("fit", "resolve_spec", "candidate_specs", "expand"):
+            assert callable(getattr(method, function)), (name, function)
+    with pytest.raises(KeyError, match="known"):
+        get_method("tleg2")
+
+
+def test_engine_imports_no_service_code() -> None:
+    script = (
+        "import sys\n"
+        "import engine.artifacts, engine.planner, engine.stitched, engine.costs\n"
+        "from engine.methods import METHOD_NAMES, get_method\n"
+        "[get_method(n) for n in METHOD_NAMES]\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fastapi', 'sqlalchemy', 'celery', 'service', 'worker', 'starlette', 'redis', 'psycopg'))\n"
+        "assert not bad, bad\n"
+        "import engine.spec\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_specs_and_costs_import_without_torch() -> None:
+    script = "import sys, engine.spec, engine.costs, engine.methods\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2])
