@@ -24,6 +24,11 @@ def _migrate() -> None:
         engine.dispose()
 
 
+def _warm_engine() -> None:
+    import engine.methods.tleg  # noqa: F401  (torch, timm and the method code)
+    import engine.planner  # noqa: F401
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -50,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         seed_if_empty(ctx, log=lambda msg: print(f"[seed] {msg}", flush=True))
     app = create_app(settings, ctx=ctx)
+    # The API imports torch lazily; pay for it now, in the background, rather than in the first request.
+    threading.Thread(target=_warm_engine, name="lg-warm", daemon=True).start()
     print(f"Learngene Service on http://{args.host}:{args.port}  (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     ctx.close()

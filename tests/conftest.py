@@ -18,7 +18,7 @@ from service.context import AppContext, build_context
 from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import Settings
-from tests.support import make_settings
+from tests.support import make_settings, start_server
 
 PG_ADMIN = os.environ.get("LEARNGENE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("LEARNGENE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -86,3 +86,14 @@ def client(ctx: AppContext) -> Iterator["TestClient"]:
         yield c
 
 
+
+
+@pytest.fixture(scope="session")
+def seeded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``learngene serve`` on a fresh data dir: the first start seeds the registry before it listens."""
+    tmp = tmp_path_factory.mktemp("seeded")
+    server, url = start_server(make_settings(tmp, seed_on_start=True), tmp, timeout=900)
+    try:
+        yield url
+    finally:
+        server.stop()

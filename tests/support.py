@@ -23,15 +23,10 @@ def free_port() -> int:
 
 
 def make_settings(tmp: Path, database_url: str = "", broker_url: str = "", **overrides: object) -> Settings:
-    return Settings(
-        data_dir=tmp,
-        database_url=database_url,
-        broker_url=broker_url,
-        seed_on_start=False,
-        heartbeat_interval_s=0.5,
-        stale_after_s=4.0,
-        **overrides,  # type: ignore[arg-type]
-    )
+    """Test settings: no seeding and fast heartbeats unless ``overrides`` say otherwise."""
+    values: dict[str, object] = {"seed_on_start": False, "heartbeat_interval_s": 0.5, "stale_after_s": 4.0}
+    values.update(overrides)
+    return Settings(data_dir=tmp, database_url=database_url, broker_url=broker_url, **values)  # type: ignore[arg-type]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):

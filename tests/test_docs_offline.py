@@ -8,10 +8,9 @@ Two kinds of checks against a live uvicorn server:
   the favicon comes from our host, and "Try it out" -> "Execute" on GET /v1/learngenes shows the
   server's answer. Every request the browser made is checked to have stayed on our host.
 
-The server under test comes from the ``docs_app_url`` fixture. It serves a small stand-in app
-today; to test the real service, make that fixture yield the real app's base URL instead (the
-assertions only rely on install_docs() being applied and on GET /v1/learngenes returning an item
-named "digits-tleg").
+The server under test is the real service after its first start (``seeded_server``): "Try it out"
+on the learngene list must show the seeded learngene. A small stand-in app checks install_docs()
+under a root path.
 """
 
 from __future__ import annotations
@@ -26,10 +25,7 @@ from pydantic import BaseModel
 
 from service.docs_ui import ASSETS_DIR, STATIC_URL, install_docs, swagger_ui_version
 
-try:  # tests/ as a package, or as a plain folder on sys.path (pytest's default "prepend")
-    from tests.browser import headless_chromium, requires_chromium, serve_app
-except ImportError:  # pragma: no cover - depends on how pytest was started
-    from browser import headless_chromium, requires_chromium, serve_app
+from tests.browser import headless_chromium, requires_chromium
 
 TITLE = "Learngene Service"
 LIST_PATH = "/v1/learngenes"
@@ -73,12 +69,9 @@ def make_demo_app() -> fastapi.FastAPI:
 
 
 @pytest.fixture(scope="module")
-def docs_app_url() -> Iterator[str]:
-    """Base URL (no trailing slash) of a live server whose app has install_docs() applied.
-
-    Swap point: yield the real service's URL here once it exists."""
-    with serve_app(make_demo_app()) as url:
-        yield url
+def docs_app_url(seeded_server: str) -> str:
+    """Base URL (no trailing slash) of the real service, seeded on its first start."""
+    return seeded_server
 
 
 @pytest.fixture(scope="module")

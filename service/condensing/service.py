@@ -47,7 +47,7 @@ def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
 
 
 def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
-    from engine.train import supports_fit, validate_params  # torch only when a job is submitted
+    from engine.train import ParamError, supports_fit, supports_train, validate_params  # torch only when needed
 
     session = uow.session
     ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
@@ -61,12 +61,16 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
     if mode == "fit" and not supports_fit(req.method):
         raise InvalidRequest(f"{req.method} has no data-free fit; use mode train with a dataset", field="mode")
     dataset = check_dataset(session, ctx, req.dataset) if req.dataset else None
+    if mode == "train" and not supports_train(req.method):
+        raise InvalidRequest(f"{req.method} has no training; use mode fit", field="mode")
     if mode == "train" and dataset is None:
         raise InvalidRequest("mode train needs a dataset", field="dataset")
     if req.evaluate and dataset is None:
         raise InvalidRequest("the evaluation card needs a dataset (or set evaluate to false)", field="evaluate")
     try:
         params = validate_params(req.method, req.params)
+    except ParamError as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from exc
     except ValueError as exc:
         raise InvalidRequest(str(exc), field="params") from exc
     payload = {

@@ -21,6 +21,7 @@ class JobOut(BaseModel):
     attempts: int
     max_attempts: int
     cancel_requested: bool
+    worker: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None
     heartbeat_at: dt.datetime | None

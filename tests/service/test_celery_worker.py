@@ -1,0 +1,79 @@
+"""Distributed mode: PostgreSQL registry, Redis broker, a real Celery worker process started by the test."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.db import make_engine
+from service.migrate import upgrade
+from service.settings import Settings
+from tests.conftest import _reset_pg
+from tests.service.conftest import TINY_ARGS
+from tests.support import Proc, make_settings, start_server, start_worker, wait_until
+
+
+@pytest.fixture
+def distributed(pg_database: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Settings, str, Path]]:
+    _reset_pg(pg_database)
+    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url)
+    engine = make_engine(pg_database)
+    upgrade(engine)
+    engine.dispose()
+    server, url = start_server(settings, tmp_path)
+    try:
+        yield settings, url, tmp_path
+    finally:
+        server.stop()
+
+
+def _wait_job(url: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = httpx.get(f"{url}/v1/jobs/{job_id}").json()
+        return body if body["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_until(done, timeout, 0.2, f"job {job_id}")
+
+
+def _upload(url: str, path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        r = httpx.post(f"{url}/v1/ancestries", files={"file": (path.name, f)},
+                       data={"architecture": "vit_base_patch16_224", "model_args": json.dumps(TINY_ARGS)},
+                       timeout=120)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_a_celery_worker_takes_jobs_from_redis_and_completes_them(
+    distributed: tuple[Settings, str, Path], tiny_ancestry_file: Path
+) -> None:
+    settings, url, tmp = distributed
+    assert httpx.get(f"{url}/readyz").json()["checks"]["broker"] == "ok"
+    ancestry = _upload(url, tiny_ancestry_file)
+    r = httpx.post(f"{url}/v1/condense-jobs", json={"ancestry": ancestry["id"], "method": "tleg",
+                                                    "learngene": "redis-tleg", "mode": "fit", "evaluate": False})
+    assert r.status_code == 202
+    job_id = r.json()["id"]
+    # No worker yet: the job waits in Redis, queued.
+    assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "queued"
+    worker: Proc = start_worker(settings, tmp, "w1")
+    try:
+        job = _wait_job(url, job_id)
+        assert job["state"] == "succeeded", (job["error"], worker.log())
+        assert job["worker"] and job["worker"].split(":")[1] == str(worker.popen.pid)
+        version = httpx.get(f"{url}/v1/learngenes/redis-tleg/versions/latest").json()
+        assert version["status"] == "ready" and version["lineage"]["job_id"] == job_id
+
+        desc = httpx.post(f"{url}/v1/descendants", params={"wait": 60},
+                          json={"learngene": "redis-tleg", "spec": {"depth": 3}}, timeout=90)
+        assert desc.status_code == 201, desc.text
+        weights = httpx.get(f"{url}{desc.json()['weights_url']}")
+        assert weights.status_code == 200 and len(weights.content) == desc.json()["size_bytes"]
+        expand_job = httpx.get(f"{url}/v1/jobs/{desc.json()['job_id']}").json()
+        assert expand_job["worker"].split(":")[1] == str(worker.popen.pid)
+    finally:
+        worker.stop()
