@@ -7,14 +7,14 @@ lives here, once.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import timm
 import torch
-from timm.layers import LayerNorm
-from timm.models import named_apply
-from timm.models.vision_transformer import Block, init_weights_vit_timm
+from timm.layers import LayerNorm, trunc_normal_
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from engine.costs import block_shapes
@@ -123,22 +123,34 @@ def block_width(spec: ViTSpec, index: int) -> tuple[int, int, float]:
 
 
 def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
-    """timm's default ViT initialization of some modules of ``spec`` (``"blocks.{i}"`` or ``"head"``), drawn in
-    the given order from one generator seeded with ``seed``.
+    """timm's default ViT initialization (``init_weights_vit_timm``: linear weights truncated normal with std 0.02
+    cut at +-2, biases 0; LayerNorm weights 1, biases 0) of some modules of ``spec`` (``"blocks.{i}"`` or
+    ``"head"``), drawn from a generator seeded with ``seed``.
 
-    Only these modules are built (on the meta device, then materialized once), so initializing a few blocks
-    costs a few blocks, not a whole model.
+    Every linear weight is drawn by one call into one buffer, in the order of ``modules``, then handed out as
+    views: per-tensor draws cost a few kernel launches each, which dominates on small or busy CPUs.
     """
-    state: StateDict = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for module in modules:
+        if module == "head":
+            shapes.update({"head.weight": (spec.num_classes, spec.embed_dim), "head.bias": (spec.num_classes,)})
+        else:
+            dim, _, mlp_ratio = block_width(spec, int(module.split(".")[1]))
+            shapes.update({f"{module}.{k}": v for k, v in block_shapes(dim, int(dim * mlp_ratio)).items()})
+    weights = [k for k, shape in shapes.items() if len(shape) == 2]  # the 2-D tensors are the linear weights
+    drawn = torch.empty(sum(math.prod(shapes[k]) for k in weights))
     with seeded(seed):
-        for name in modules:
-            if name == "head":
-                module: nn.Module = nn.Linear(spec.embed_dim, spec.num_classes, device="meta")
-            else:
-                module = vit_block(*block_width(spec, int(name.split(".")[1])), device="meta")
-            module.to_empty(device="cpu")
-            named_apply(init_weights_vit_timm, module, include_root=True)
-            state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        trunc_normal_(drawn, std=0.02)
+    state: StateDict = {}
+    offset = 0
+    for key, shape in shapes.items():
+        if len(shape) == 2:
+            state[key] = drawn[offset:offset + math.prod(shape)].view(shape)
+            offset += math.prod(shape)
+        elif key.endswith(("norm1.weight", "norm2.weight")):
+            state[key] = torch.ones(shape)
+        else:
+            state[key] = torch.zeros(shape)
     return state
 
 
