@@ -48,9 +48,9 @@ def as_float32(state: StateDict) -> StateDict:
     return {k: v if v.dtype == torch.float32 else v.float() for k, v in state.items()}
 
 
-def stack_blocks(state: StateDict, depth: int, name: str, prefix: str = "") -> torch.Tensor:
+def stack_blocks(state: StateDict, depth: int, name: str) -> torch.Tensor:
     """``(depth, *shape)``: tensor ``name`` of blocks 0..depth-1, one copy."""
-    return torch.stack([state[prefix + block_key(i, name)] for i in range(depth)])
+    return torch.stack([state[block_key(i, name)] for i in range(depth)])
 
 
 def select_indices(total: int, size: int) -> torch.Tensor:
@@ -154,14 +154,31 @@ def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
     return state
 
 
-def inherits_head(spec: ViTSpec, classes: int) -> bool:
-    """A head is inherited only for the very classes it was trained on; otherwise it is freshly initialized."""
-    return spec.num_classes > 0 and spec.num_classes == classes
-
-
 def make_descendant(state: StateDict, spec: ViTSpec, **details: Any) -> Descendant:
     return Descendant(state_dict=state, architecture=spec.architecture, model_args=spec.timm_model_args(),
                       details=details)
+
+
+def assemble(state: StateDict, spec: ViTSpec, seed: int, head: tuple[torch.Tensor, torch.Tensor] | None,
+             fresh: list[str] | None = None, **details: Any) -> Descendant:
+    """The descendant: ``state`` plus its head and any ``fresh`` modules (``"blocks.{i}"``).
+
+    The learngene's ``head`` (weight, bias, already at the descendant's width) is kept only for exactly its
+    classes; other classes get timm's fresh init (another task's head would only mislead). Fresh modules and a
+    fresh head come from one draw seeded with ``seed``, so they never repeat each other's numbers.
+    """
+    modules = list(fresh or [])
+    details["head"] = "none"
+    if spec.num_classes > 0:
+        if head is not None and head[0].shape[0] == spec.num_classes:
+            state["head.weight"], state["head.bias"] = head
+            details["head"] = "inherited"
+        else:
+            modules.append("head")
+            details["head"] = "fresh"
+    if modules:
+        state.update(timm_random_init(spec, modules, seed))
+    return make_descendant(state, spec, **details)
 
 
 def build_model(spec: ViTSpec) -> nn.Module:

@@ -20,8 +20,7 @@ from typing import Any
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import SpecError, ViTSpec, merge_request
-from engine.vit import (BLOCK_TENSORS, as_float32, block_key, check_layout, inherits_head, make_descendant,
-                        timm_random_init)
+from engine.vit import BLOCK_TENSORS, as_float32, assemble, block_key, check_layout
 
 name = "layers"
 supports_fit = True
@@ -93,14 +92,9 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     offset = 0 if learngene.meta["position"] == "first" else spec.depth - kept
     inherited = list(range(offset, offset + kept))
     fresh = [f"blocks.{i}" for i in range(spec.depth) if i not in inherited]
-    keep_head = inherits_head(spec, learngene.base_spec.num_classes)
-    if spec.num_classes > 0 and not keep_head:
-        fresh.append("head")
-    state: StateDict = {k: v for k, v in tensors.items()
-                        if not k.startswith("blocks.") and (keep_head or not k.startswith("head."))}
+    state: StateDict = {k: v for k, v in tensors.items() if not k.startswith(("blocks.", "head."))}
     for j, i in enumerate(inherited):
         state.update({block_key(i, t): tensors[block_key(j, t)] for t in BLOCK_TENSORS})
-    state.update(timm_random_init(spec, fresh, seed))
-    return make_descendant(state, spec, inherited_blocks=inherited,
-                           ancestry_blocks=list(learngene.meta["indices"]),
-                           head="inherited" if keep_head else ("fresh" if spec.num_classes > 0 else "none"))
+    head = (tensors["head.weight"], tensors["head.bias"]) if "head.weight" in tensors else None
+    return assemble(state, spec, seed, head, fresh, inherited_blocks=inherited,
+                    ancestry_blocks=list(learngene.meta["indices"]))

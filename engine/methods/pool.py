@@ -31,14 +31,15 @@ from engine.costs import preference_key, state_shapes
 from engine.methods import weight_selection
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import FrontSpec, SpecError, ViTSpec, validate_structure
-from engine.vit import (BLOCK_TENSORS, STEM_TENSORS, as_float32, block_key, build_model, check_layout,
-                        inherits_head, make_descendant, timm_random_init)
+from engine.vit import BLOCK_TENSORS, STEM_TENSORS, as_float32, assemble, block_key, build_model, check_layout
 
 name = "pool"
 supports_fit = True
 
 #: Fields every student shares, so that any front fits any back.
 SHARED_FIELDS = ("img_size", "patch_size", "in_chans", "class_token", "global_pool", "num_classes")
+#: {(front student, back student): (weight (d_back, d_front), bias (d_back,))}
+Stitches = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,7 @@ def catalogue(learngene: Learngene) -> list[Entry]:
     return list(unique.values())
 
 
-def build_pool(students: list[tuple[StateDict, ViTSpec]], stitches: dict[tuple[int, int], tuple[torch.Tensor,
-               torch.Tensor]], meta: dict[str, Any]) -> Learngene:
+def build_pool(students: list[tuple[StateDict, ViTSpec]], stitches: Stitches, meta: dict[str, Any]) -> Learngene:
     """A pool learngene from students (state dict, spec) and stitches {(f, b): (weight, bias)}.
 
     Every ordered pair of students of different widths needs its stitch; ``meta`` may carry ``spec`` (the
@@ -111,8 +111,9 @@ def build_pool(students: list[tuple[StateDict, ViTSpec]], stitches: dict[tuple[i
         if (f, b) not in stitches:
             raise LearngeneError(f"missing the stitch from student {f} to student {b}")
         weight, bias = stitches[(f, b)]
-        if tuple(weight.shape) != (specs[b].embed_dim, specs[f].embed_dim) or tuple(bias.shape) != (specs[b].embed_dim,):
-            raise LearngeneError(f"stitch {f}->{b} must be Linear({specs[f].embed_dim} -> {specs[b].embed_dim})")
+        d_front, d_back = specs[f].embed_dim, specs[b].embed_dim
+        if tuple(weight.shape) != (d_back, d_front) or tuple(bias.shape) != (d_back,):
+            raise LearngeneError(f"stitch {f}->{b} must be Linear({d_front} -> {d_back})")
         tensors[f"stitches.{f}.{b}.weight"] = weight.float()
         tensors[f"stitches.{f}.{b}.bias"] = bias.float()
     widest = max(specs, key=lambda spec: (spec.embed_dim, spec.depth))
@@ -120,7 +121,7 @@ def build_pool(students: list[tuple[StateDict, ViTSpec]], stitches: dict[tuple[i
         "spec": widest.to_dict(), **meta, "students": [spec.to_dict() for spec in specs], "stitches": pairs})
 
 
-def students(learngene: Learngene) -> list[tuple[StateDict, ViTSpec]]:
+def student_states(learngene: Learngene) -> list[tuple[StateDict, ViTSpec]]:
     """The pool's students as (state dict, spec), e.g. to start distilling from a data-free pool."""
     return [({k.removeprefix(f"students.{s}."): v for k, v in learngene.tensors.items()
               if k.startswith(f"students.{s}.")}, spec) for s, spec in enumerate(student_specs(learngene))]
@@ -143,8 +144,7 @@ def hidden_states(state: StateDict, spec: ViTSpec, images: torch.Tensor) -> list
     return [x.reshape(-1, x.shape[-1]).double() for x in outputs]
 
 
-def fit_stitches(students: list[tuple[StateDict, ViTSpec]], images: torch.Tensor) -> dict[tuple[int, int],
-                                                                                        tuple[torch.Tensor, torch.Tensor]]:
+def fit_stitches(students: list[tuple[StateDict, ViTSpec]], images: torch.Tensor) -> Stitches:
     """Least-squares stitches: for each ordered pair of widths, ``[F, 1] @ theta ~ G`` over every catalogue
     position (j, k), F = front features after block j, G = back features entering block k, on ``images``."""
     hidden = [hidden_states(state, spec, images) for state, spec in students]
@@ -247,14 +247,8 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         state.update({block_key(offset, t): tensors[b + block_key(i, t)] for t in BLOCK_TENSORS})
     for part in ("weight", "bias"):
         state[f"{back.final_norm}.{part}"] = tensors[f"{b}{back.final_norm}.{part}"]
-    head = "none"
-    if inherits_head(spec, back.num_classes):
-        state["head.weight"], state["head.bias"] = tensors[b + "head.weight"], tensors[b + "head.bias"]
-        head = "inherited"
-    elif spec.num_classes > 0:
-        state.update(timm_random_init(spec, ["head"], seed))
-        head = "fresh"
-    descendant = make_descendant(state, spec, pool_choice=entry.choice, head=head)
+    head = (tensors[b + "head.weight"], tensors[b + "head.bias"]) if back.num_classes else None
+    descendant = assemble(state, spec, seed, head, pool_choice=entry.choice)
     if spec.front is not None:
         descendant.model_args["pool_choice"] = entry.choice
     return descendant

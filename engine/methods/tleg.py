@@ -31,8 +31,7 @@ import torch
 from engine.costs import block_shapes, state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import ViTSpec, merge_request
-from engine.vit import (BLOCK_TENSORS, as_float32, block_key, check_layout, inherits_head, make_descendant,
-                        stack_blocks, timm_random_init)
+from engine.vit import BLOCK_TENSORS, as_float32, assemble, block_key, check_layout, stack_blocks
 
 name = "tleg"
 supports_fit = True
@@ -120,15 +119,11 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
                                                 "fc_norm.weight", "fc_norm.bias")}
     for tensor_name in BLOCK_TENSORS:
         a, b = tensors[f"blocks.A.{tensor_name}"], tensors[f"blocks.B.{tensor_name}"]
-        # All blocks of one tensor in one broadcast op; each block is then a contiguous view of the result.
-        stack = a + coeff.view((-1,) + (1,) * a.ndim) * b
+        # All blocks of one tensor at once, (i/L) * B then + A in place: the same bits as A + (i/L) * B without a
+        # second stack-sized temporary. Each block is a contiguous view of the result.
+        stack = coeff.view((-1,) + (1,) * a.ndim) * b
+        stack += a
         for i in range(spec.depth):
             state[block_key(i, tensor_name)] = stack[i]
-    head = "none"
-    if inherits_head(spec, base.num_classes):
-        state["head.weight"], state["head.bias"] = tensors["head.weight"], tensors["head.bias"]
-        head = "inherited"
-    elif spec.num_classes > 0:
-        state.update(timm_random_init(spec, ["head"], seed))
-        head = "fresh"
-    return make_descendant(state, spec, head=head)
+    head = (tensors["head.weight"], tensors["head.bias"]) if base.num_classes else None
+    return assemble(state, spec, seed, head)

@@ -35,8 +35,8 @@ import torch
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import SpecError, ViTSpec, merge_request
-from engine.vit import (BLOCK_TENSORS, as_float32, block_key, check_layout, inherits_head, make_descendant,
-                        resample_depth, resize_dim, resize_segments, stack_blocks, timm_random_init)
+from engine.vit import (BLOCK_TENSORS, as_float32, assemble, block_key, check_layout, resample_depth, resize_dim,
+                        resize_segments, stack_blocks)
 
 name = "wave"
 supports_fit = True
@@ -221,23 +221,16 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     if spec.class_token:
         state["cls_token"] = resize_dim(tensors["cls_token"], 2, width)
     for kind, scalers in resample_scalers(learngene, spec).items():
-        stack = compose(scalers, tensors[f"templates.{kind}"])
+        # Block by block: composing a whole stack at once would hold a second stack-sized copy at its peak.
         for i in range(spec.depth):
-            state[block_key(i, KINDS[kind])] = stack[i]
+            state[block_key(i, KINDS[kind])] = compose(scalers[i], tensors[f"templates.{kind}"])
     for tensor_name in _OUTSIDE:
         stack = resample_depth(stack_blocks(tensors, base.depth, tensor_name), spec.depth)
         stack = _resize_outside(tensor_name, stack, spec)
         for i in range(spec.depth):
             state[block_key(i, tensor_name)] = stack[i]
-    head = "none"
-    if inherits_head(spec, base.num_classes):
-        state["head.weight"] = resize_dim(tensors["head.weight"], 1, width)
-        state["head.bias"] = tensors["head.bias"]
-        head = "inherited"
-    elif spec.num_classes > 0:
-        state.update(timm_random_init(spec, ["head"], seed))
-        head = "fresh"
-    return make_descendant(state, spec, head=head)
+    head = (resize_dim(tensors["head.weight"], 1, width), tensors["head.bias"]) if base.num_classes else None
+    return assemble(state, spec, seed, head)
 
 
 @dataclass(frozen=True)

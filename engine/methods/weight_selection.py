@@ -27,8 +27,7 @@ import torch
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import SpecError, ViTSpec, merge_request
-from engine.vit import (as_float32, block_key, check_layout, inherits_head, make_descendant, select_indices,
-                        timm_random_init)
+from engine.vit import as_float32, assemble, block_key, check_layout, select_indices
 
 name = "weight-selection"
 supports_fit = True
@@ -125,14 +124,10 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     spec = resolve_spec(learngene, spec.to_dict())
     base = learngene.base_spec
     check_layout(learngene.tensors, state_shapes(base), "weight-selection learngene")
-    state = select(learngene.tensors, base, spec)
-    head = "none"
-    if inherits_head(spec, base.num_classes):
-        state["head.weight"] = _take(learngene.tensors["head.weight"], None,
-                                     select_indices(base.embed_dim, spec.embed_dim))
-        state["head.bias"] = learngene.tensors["head.bias"]
-        head = "inherited"
-    elif spec.num_classes > 0:
-        state.update(timm_random_init(spec, ["head"], seed))
-        head = "fresh"
-    return make_descendant(state, spec, head=head)
+    tensors = learngene.tensors
+    head = None
+    if base.num_classes:
+        head = (_take(tensors["head.weight"], None, select_indices(base.embed_dim, spec.embed_dim)).float(),
+                tensors["head.bias"].float())
+    # An ancestry read as stored may be half precision; descendants are float32 (no copy when already).
+    return assemble(as_float32(select(tensors, base, spec)), spec, seed, head)

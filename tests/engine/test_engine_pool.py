@@ -6,7 +6,7 @@ import torch
 
 from engine.methods import pool
 from engine.methods.base import Learngene, LearngeneError
-from engine.spec import STITCHED_ARCHITECTURE, TIMM_ARCHITECTURE, FrontSpec, SpecError, ViTSpec
+from engine.spec import STITCHED_ARCHITECTURE, TIMM_ARCHITECTURE, FrontSpec, SpecError
 from engine.vit import BLOCK_TENSORS, block_key
 
 
@@ -43,7 +43,7 @@ def test_stitches_solve_their_least_squares_problem(learngenes: dict[str, Learng
     learngene = learngenes["pool"]
     specs = pool.student_specs(learngene)
     images = pool.synthetic_batch(specs[0], batch=8, seed=0)  # the fit's default batch
-    hidden = [pool.hidden_states(state, spec, images) for state, spec in pool.students(learngene)]
+    hidden = [pool.hidden_states(state, spec, images) for state, spec in pool.student_states(learngene)]
     positions = pool.stitch_positions(specs[0].depth, specs[1].depth)
     source = torch.cat([hidden[0][j] for j, _ in positions])
     target = torch.cat([hidden[1][k - 1] for _, k in positions])
@@ -71,7 +71,7 @@ def test_students_and_their_pairs_come_as_plain_or_stitched_specs(learngenes: di
 
 
 def test_build_pool_requires_every_stitch(learngenes: dict[str, Learngene]) -> None:
-    students = pool.students(learngenes["pool"])
+    students = pool.student_states(learngenes["pool"])
     one = (torch.zeros(64, 32), torch.zeros(64))
     with pytest.raises(LearngeneError):
         pool.build_pool(students, {(0, 1): one}, {})
