@@ -1,0 +1,180 @@
+"""Datasets for condensing and evaluation, named by URI and held in memory as tensors.
+
+URIs
+- ``builtin:digits``: scikit-learn's handwritten digits (1,797 gray 8x8 images, 10 classes). It ships inside
+  scikit-learn, so a fresh install can train and condense with no download.
+- ``imagefolder:<path>``: a directory with one sub-folder per class holding image files (the torchvision
+  ImageFolder layout). Classes are the sorted sub-folder names. Which paths are allowed is the service's
+  business; this module only loads.
+
+Every dataset is split ONCE into train and validation by :func:`stratified_split` with the fixed
+:data:`SPLIT_SEED`: the same images are in validation on every machine and in every job, so accuracies recorded
+on different learngene versions are comparable. (For digits: 1,438 train / 359 validation.)
+
+Preprocessing, the same for every source: images are resized to the ancestry's ``img_size`` (bilinear, the
+whole image, no crop), gray images are repeated to ``in_chans`` channels, pixel values are scaled to [0, 1] and
+normalized per channel as ``(x - mean) / std`` with ``mean = std = 0.5`` by default (values in [-1, 1]; the
+convention of timm's ``augreg`` ViTs). Pass ImageNet's statistics for an ancestry trained with them.
+
+The training loop draws batches with :func:`batch_indices`, a pure function of (seed, step), so a resumed job
+sees exactly the batches it would have seen without the interruption.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DIGITS_URI = "builtin:digits"
+IMAGEFOLDER_PREFIX = "imagefolder:"
+#: Seed of the one train/validation split of every dataset. Changing it changes every recorded accuracy.
+SPLIT_SEED = 0
+VAL_FRACTION = 0.2
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, C, H, W) float32, normalized
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    uri: str
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float = VAL_FRACTION,
+                     seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) indices: each class sends round(n_c * val_fraction) of its images to validation
+    (at least one when it has two or more, none when it has one, so tiny classes still train)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(len(members) * val_fraction))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        else:
+            n_val = 0
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def load_dataset(uri: str, img_size: int, in_chans: int,
+                 mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> Dataset:
+    """Load a dataset by URI, preprocessed for an ancestry with this input size and channel count."""
+    if uri == DIGITS_URI:
+        images, labels, classes = _digits()
+    elif uri.startswith(IMAGEFOLDER_PREFIX):
+        images, labels, classes = _image_folder(Path(uri[len(IMAGEFOLDER_PREFIX):]), img_size, in_chans)
+    else:
+        raise ValueError(f"unknown dataset URI {uri!r}: expected {DIGITS_URI!r} or 'imagefolder:<path>'")
+    images = _resize_and_normalize(images, img_size, in_chans, mean, std)
+    train_idx, val_idx = stratified_split(labels.numpy())
+    full = Split(images, labels)
+    return Dataset(uri, classes, full.subset(torch.from_numpy(train_idx)), full.subset(torch.from_numpy(val_idx)))
+
+
+def target_task(dataset: Dataset, classes: Sequence[int] | None = None, shots: int | None = None,
+                seed: int = 0) -> Dataset:
+    """A few-shot downstream task carved from a dataset: only ``classes`` (relabelled 0..k-1 in the given
+    order) and at most ``shots`` training images per class (chosen by ``seed``); validation keeps every
+    validation image of those classes so the accuracy stays measurable."""
+    keep = list(range(dataset.num_classes)) if classes is None else list(classes)
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= c < dataset.num_classes for c in keep):
+        raise ValueError(f"classes must be distinct indices in [0, {dataset.num_classes}), got {keep}")
+    if shots is not None and shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    relabel = torch.full((dataset.num_classes,), -1, dtype=torch.long)
+    relabel[torch.tensor(keep)] = torch.arange(len(keep))
+    generator = torch.Generator().manual_seed(seed)
+
+    def restrict(split: Split, per_class: int | None) -> Split:
+        chosen = []
+        for c in keep:
+            members = torch.nonzero(split.labels == c).flatten()
+            if per_class is not None:
+                members = members[torch.randperm(len(members), generator=generator)[:per_class]].sort().values
+            chosen.append(members)
+        index = torch.cat(chosen).sort().values
+        return Split(split.images[index], relabel[split.labels[index]])
+
+    return Dataset(f"{dataset.uri}#classes={keep},shots={shots},seed={seed}",
+                   tuple(dataset.classes[c] for c in keep),
+                   restrict(dataset.train, shots), restrict(dataset.val, None))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of batch ``step`` of an endless shuffled stream over ``n`` items.
+
+    Epoch e is a permutation drawn from ``(seed, e)``; the last partial batch of an epoch is dropped so every
+    batch has the same size. Being a pure function of ``step`` is what makes resuming exact."""
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values are 0..16
+    return images, torch.from_numpy(bunch.target.astype(np.int64)), tuple(str(c) for c in bunch.target_names)
+
+
+def _image_folder(root: Path, img_size: int, in_chans: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    from PIL import Image
+
+    if not root.is_dir():
+        raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    mode = "RGB" if in_chans == 3 else "L"
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(path) as img:
+                # Resizing here, while still a PIL image, keeps memory at the target size for large photos.
+                img = img.convert(mode).resize((img_size, img_size), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.float32) / 255.0
+            images.append(torch.from_numpy(array.reshape(img_size, img_size, -1)).permute(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"image folder {str(root)!r} holds no images in class sub-folders")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), classes
+
+
+def _resize_and_normalize(images: torch.Tensor, img_size: int, in_chans: int,
+                          mean: float | Sequence[float], std: float | Sequence[float]) -> torch.Tensor:
+    if images.shape[-1] != img_size or images.shape[-2] != img_size:
+        images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False,
+                               antialias=images.shape[-1] > img_size)
+    if images.shape[1] != in_chans:
+        if images.shape[1] != 1:
+            raise ValueError(f"cannot map {images.shape[1]}-channel images to in_chans={in_chans}")
+        images = images.expand(-1, in_chans, -1, -1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    return ((images - mean_t) / std_t).contiguous()

@@ -1,0 +1,84 @@
+"""Condensing Learngene layers on data (METHODS.md section 2): which ancestry blocks to keep, by a measured
+criterion.
+
+Criterion **ablation-KL** (our choice among the measured criteria METHODS.md allows): on a sample of training
+images, block i scores the mean KL divergence (temperature 1, nats per image) between the ancestry's class
+distribution and that of the ancestry with block i skipped (the residual stream passes it unchanged). A block
+whose removal changes the predictions most holds the most of what the ancestry computes. ``selection="score"``
+keeps the ``count`` top-scoring blocks (in ancestry order); ``"end"`` keeps the blocks at ``position``'s end, as
+the paper's baselines do, with the scores still recorded so the choice can be judged.
+
+Cost: one pass caches every block's input, then each ablation reruns only the blocks after the skipped one, so
+scoring costs about depth/2 forward passes of the sample.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from engine.data import Dataset
+from engine.methods import layers
+from engine.methods.base import Learngene, StateDict
+from engine.spec import ViTSpec
+from engine.train.distill import load_teacher, soft_kl
+from engine.train.loop import Cancelled, Hooks, NoHooks, autocast, pick_device
+
+CRITERION = "ablation-kl"
+
+
+@torch.no_grad()
+def block_scores(ancestry: StateDict, ancestry_spec: ViTSpec, images: torch.Tensor, batch_size: int,
+                 hooks: Hooks | None = None) -> list[float]:
+    """The ablation-KL score of every ancestry block, averaged over ``images``."""
+    hooks = hooks or NoHooks()
+    device = pick_device()
+    model = load_teacher(ancestry, ancestry_spec).to(device)
+    totals = torch.zeros(ancestry_spec.depth, dtype=torch.float64)
+    batches = range(0, len(images), batch_size)
+    started = time.perf_counter()
+    for done, start in enumerate(batches, start=1):
+        if hooks.should_stop():
+            raise Cancelled(done - 1)
+        batch = images[start:start + batch_size].to(device)
+        with autocast(device):
+            x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(batch))))
+            inputs = []  # inputs[i]: the residual stream entering block i
+            for block in model.blocks:
+                inputs.append(x)
+                x = block(x)
+            full = model.forward_head(model.norm(x))
+            for i in range(ancestry_spec.depth):
+                x = inputs[i]  # block i skipped
+                for block in model.blocks[i + 1:]:
+                    x = block(x)
+                totals[i] += soft_kl(model.forward_head(model.norm(x)), full, 1.0).item() * len(batch)
+        elapsed = time.perf_counter() - started
+        hooks.on_progress({"step": done, "total_steps": len(batches), "epoch": 0, "loss": None,
+                           "images_per_s": min(start + batch_size, len(images)) / elapsed,
+                           "eta_s": elapsed / done * (len(batches) - done)})
+    return (totals / len(images)).tolist()
+
+
+def train_layers(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
+                 hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], list[tuple[int, float]]]:
+    depth = ancestry_spec.depth
+    count = params["count"] if params["count"] is not None else max(1, depth // 2)
+    if not 1 <= count <= depth:
+        raise ValueError(f"count must be in [1, {depth}] for this ancestry, got {count}")
+    sample = dataset.train.images[torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))
+                                  [:params["sample_size"]]]
+    scores = block_scores(ancestry, ancestry_spec, sample, params["batch_size"], hooks)
+    if params["selection"] == "score":
+        ranked = sorted(range(depth), key=lambda i: (-scores[i], i))
+        indices = sorted(ranked[:count])
+    else:
+        start = 0 if params["position"] == "first" else depth - count
+        indices = list(range(start, start + count))
+    kept = f"the {count} top-scoring" if params["selection"] == "score" else f"the {params['position']} {count}"
+    criterion = (f"{CRITERION}: mean KL(ancestry || ancestry without block i) at T=1 over {len(sample)} training "
+                 f"images; kept {kept} blocks")
+    learngene = layers.make_learngene(ancestry, ancestry_spec, indices, params["position"], criterion, scores)
+    metrics = {"criterion": CRITERION, "scores": scores, "indices": indices, "sample_images": len(sample)}
+    return learngene, metrics, []

@@ -1,0 +1,115 @@
+"""Condensing a Learngene Pool on data (METHODS.md section 3): students of different widths distilled from the
+ancestry together with the stitch layers between them.
+
+1. Students start as the data-free pool makes them (weight selection from the ancestry,
+   :func:`engine.methods.pool.fit`) **[our choice]**: their features already mean something, so the stitches
+   can be fitted before any training.
+2. Stitches: least squares between front and back features on ``stitch_images`` real training images
+   (:func:`engine.methods.pool.fit_stitches`, the same positions as the pool's catalogue).
+3. Everything trains together: every step distils every student *and* every stitched path of the catalogue
+   (front student f up to block j, stitch, back student b from block k) from the ancestry, each path with equal
+   weight, so the descendants users will ask for are exactly what was trained.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from engine.data import Dataset
+from engine.methods import pool
+from engine.methods.base import Learngene, StateDict
+from engine.spec import ViTSpec
+from engine.train.auxiliary import parameter_tree
+from engine.train.distill import Distillation, distil, load_teacher
+from engine.train.loop import Hooks, LossHistory
+from engine.train.params import train_config
+from engine.vit import build_model
+
+
+def _stem(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+
+
+def _head(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    return vit.forward_head(vit.norm(x))
+
+
+class PoolNet(nn.Module):
+    """Students and stitches; ``state_dict()`` has the pool learngene's names (``students.{s}.*``,
+    ``stitches.{f}.{b}.*``). ``forward`` returns logits of shape (batch, paths, classes): every student, then
+    every stitched path in :attr:`paths` order."""
+
+    def __init__(self, students: list[tuple[StateDict, ViTSpec]],
+                 stitches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.specs = [spec for _, spec in students]
+        self.students = nn.ModuleList()
+        for state, spec in students:
+            model = build_model(spec)
+            model.load_state_dict(state, strict=True)
+            self.students.append(model)
+        self.stitches = parameter_tree({f"{f}.{b}.{part}": tensor for (f, b), pair in stitches.items()
+                                        for part, tensor in zip(("weight", "bias"), pair)})
+        #: (front student, last front block j, back student, first back block k) of every stitched path.
+        self.paths = [(f, j, b, k) for f, front in enumerate(self.specs) for b, back in enumerate(self.specs)
+                      if f != b for j, k in pool.stitch_positions(front.depth, back.depth)]
+
+    def _stitch(self, f: int, b: int, x: torch.Tensor) -> torch.Tensor:
+        if self.specs[f].embed_dim == self.specs[b].embed_dim:
+            return x  # equal widths: the pool's stitch is the identity
+        stitch = self.stitches.get_submodule(f"{f}.{b}")
+        return nn.functional.linear(x, stitch.weight, stitch.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = []  # hidden[s][j]: tokens after block j of student s, reused by every path leaving it
+        logits = []
+        for student in self.students:
+            x, states = _stem(student, images), []
+            for block in student.blocks:
+                x = block(x)
+                states.append(x)
+            hidden.append(states)
+            logits.append(_head(student, x))
+        for f, j, b, k in self.paths:
+            back = self.students[b]
+            x = self._stitch(f, b, hidden[f][j])
+            for block in back.blocks[k:]:
+                x = block(x)
+            logits.append(_head(back, x))
+        return torch.stack(logits, dim=1)
+
+    def path_names(self) -> list[str]:
+        return ([f"student {s}" for s in range(len(self.specs))]
+                + [f"{f}[..{j}] -> {b}[{k}..]" for f, j, b, k in self.paths])
+
+
+def _split_students(tensors: StateDict, specs: list[ViTSpec]) -> list[tuple[StateDict, ViTSpec]]:
+    """Each student's own timm state dict out of pool-named tensors (``students.{s}.<timm key>``)."""
+    return [({k.removeprefix(f"students.{s}."): v for k, v in tensors.items() if k.startswith(f"students.{s}.")},
+             spec) for s, spec in enumerate(specs)]
+
+
+def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
+               hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
+    start = pool.fit(ancestry, ancestry_spec, {} if params["students"] is None else {"students": params["students"]})
+    specs = pool.student_specs(start)
+    students = _split_students(start.tensors, specs)
+    sample = dataset.train.images[:params["stitch_images"]]
+    stitches = pool.fit_stitches(students, sample)
+    model = PoolNet(students, stitches)
+    loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
+                        params["ce_weight"])
+    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    metrics["paths"] = model.path_names()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    trained_students = _split_students(state, specs)
+    trained_stitches = {(f, b): (state[f"stitches.{f}.{b}.weight"], state[f"stitches.{f}.{b}.bias"])
+                        for f, b in stitches}
+    learngene = pool.build_pool(trained_students, trained_stitches, {
+        "spec": ancestry_spec.to_dict(),
+        "init": {"students": "weight selection", "stitches": f"least squares on {len(sample)} training images"},
+    })
+    return learngene, metrics, history

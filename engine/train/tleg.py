@@ -1,0 +1,64 @@
+"""Condensing TLEG on data (METHODS.md section 1): an auxiliary network of depth L_aux whose block i uses
+``A + (i / L_aux) * B``, distilled from the ancestry; its (A, B) and shared tensors are the learngene.
+
+Initialization: the data-free least-squares fit (:func:`engine.methods.tleg.fit`) by default, so training refines
+the line through the ancestry's blocks; or METHODS.md's init (``init="random"``): linear weights truncated
+normal 0.02 and biases 0 in A and B, norm weights 1 in A and 0 in B (so B starts as no change at all).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import named_apply
+from timm.models.vision_transformer import init_weights_vit_timm
+from torch import nn
+
+from engine.data import Dataset
+from engine.methods import tleg
+from engine.methods.base import Learngene, StateDict
+from engine.spec import ViTSpec
+from engine.train.auxiliary import AuxiliaryViT
+from engine.train.distill import Distillation, distil, load_teacher
+from engine.train.loop import Hooks, LossHistory
+from engine.train.params import train_config
+from engine.vit import vit_block
+
+
+class LinearExpansionViT(AuxiliaryViT):
+    """TLEG's auxiliary network. ``state_dict()`` is the learngene's tensors: ``blocks.A.*``, ``blocks.B.*`` and
+    the shared ``patch_embed.*``, ``pos_embed``, ``fc_norm.*``, ``head.*``."""
+
+    def __init__(self, spec: ViTSpec) -> None:
+        super().__init__(spec)
+        self.blocks = nn.ModuleDict({part: vit_block(spec.embed_dim, spec.num_heads, spec.mlp_ratio)
+                                     for part in ("A", "B")})
+        named_apply(init_weights_vit_timm, self.blocks)  # trunc normal 0.02 linear weights, zero biases
+        for name, p in self.blocks["B"].named_parameters():
+            if name.startswith("norm"):
+                nn.init.zeros_(p)
+        # The expansion's own coefficients, so expanding to depth L_aux reproduces this network exactly.
+        self.register_buffer("coefficients", tleg.coefficients(spec.depth), persistent=False)
+
+    def block_weights(self) -> list[dict[str, torch.Tensor]]:
+        a = dict(self.blocks["A"].named_parameters())
+        b = dict(self.blocks["B"].named_parameters())
+        stacks = {k: a[k] + self.coefficients.view((-1,) + (1,) * a[k].ndim) * b[k] for k in a}
+        return [{k: stack[i] for k, stack in stacks.items()} for i in range(len(self.coefficients))]
+
+
+def train_tleg(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
+               hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
+    spec = ancestry_spec.replace(class_token=False, global_pool="avg", depth=params["aux_depth"])
+    torch.manual_seed(params["seed"])
+    model = LinearExpansionViT(spec)
+    meta: dict[str, Any] = {"init": params["init"]}
+    if params["init"] == "fit":
+        fitted = tleg.fit(ancestry, ancestry_spec, {})
+        model.load_state_dict(fitted.tensors, strict=True)
+        meta["fit"] = fitted.meta["fit"]
+    loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
+                        params["ce_weight"])
+    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return tleg.make_learngene(tensors, spec, **meta), metrics, history

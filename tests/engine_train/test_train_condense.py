@@ -1,0 +1,174 @@
+"""Condensing on data: every trainer lowers its distillation loss and yields a learngene whose expansions load
+into timm strictly and compute what the trained network computed."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import timm
+import torch
+
+import engine.stitched  # noqa: F401  (registers the stitched architecture with timm)
+from engine.data import DIGITS_URI, Dataset
+from engine.methods import get_method, tleg
+from engine.methods.base import Descendant, Learngene, StateDict
+from engine.spec import ViTSpec
+from engine.train import Cancelled, NoHooks, condense
+from engine.train.layers import block_scores
+from engine.train.pool import PoolNet, _split_students
+from engine.train.tleg import LinearExpansionViT
+from engine.train.wave import TemplateViT
+from tests.engine_train.conftest import QUICK
+
+Ancestry = tuple[StateDict, ViTSpec, dict[str, Any]]
+
+
+def _load(descendant: Descendant) -> torch.nn.Module:
+    model = timm.create_model(descendant.architecture, pretrained=False, **descendant.model_args)
+    model.load_state_dict(descendant.state_dict, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def condensed(trained_ancestry: Ancestry) -> dict[str, tuple[Learngene, dict[str, Any], list]]:
+    state, spec, _ = trained_ancestry
+    return {method: condense(method, "train", state, spec, DIGITS_URI, QUICK[method]) for method in QUICK}
+
+
+@pytest.mark.parametrize("method", ["tleg", "wave", "pool"])
+def test_distillation_lowers_the_loss(condensed: dict, method: str) -> None:
+    learngene, metrics, history = condensed[method]
+    assert learngene.method == method
+    assert metrics["val_kl_after"] < 0.7 * metrics["val_kl_before"]
+    first, last = history[0][1], sum(v for _, v in history[-3:]) / 3
+    assert last < first
+    assert history[-1][0] == QUICK[method]["steps"]
+
+
+@pytest.mark.parametrize("method", ["tleg", "wave", "pool", "layers"])
+def test_every_offered_size_expands_and_loads_into_timm_strictly(condensed: dict, method: str) -> None:
+    learngene = condensed[method][0]
+    module = get_method(method)
+    specs = list(module.candidate_specs(learngene))
+    for spec in specs[:: max(1, len(specs) // 6)] + specs[-1:]:
+        _load(module.expand(learngene, spec.replace(num_classes=7), seed=0))  # a fresh head
+        _load(module.expand(learngene, spec, seed=0))  # the inherited head
+
+
+def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+def test_tleg_expansion_at_the_auxiliary_depth_is_the_trained_network(condensed: dict, digits: Dataset) -> None:
+    learngene = condensed["tleg"][0]
+    assert learngene.meta["aux_depth"] == 4 and learngene.meta["init"] == "fit"
+    aux = LinearExpansionViT(learngene.base_spec)
+    aux.load_state_dict(learngene.tensors, strict=True)
+    descendant = _load(tleg.expand(learngene, learngene.base_spec, seed=0))
+    images = digits.val.images[:32]
+    torch.testing.assert_close(_logits(descendant, images), _logits(aux, images), rtol=1e-4, atol=1e-4)
+
+
+def test_tleg_random_init_follows_methods_md() -> None:
+    spec = ViTSpec(depth=12, embed_dim=32, num_heads=2, num_classes=10, img_size=8, patch_size=4, in_chans=1,
+                   class_token=False, global_pool="avg")
+    torch.manual_seed(0)
+    aux = LinearExpansionViT(spec)
+    a, b = aux.blocks["A"], aux.blocks["B"]
+    assert torch.all(a.norm1.weight == 1) and torch.all(a.norm1.bias == 0)
+    assert torch.all(b.norm1.weight == 0) and torch.all(b.norm2.bias == 0)
+    assert torch.all(b.attn.qkv.bias == 0) and torch.all(a.mlp.fc1.bias == 0)
+    assert b.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert not torch.equal(a.mlp.fc1.weight, b.mlp.fc1.weight)  # A and B drawn independently
+    assert torch.equal(aux.coefficients, tleg.coefficients(12))
+    assert set(aux.state_dict()) == set(tleg.layout(spec))
+
+
+def test_wave_auxiliary_network_is_its_expansion(condensed: dict, digits: Dataset) -> None:
+    learngene = condensed["wave"][0]
+    assert learngene.meta["tile"] == [8, 8] and learngene.meta["counts"] == {k: 4 for k in ("qkv", "proj", "fc1", "fc2")}
+    descendant = _load(get_method("wave").expand(learngene, learngene.base_spec, seed=0))
+    images = digits.val.images[:32]
+    torch.testing.assert_close(_logits(descendant, images), _logits(TemplateViT(learngene), images),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_pool_trained_paths_are_the_descendants_users_get(condensed: dict, digits: Dataset) -> None:
+    learngene, metrics, _ = condensed["pool"]
+    module = get_method("pool")
+    specs = [ViTSpec.from_dict(s) for s in learngene.meta["students"]]
+    net = PoolNet(_split_students(learngene.tensors, specs),
+                  {(f, b): (learngene.tensors[f"stitches.{f}.{b}.weight"], learngene.tensors[f"stitches.{f}.{b}.bias"])
+                   for f, b in learngene.meta["stitches"]})
+    assert len(metrics["paths"]) == 2 + len(net.paths) and len(net.paths) == 2
+    images = digits.val.images[:32]
+    outputs = _logits(net, images)
+    for path, (f, j, b, k) in enumerate(net.paths, start=2):
+        entry = next(e for e in module.catalogue(learngene) if e.choice == [f, j, b, k])
+        descendant = _load(module.expand(learngene, entry.spec, seed=0))
+        torch.testing.assert_close(_logits(descendant, images), outputs[:, path], rtol=1e-4, atol=1e-4)
+
+
+def test_layers_scores_every_block_and_keeps_the_top_ones(condensed: dict) -> None:
+    learngene, metrics, history = condensed["layers"]
+    scores = learngene.meta["scores"]
+    assert len(scores) == 4 and all(s > 0 for s in scores) and history == []
+    top = sorted(sorted(range(4), key=lambda i: -scores[i])[:2])
+    assert learngene.meta["indices"] == metrics["indices"] == top
+    assert learngene.meta["criterion"].startswith("ablation-kl")
+
+
+def test_layers_criterion_gives_a_block_that_does_nothing_no_score(trained_ancestry: Ancestry, digits: Dataset) -> None:
+    state, spec, _ = trained_ancestry
+    hollow = dict(state)
+    for name in ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias"):
+        hollow[f"blocks.1.{name}"] = torch.zeros_like(state[f"blocks.1.{name}"])  # block 1 adds nothing
+    scores = block_scores(hollow, spec, digits.train.images[:64], batch_size=32)
+    assert scores[1] == pytest.approx(0.0, abs=1e-6)
+    assert min(scores[0], scores[2], scores[3]) > 1e-3
+    learngene, _, _ = condense("layers", "train", hollow, spec, DIGITS_URI, {"count": 3, "sample_size": 64})
+    assert learngene.meta["indices"] == [0, 2, 3]
+    by_end, _, _ = condense("layers", "train", hollow, spec, DIGITS_URI,
+                            {"count": 2, "sample_size": 64, "selection": "end", "position": "last"})
+    assert by_end.meta["indices"] == [2, 3] and by_end.meta["scores"] == learngene.meta["scores"]
+
+
+def test_fit_mode_is_the_methods_data_free_fit(trained_ancestry: Ancestry) -> None:
+    state, spec, _ = trained_ancestry
+    learngene, metrics, history = condense("tleg", "fit", state, spec, None, {"steps": 5})  # train knobs ignored
+    direct = tleg.fit(state, spec, {})
+    assert history == [] and metrics["fit"] == direct.meta["fit"]
+    assert all(torch.equal(learngene.tensors[k], v) for k, v in direct.tensors.items())
+    layers, _, _ = condense("layers", "fit", state, spec, None, {"count": 1, "position": "last"})
+    assert layers.meta["indices"] == [3]
+
+
+def test_condense_refuses_what_cannot_run(trained_ancestry: Ancestry) -> None:
+    state, spec, _ = trained_ancestry
+    with pytest.raises(ValueError, match="needs a dataset"):
+        condense("tleg", "train", state, spec, None, {})
+    with pytest.raises(ValueError, match="no training"):
+        condense("weight-selection", "train", state, spec, DIGITS_URI, {})
+    with pytest.raises(ValueError, match="mode"):
+        condense("tleg", "distil", state, spec, DIGITS_URI, {})
+    with pytest.raises(ValueError, match="params.aux_depth"):
+        condense("tleg", "train", state, spec, DIGITS_URI, {"aux_depth": 0})
+
+
+class StopAt(NoHooks):
+    def __init__(self, calls: int) -> None:
+        self.calls, self.limit = 0, calls
+
+    def should_stop(self) -> bool:
+        self.calls += 1
+        return self.calls > self.limit
+
+
+@pytest.mark.parametrize("method", ["tleg", "layers"])
+def test_cancelling_a_condensing_job_stops_it(trained_ancestry: Ancestry, method: str) -> None:
+    state, spec, _ = trained_ancestry
+    params = {**QUICK[method], "batch_size": 32}  # layers: 4 scoring batches, tleg: 40 steps
+    with pytest.raises(Cancelled) as raised:
+        condense(method, "train", state, spec, DIGITS_URI, params, StopAt(1))
+    assert raised.value.step == 1

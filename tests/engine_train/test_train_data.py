@@ -1,0 +1,97 @@
+"""Datasets by URI: the fixed digits split, image folders, preprocessing, few-shot tasks, resumable batches."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.data import DIGITS_URI, batch_indices, load_dataset, stratified_split, target_task
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    train, val = stratified_split(labels)
+    again_train, again_val = stratified_split(labels)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+    assert not set(train) & set(val)
+    assert sorted(set(train) | set(val)) == list(range(len(labels)))
+    assert (len(train), len(val)) == (1438, 359)
+    # Every class sends about a fifth of its images to validation.
+    for c in range(10):
+        share = np.sum(labels[val] == c) / np.sum(labels == c)
+        assert 0.15 < share < 0.25
+
+
+def test_digits_load_matches_the_split_and_the_ancestry_input() -> None:
+    a = load_dataset(DIGITS_URI, img_size=16, in_chans=3)
+    b = load_dataset(DIGITS_URI, img_size=16, in_chans=3)
+    assert a.train.images.shape == (1438, 3, 16, 16) and a.val.images.shape == (359, 3, 16, 16)
+    assert torch.equal(a.val.images, b.val.images) and torch.equal(a.train.labels, b.train.labels)
+    assert torch.equal(a.train.images[:, 0], a.train.images[:, 2])  # gray repeated to every channel
+    assert a.train.images.min() >= -1.0 and a.train.images.max() <= 1.0 and a.train.images.min() < -0.9
+    # No validation image is also a training image.
+    train_rows = {tuple(x.flatten().tolist()) for x in a.train.images[:, 0, ::2, ::2]}
+    overlap = sum(tuple(x.flatten().tolist()) in train_rows for x in a.val.images[:, 0, ::2, ::2])
+    assert overlap < 5  # (a handful of digits are pixel-identical in the source data; none is shared by index)
+    assert a.classes == tuple(str(i) for i in range(10))
+
+
+def _write_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, count in (("cat", 6), ("dog", 4)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "dog" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_loads_classes_resizes_and_splits(tmp_path: Path) -> None:
+    _write_folder(tmp_path)
+    gray = load_dataset(f"imagefolder:{tmp_path}", img_size=8, in_chans=1)
+    assert gray.classes == ("cat", "dog")
+    assert gray.train.images.shape[1:] == (1, 8, 8)
+    assert len(gray.train) + len(gray.val) == 10
+    assert sorted(gray.val.labels.tolist()) == [0, 1]  # one of 6 cats, one of 4 dogs (round(0.8) = 1)
+    rgb = load_dataset(f"imagefolder:{tmp_path}", img_size=8, in_chans=3)
+    assert rgb.train.images.shape[1:] == (3, 8, 8)
+    assert not torch.equal(rgb.train.images[:, 0], rgb.train.images[:, 1])  # real colour, not repeated gray
+
+
+def test_unknown_uri_and_missing_folder_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown dataset URI"):
+        load_dataset("builtin:cifar", 8, 1)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}", 8, 1)
+    with pytest.raises(ValueError, match="no images"):
+        load_dataset(f"imagefolder:{tmp_path}", 8, 1)
+
+
+def test_target_task_keeps_chosen_classes_and_shots() -> None:
+    digits = load_dataset(DIGITS_URI, img_size=8, in_chans=1)
+    task = target_task(digits, classes=[7, 2, 9], shots=5, seed=1)
+    assert task.classes == ("7", "2", "9")
+    assert torch.bincount(task.train.labels).tolist() == [5, 5, 5]
+    # Validation keeps every validation image of those classes, relabelled 0..2 in the given order.
+    assert len(task.val) == sum(int((digits.val.labels == c).sum()) for c in (7, 2, 9))
+    sevens = digits.val.images[digits.val.labels == 7]
+    assert torch.equal(task.val.images[task.val.labels == 0], sevens)
+    assert not torch.equal(task.train.images, target_task(digits, [7, 2, 9], 5, seed=2).train.images)
+    with pytest.raises(ValueError, match="classes"):
+        target_task(digits, classes=[3, 3])
+    with pytest.raises(ValueError, match="shots"):
+        target_task(digits, shots=0)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    epoch = torch.cat([batch_indices(100, 10, seed=3, step=s) for s in range(10)])
+    assert sorted(epoch.tolist()) == list(range(100))  # one epoch visits every item once
+    assert torch.equal(batch_indices(100, 10, 3, 14), batch_indices(100, 10, 3, 14))
+    assert not torch.equal(batch_indices(100, 10, 3, 4), batch_indices(100, 10, 3, 14))  # epochs reshuffle
+    assert not torch.equal(batch_indices(100, 10, 3, 4), batch_indices(100, 10, 4, 4))
+    assert len(batch_indices(7, 10, 0, 0)) == 7  # a batch larger than the data is the whole data
