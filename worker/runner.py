@@ -100,6 +100,8 @@ def run_job(ctx: AppContext, job_id: str) -> Outcome:
         kind, payload, attempts, max_attempts = job.kind, dict(job.payload), job.attempts, job.max_attempts
 
     jctx = JobContext(app=ctx, job_id=job_id, payload=payload, attempt=attempts)
+    with ctx.sessions.begin() as session:
+        repository.add_event(session, job_id, "started", {"attempt": attempts, "worker": me})
     if attempts > max_attempts:
         _finish(ctx, job_id, me, "failed", error=f"gave up after {max_attempts} attempts (worker lost)")
         return "failed"

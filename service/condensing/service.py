@@ -68,7 +68,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
     if req.evaluate and dataset is None:
         raise InvalidRequest("the evaluation card needs a dataset (or set evaluate to false)", field="evaluate")
     try:
-        params = validate_params(req.method, req.params)
+        params = validate_params(req.method, req.params, mode)
     except ParamError as exc:
         raise InvalidRequest(str(exc), field=exc.field) from exc
     except ValueError as exc:

@@ -77,3 +77,54 @@ def test_a_celery_worker_takes_jobs_from_redis_and_completes_them(
         assert expand_job["worker"].split(":")[1] == str(worker.popen.pid)
     finally:
         worker.stop()
+
+
+def test_a_job_whose_worker_dies_resumes_from_its_checkpoint_and_finishes_once(
+    distributed: tuple[Settings, str, Path], tiny_ancestry_file: Path
+) -> None:
+    import os
+    import signal
+
+    settings, url, tmp = distributed
+    ancestry = _upload(url, tiny_ancestry_file)
+    params = {"steps": 200, "batch_size": 16, "warmup_steps": 5, "aux_depth": 4, "checkpoint_every_s": 0.2}
+    r = httpx.post(f"{url}/v1/condense-jobs", json={"ancestry": ancestry["id"], "method": "tleg",
+                                                    "learngene": "survivor", "dataset": "builtin:digits",
+                                                    "params": params, "evaluate": False})
+    job_id = r.json()["id"]
+    first = start_worker(settings, tmp, "doomed")
+    try:
+        def checkpointed_progress() -> int:
+            body = httpx.get(f"{url}/v1/jobs/{job_id}").json()
+            step = body["progress"].get("step", 0)
+            return step if step >= 60 else 0
+
+        killed_at = wait_until(checkpointed_progress, 180, 0.1, "training past step 60")
+        os.killpg(first.popen.pid, signal.SIGKILL)  # no warm shutdown: the worker just vanishes
+        first.popen.wait()
+    finally:
+        first.stop()
+    assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "running"  # orphaned, heartbeat stopping
+
+    second = start_worker(settings, tmp, "rescuer")
+    try:
+        job = _wait_job(url, job_id, timeout=300)
+        assert job["state"] == "succeeded", (job["error"], second.log())
+        assert job["attempts"] == 2
+        assert job["worker"].split(":")[1] == str(second.popen.pid)
+    finally:
+        second.stop()
+    text = httpx.get(f"{url}/v1/jobs/{job_id}/events", params={"poll_s": 0.05}, timeout=30).text
+    events = [(kind.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
+              for kind, data in zip(text.splitlines(), text.splitlines()[1:])
+              if kind.startswith("event: ") and data.startswith("data: ")]
+    starts = [i for i, (kind, _) in enumerate(events) if kind == "started"]
+    assert [events[i][1]["attempt"] for i in starts] == [1, 2]
+    second_steps = [data["step"] for kind, data in events[starts[1]:] if kind == "progress"]
+    first_steps = [data["step"] for kind, data in events[starts[0]:starts[1]] if kind == "progress"]
+    # The second attempt picked up from a checkpoint near where the first one died, not from step 0.
+    assert max(first_steps) >= killed_at
+    assert killed_at // 2 <= second_steps[0] <= max(first_steps) + 20, (killed_at, first_steps[-3:], second_steps[:3])
+    assert second_steps[-1] == params["steps"]
+    versions = httpx.get(f"{url}/v1/learngenes/survivor/versions").json()["items"]
+    assert [v["version"] for v in versions] == [1] and versions[0]["lineage"]["job_id"] == job_id

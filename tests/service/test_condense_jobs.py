@@ -1,0 +1,141 @@
+"""Condensing jobs through the API on builtin:digits: every method, cancellation, bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load
+from sqlalchemy import func, select
+
+from service.context import AppContext
+from service.models import Job, Learngene, LearngeneVersion
+from tests.service.conftest import upload_ancestry, wait_job
+from tests.support import wait_until
+
+sqlite_only = pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
+
+SMALL_TRAIN = {"steps": 12, "batch_size": 16, "warmup_steps": 2}
+CASES: dict[str, dict[str, Any]] = {
+    "tleg": {**SMALL_TRAIN, "aux_depth": 4},
+    "wave": {**SMALL_TRAIN},
+    "pool": {**SMALL_TRAIN, "students": [{"embed_dim": 16, "num_heads": 1, "depth": 2},
+                                         {"embed_dim": 32, "num_heads": 2, "depth": 2}], "stitch_images": 32},
+    "layers": {"count": 2, "sample_size": 64, "batch_size": 32},
+}
+
+
+@pytest.fixture
+def ancestry(client: TestClient, tiny_ancestry_file: Path) -> int:
+    return int(upload_ancestry(client, tiny_ancestry_file).json()["id"])
+
+
+def _submit(client: TestClient, body: dict[str, Any]) -> Any:
+    return client.post("/v1/condense-jobs", json=body)
+
+
+@sqlite_only
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_training_each_method_on_digits_gives_a_ready_learngene(
+    method: str, client: TestClient, ancestry: int
+) -> None:
+    import timm
+
+    import engine.stitched  # noqa: F401
+
+    r = _submit(client, {"ancestry": ancestry, "method": method, "learngene": f"t-{method}",
+                         "dataset": "builtin:digits", "params": CASES[method], "evaluate": method == "tleg"})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], timeout=300)
+    assert job["state"] == "succeeded", job["error"]
+    version = client.get(f"/v1/learngenes/t-{method}/versions/latest").json()
+    assert version["status"] == "ready" and version["method"] == method
+    assert version["lineage"] == {"ancestry_id": ancestry, "ancestry_name": "tiny", "dataset": "builtin:digits",
+                                  "job_id": job["id"], "mode": "train"}
+    assert version["hyperparams"]["batch_size"] == CASES[method]["batch_size"]
+    if method == "tleg":
+        card = version["metrics"]["evaluation_card"]
+        assert card["sizes"] and all({"learngene_accuracy", "random_accuracy"} <= set(s) for s in card["sizes"])
+    loss = client.get(f"/v1/jobs/{job['id']}/loss").json()["points"]
+    if method != "layers":  # layers scores blocks; it does not train
+        assert loss and all(p["loss"] >= 0 for p in loss)
+        png = client.get(f"/v1/jobs/{job['id']}/loss.png")
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+    desc = client.post("/v1/descendants", params={"wait": 60}, json={"learngene": f"t-{method}"})
+    assert desc.status_code == 201, desc.text
+    config = client.get(desc.json()["config_url"]).json()
+    model = timm.create_model(config["architecture"], **config["model_args"])
+    model.load_state_dict(load(client.get(desc.json()["weights_url"]).content), strict=True)
+    assert model.eval()(torch.randn(2, 1, 16, 16)).shape[0] == 2
+
+
+@sqlite_only
+def test_fit_mode_needs_no_dataset_and_runs_on_the_cpu_queue(client: TestClient, ancestry: int) -> None:
+    for method in ("tleg", "wave"):
+        r = _submit(client, {"ancestry": ancestry, "method": method, "learngene": f"f-{method}", "mode": "fit",
+                             "evaluate": False})
+        assert r.status_code == 202 and r.json()["queue"] == "cpu"
+        assert wait_job(client, r.json()["id"])["state"] == "succeeded"
+    trained = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "f-tleg",
+                               "dataset": "builtin:digits", "params": {**CASES["tleg"], "steps": 2000},
+                               "evaluate": False})
+    assert trained.json()["queue"] == "gpu"
+    client.post(f"/v1/jobs/{trained.json()['id']}/cancel")
+
+
+@sqlite_only
+def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: AppContext, ancestry: int) -> None:
+    r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "cancel-me", "dataset": "builtin:digits",
+                         "params": {**CASES["tleg"], "steps": 100000}, "evaluate": False})
+    job_id = r.json()["id"]
+    wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step", 0) >= 2, 120,
+               what="training to start")
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = wait_job(client, job_id, timeout=60)
+    assert job["state"] == "cancelled"
+    assert client.get("/v1/learngenes/cancel-me").status_code == 404
+    with ctx.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(LearngeneVersion)) == 0
+        assert s.scalar(select(func.count()).select_from(Learngene)) == 0
+
+
+@sqlite_only
+@pytest.mark.parametrize("patch,field", [
+    ({"method": "prune"}, "body.method"),
+    ({"ancestry": 999}, "ancestry"),
+    ({"dataset": "imagefolder:/etc"}, "dataset"),
+    ({"dataset": "imagefolder:relative/path"}, "dataset"),
+    ({"dataset": "s3://bucket/data"}, "dataset"),
+    ({"dataset": "dataset:42"}, "dataset"),
+    ({"params": {"steps": 0}}, "params.steps"),
+    ({"params": {"lr": 5.0}}, "params.lr"),
+    ({"params": {"bogus": 1}}, "params.bogus"),
+    ({"learngene": "Bad Name!"}, "learngene"),
+    ({"dataset": None, "mode": "train"}, "dataset"),
+    ({"dataset": None, "mode": "fit", "evaluate": True}, "evaluate"),
+])
+def test_bad_condense_requests_are_4xx_and_queue_nothing(
+    patch: dict[str, Any], field: str, client: TestClient, ctx: AppContext, ancestry: int
+) -> None:
+    body = {"ancestry": ancestry, "method": "tleg", "learngene": "ok-name", "dataset": "builtin:digits",
+            "params": {}, **patch}
+    r = _submit(client, body)
+    assert r.status_code in (404, 422), r.text
+    fields = [d["field"] for d in r.json()["error"]["details"]]
+    assert field in fields, fields
+    with ctx.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@sqlite_only
+def test_a_learngene_name_keeps_its_method(client: TestClient, ancestry: int) -> None:
+    r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "mine", "mode": "fit", "evaluate": False})
+    assert wait_job(client, r.json()["id"])["state"] == "succeeded"
+    r = _submit(client, {"ancestry": ancestry, "method": "wave", "learngene": "mine", "mode": "fit", "evaluate": False})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "learngene"
+    r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "mine", "mode": "fit", "evaluate": False})
+    assert wait_job(client, r.json()["id"])["state"] == "succeeded"
+    assert client.get("/v1/learngenes/mine").json()["latest_version"] == 2
