@@ -72,6 +72,13 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class JobFailedError(ServiceError):
+    """The work behind a request failed on our side (the request itself was valid)."""
+
+    status_code = 500
+    code = "job_failed"
+
+
 class Unavailable(ServiceError):
     status_code = 503
     code = "unavailable"
@@ -84,6 +91,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict",
     413: "Payload too large",
+    500: "The job behind the request failed (not the client's fault)",
     422: "Invalid request (the field is named in details)",
     503: "A dependency is unavailable",
 }

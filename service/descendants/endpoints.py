@@ -12,7 +12,7 @@ from service.deps import CtxDep, UowDep, WriterDep
 from service.descendants import repository, service
 from service.files import safetensors_header, serve_blob
 from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
-from service.errors import InvalidRequest, error_responses
+from service.errors import InvalidRequest, JobFailedError, error_responses
 from service.jobs.dispatch import InProcessDispatcher
 from service.learngenes import service as learngenes
 from service.models import Descendant
@@ -48,7 +48,7 @@ def wait_for(ctx: AppContext, descendant_id: int, job_id: str | None, timeout: f
         201: {"model": DescendantOut, "description": "Produced within `wait` seconds"},
         202: {"model": DescendantOut, "description": "Queued or still running: follow `job_id` or poll the descendant"},
     }
-    | error_responses(401, 404, 422),
+    | error_responses(401, 404, 422, 500),
 )
 def create_descendant(
     body: DescendantRequest,
@@ -70,12 +70,12 @@ def create_descendant(
     with ctx.sessions() as session:
         fresh = service.get_descendant(session, descendant_id)
         out = service.descendant_out(session, fresh)
+    if out.status == "failed":
+        raise JobFailedError(f"expanding descendant {descendant_id} failed: {out.error}; the same request retries")
     if was_ready and not created:
         code = 200
     else:
         code = 201 if out.status == "ready" else 202
-    if out.status == "failed":
-        code = 422 if code != 200 else code
     headers = {"location": f"/v1/descendants/{descendant_id}"}
     return JSONResponse(status_code=code, content=out.model_dump(mode="json"), headers=headers)
 

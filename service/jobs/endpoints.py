@@ -102,8 +102,9 @@ def _loss_points(ctx: AppContext, job_id: str) -> list[LossPoint]:
     with ctx.sessions() as session:
         service.get_job(session, job_id)
         events = repository.events_of_kind(session, job_id, "progress")
+    # Progress with a "phase" belongs to later stages (the evaluation card's fine-tuning), not to condensing.
     return [LossPoint(step=e.data["step"], loss=e.data["loss"]) for e in events
-            if isinstance(e.data.get("loss"), (int, float)) and "step" in e.data]
+            if isinstance(e.data.get("loss"), (int, float)) and "step" in e.data and "phase" not in e.data]
 
 
 @router.get("/{job_id}/loss", operation_id="get_job_loss_curve", response_model=LossCurve,

@@ -217,3 +217,23 @@ def test_learngene_tensors_download(client: TestClient, registry: dict[str, Any]
     assert hashlib.sha256(r.content).hexdigest() == lg["sha256"]
     tensors = load(r.content)
     assert any(".A." in k or k.startswith("blocks.A") for k in tensors), list(tensors)[:5]
+
+
+def test_a_failed_expansion_is_a_500_and_the_same_request_retries(client: TestClient, ctx: AppContext,
+                                                                   registry: dict[str, Any]) -> None:
+    from service.models import LearngeneVersion
+
+    with ctx.sessions() as s:
+        key = s.scalars(select(LearngeneVersion.storage_key)).one()
+    path = ctx.store.local_path(key)
+    assert path is not None
+    saved = path.read_bytes()
+    path.write_bytes(b"corrupted")  # storage lost the learngene's bytes
+    from worker.handlers import expand
+
+    expand._cache.clear()  # workers keep recently used learngenes in memory; this one must be read again
+    r = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 7}, "seed": 5})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "job_failed"
+    path.write_bytes(saved)
+    r = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 7}, "seed": 5})
+    assert r.status_code == 201 and r.json()["status"] == "ready"
