@@ -21,6 +21,7 @@ sees exactly the batches it would have seen without the interruption.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +48,12 @@ class Split:
 
     def subset(self, index: torch.Tensor) -> "Split":
         return Split(self.images[index], self.labels[index])
+
+    def sample(self, count: int, seed: int = 0) -> "Split":
+        """``count`` images drawn without replacement (all of them when there are fewer). Random, not the first
+        ones: an image folder's split is ordered by class."""
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
+        return self.subset(index.sort().values)
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,14 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     Epoch e is a permutation drawn from ``(seed, e)``; the last partial batch of an epoch is dropped so every
     batch has the same size. Being a pure function of ``step`` is what makes resuming exact."""
     batch_size = min(batch_size, n)
-    per_epoch = n // batch_size
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[position * batch_size:(position + 1) * batch_size]
+    epoch, position = divmod(step, n // batch_size)
+    return _epoch_order(n, seed, epoch)[position * batch_size:(position + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    # Cached: drawing a permutation of a large dataset every step would cost more than the step's indexing.
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:

@@ -67,8 +67,7 @@ def train_layers(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, 
     count = params["count"] if params["count"] is not None else max(1, depth // 2)
     if not 1 <= count <= depth:
         raise ValueError(f"count must be in [1, {depth}] for this ancestry, got {count}")
-    sample = dataset.train.images[torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))
-                                  [:params["sample_size"]]]
+    sample = dataset.train.sample(params["sample_size"]).images
     scores = block_scores(ancestry, ancestry_spec, sample, params["batch_size"], hooks)
     if params["selection"] == "score":
         ranked = sorted(range(depth), key=lambda i: (-scores[i], i))

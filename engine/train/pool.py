@@ -97,7 +97,7 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     start = pool.fit(ancestry, ancestry_spec, {} if params["students"] is None else {"students": params["students"]})
     specs = pool.student_specs(start)
     students = _split_students(start.tensors, specs)
-    sample = dataset.train.images[:params["stitch_images"]]
+    sample = dataset.train.sample(params["stitch_images"]).images
     stitches = pool.fit_stitches(students, sample)
     model = PoolNet(students, stitches)
     loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],

@@ -11,7 +11,7 @@ from engine.methods import tleg
 from engine.methods.base import StateDict
 from engine.spec import ViTSpec
 from engine.train import evaluate_card, train_ancestry
-from engine.train.loop import TrainConfig
+from engine.train.loop import NoHooks, TrainConfig
 from tests.engine_train.conftest import TINY
 
 
@@ -43,5 +43,24 @@ def test_evaluation_card_compares_learngene_and_random_init(
     full = card["sizes"][1]
     # The full-depth expansion of the fit starts near the ancestry; 30 steps from random init on 100 images do not.
     assert full["learngene_accuracy"] > full["random_accuracy"] + 0.1
-    again = evaluate_card(learngene, DIGITS_URI, sizes=[{"depth": 4}], steps=30, shots=10)
+    hooks = JobHooks()
+    again = evaluate_card(learngene, DIGITS_URI, sizes=[{"depth": 4}], steps=30, shots=10, hooks=hooks)
     assert again["sizes"][0] == full  # same seed, same data, same result
+    assert hooks.phases == {"evaluation card: learngene depth 4 width 32", "evaluation card: random depth 4 width 32"}
+
+
+class JobHooks(NoHooks):
+    """A job's hooks, holding the condensing run's checkpoint: the card's fine-tunes must neither resume from
+    it nor overwrite it."""
+
+    def __init__(self) -> None:
+        self.phases: set[str] = set()
+
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        self.phases.add(progress["phase"])
+
+    def load_checkpoint(self) -> bytes | None:
+        return b"the condensing run's checkpoint"
+
+    def save_checkpoint(self, blob: bytes) -> None:
+        raise AssertionError("the card must not checkpoint over the condensing run")

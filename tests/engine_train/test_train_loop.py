@@ -1,7 +1,10 @@
 """The shared loop: learning-rate schedule, progress, cancellation at the next step, exact resume."""
 from __future__ import annotations
 
+import dataclasses
 import io
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -80,7 +83,7 @@ def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run() -> None
     uninterrupted = _model(0)
     full_history = train(uninterrupted, classification_loss, _data(), CONFIG)
 
-    every_5 = TrainConfig(**{**CONFIG.__dict__, "checkpoint_every_steps": 5})
+    every_5 = dataclasses.replace(CONFIG, checkpoint_every_steps=5)
     first = Recorder(stop_after_calls=12)  # checkpoints after steps 5 and 10, then cancelled after step 12
     with pytest.raises(Cancelled):
         train(_model(0), classification_loss, _data(), every_5, first)
@@ -96,3 +99,12 @@ def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run() -> None
     assert resumed_history == full_history
     for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_importing_the_training_engine_leaves_cuda_alone() -> None:
+    # Workers fork after importing the engine; a CUDA context created at import would not survive the fork.
+    code = ("import torch, engine.train, engine.train.loop, engine.data; "
+            "import engine.train.tleg, engine.train.wave, engine.train.pool, engine.train.layers; "
+            "print(torch.cuda.is_initialized())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,158 @@
+"""Condensing throughput: images/s of the engine's training loop (``engine.train.loop.train``, with job hooks
+that record progress and take time-based checkpoints) against a plain PyTorch loop over the same model, data,
+batch size, optimizer (AdamW, fused on CUDA), gradient clipping and autocast, with no schedule, hooks, progress
+reports or checkpoints. The ratio ours / plain shows what the loop's bookkeeping costs; 1.0 is free.
+
+The workload is TLEG condensing: the auxiliary network (12 blocks of A + (i/12) B) distilled from a frozen
+ancestry, at two sizes:
+
+- ``seed``: the fresh install's digits ancestry (16 px, patch 4, width 64, 6 blocks), digits data;
+- ``vit-s``: a ViT-S-size ancestry (width 384, 6 heads, 12 blocks; 224 px patch 16 on CUDA, 32 px patch 8 on a
+  CPU to keep the run short), random weights and random images (throughput does not depend on the values).
+
+Each side first runs ``--warmup`` steps (allocator, kernels), then ``--steps`` timed steps; the two sides
+alternate ``--repeats`` times and the medians are printed, so both share whatever else the machine is doing.
+
+On CUDA the model FLOPs utilization is printed too: achieved FLOPs / peak, where one training image costs
+3x the auxiliary network's forward FLOPs (forward + backward) plus 1x the teacher's forward, counted by
+:func:`engine.costs.gflops` (matmuls only, 2 FLOPs per multiply-add). The peak assumed is the dense bf16 tensor
+core peak of an H100/H200 SXM, 989 TFLOP/s (NVIDIA's datasheet figure without sparsity); pass ``--peak-tflops``
+for another GPU.
+
+    .venv/bin/python bench/condense_throughput.py [--steps 30] [--warmup 5] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.costs import gflops
+from engine.data import DIGITS_URI, Split, batch_indices, load_dataset
+from engine.spec import ViTSpec
+from engine.train.ancestry import SEED_ANCESTRY_SPEC
+from engine.train.distill import Distillation
+from engine.train.loop import NoHooks, TrainConfig, autocast, make_optimizer, pick_device, train
+from engine.train.tleg import LinearExpansionViT
+from engine.vit import build_model
+
+H100_BF16_DENSE_TFLOPS = 989.0
+AUX_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    ancestry: ViTSpec
+    data: Split
+    batch_size: int
+
+
+class JobLikeHooks(NoHooks):
+    """What a real job does on each callback, minus the database: keep progress, keep the checkpoint bytes."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict] = []
+        self.checkpoint: bytes | None = None
+
+    def on_progress(self, progress: dict) -> None:
+        self.reports.append(progress)
+
+    def save_checkpoint(self, blob: bytes) -> None:
+        self.checkpoint = blob
+
+
+def workloads(device: torch.device) -> list[Workload]:
+    digits = load_dataset(DIGITS_URI, SEED_ANCESTRY_SPEC.img_size, SEED_ANCESTRY_SPEC.in_chans).train
+    img, patch, batch = (224, 16, 128) if device.type == "cuda" else (32, 8, 32)
+    vit_s = ViTSpec(depth=12, embed_dim=384, num_heads=6, num_classes=1000, img_size=img, patch_size=patch,
+                    in_chans=3, class_token=True, global_pool="token")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4 * batch, 3, img, img, generator=generator)
+    random_data = Split(images, torch.randint(0, 1000, (4 * batch,), generator=generator))
+    return [Workload("seed", SEED_ANCESTRY_SPEC, digits, 64), Workload("vit-s", vit_s, random_data, batch)]
+
+
+def setup(workload: Workload, device: torch.device) -> tuple[LinearExpansionViT, Distillation]:
+    torch.manual_seed(0)
+    teacher = build_model(workload.ancestry).eval().requires_grad_(False)
+    aux = LinearExpansionViT(workload.ancestry.replace(depth=AUX_DEPTH, class_token=False, global_pool="avg"))
+    return aux.to(device), Distillation(teacher).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ours(workload: Workload, config: TrainConfig, warmup: int, device: torch.device) -> float:
+    model, loss = setup(workload, device)
+    train(model, loss, workload.data, dataclasses.replace(config, steps=warmup), JobLikeHooks())
+    sync(device)
+    started = time.perf_counter()
+    train(model, loss, workload.data, config, JobLikeHooks())
+    sync(device)
+    return config.steps * workload.batch_size / (time.perf_counter() - started)
+
+
+def plain(workload: Workload, config: TrainConfig, warmup: int, device: torch.device) -> float:
+    model, loss = setup(workload, device)
+    optimizer = make_optimizer(model, config, device)
+
+    def run(steps: int) -> None:
+        for step in range(steps):
+            index = batch_indices(len(workload.data), workload.batch_size, config.seed, step)
+            images = workload.data.images[index].to(device, non_blocking=True)
+            labels = workload.data.labels[index].to(device, non_blocking=True)
+            with autocast(device):
+                value = loss(model, images, labels)
+            value.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    run(warmup)
+    sync(device)
+    started = time.perf_counter()
+    run(config.steps)
+    sync(device)
+    return config.steps * workload.batch_size / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each timed run (>= 1)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    args = parser.parse_args()
+    device = pick_device()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up, "
+          f"median of {args.repeats}")
+    print(f"{'workload':<8} {'batch':>5} {'ours img/s':>11} {'plain img/s':>12} {'ratio':>6}"
+          + (f" {'MFU ours':>9} {'MFU plain':>10}" if device.type == "cuda" else ""))
+    for workload in workloads(device):
+        config = TrainConfig(steps=args.steps, batch_size=workload.batch_size, log_every=10)
+        results: dict[str, list[float]] = {"ours": [], "plain": []}
+        for _ in range(args.repeats):
+            results["ours"].append(ours(workload, config, args.warmup, device))
+            results["plain"].append(plain(workload, config, args.warmup, device))
+        a, b = statistics.median(results["ours"]), statistics.median(results["plain"])
+        line = f"{workload.name:<8} {workload.batch_size:>5} {a:>11.1f} {b:>12.1f} {a / b:>6.3f}"
+        if device.type == "cuda":
+            aux = workload.ancestry.replace(depth=AUX_DEPTH, class_token=False, global_pool="avg")
+            flops_per_image = (3 * gflops(aux) + gflops(workload.ancestry)) * 1e9
+            peak = args.peak_tflops * 1e12
+            line += f" {a * flops_per_image / peak:>9.1%} {b * flops_per_image / peak:>10.1%}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
