@@ -1,7 +1,8 @@
 """Expansion speed: each method's ``expand`` + ``save_descendant`` against ``timm.create_model`` (random init) +
 ``safetensors.torch.save_file`` of the same architecture, for ViT-S-size and ViT-B-size descendants (224 px,
-patch 16, 1000 classes). The ratio is ours / timm: below 1 means inheriting is cheaper than a random start;
-'random' is timm's own init and so the baseline itself.
+patch 16, 1000 classes). Times are medians of alternating runs (ours, timm, ours, ...), so both sides share
+whatever else the machine is doing. The ratio is ours / timm: below 1 means inheriting is cheaper than a random
+start; 'random' is timm's own init and so the baseline itself (its ratio shows the noise).
 
 Learngenes are fitted here from a randomly initialized ViT-B ancestry (nothing is downloaded). TLEG and Learngene
 layers keep their ancestry's width, so their ViT-S learngenes are fitted from a ViT-S ancestry weight-selected out
@@ -12,7 +13,7 @@ a stitched descendant (6 blocks at 384, 6 at 768).
 weight bytes (Linux/glibc only). Methods that hand out the learngene's own tensors (weight selection at equal
 width, the pool) grow little: their descendant's weights are already in memory.
 
-    .venv/bin/python bench/expand.py [--repeats 3]
+    .venv/bin/python bench/expand.py [--repeats 5]
 """
 from __future__ import annotations
 
@@ -67,13 +68,10 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _median_seconds(action: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _seconds(action: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
 
 
 def _fit_learngenes(ancestry: dict[str, torch.Tensor]) -> dict[tuple[str, str], Learngene]:
@@ -97,7 +95,7 @@ def _fit_learngenes(ancestry: dict[str, torch.Tensor]) -> dict[tuple[str, str], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.machine()}, load {os.getloadavg()[0]:.2f}")
@@ -129,7 +127,9 @@ def main() -> None:
             before = _peak_rss_reset()
             ours()
             peak = None if before is None else _status_kib("VmHWM") * 1024 - before
-            ours_s, timm_s = _median_seconds(ours, args.repeats), _median_seconds(baseline, args.repeats)
+            # Alternating runs share whatever else the machine is doing at the time.
+            ours_times, timm_times = zip(*[(_seconds(ours), _seconds(baseline)) for _ in range(args.repeats)])
+            ours_s, timm_s = statistics.median(ours_times), statistics.median(timm_times)
             weight_bytes = timm_path.stat().st_size
             peak_text = "n/a" if peak is None else f"{peak / weight_bytes:.2f}"
             params = sum(t.numel() for t in method.expand(learngene, spec, SEED).state_dict.values())

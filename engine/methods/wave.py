@@ -47,6 +47,7 @@ KINDS = {"qkv": "attn.qkv.weight", "proj": "attn.proj.weight", "fc1": "mlp.fc1.w
 _OUTSIDE = [t for t in BLOCK_TENSORS if t not in KINDS.values()]
 DEFAULT_COUNT = 64
 DEFAULT_TILE = 32
+COMPOSE_GROUPS = 4  # expansion composes each kind's blocks in this many groups
 
 
 def weight_shape(spec: ViTSpec, kind: str) -> tuple[int, int]:
@@ -62,15 +63,20 @@ def to_tiles(weight: torch.Tensor, w1: int, w2: int) -> torch.Tensor:
     return tiles.reshape(*lead, a * b, w1 * w2)
 
 
-def compose(scalers: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
-    """``sum_t kron(S_t, T_t)`` for scalers (..., N, a, b) and templates (N, w1, w2): (..., a*w1, b*w2).
+def compose(scalers: torch.Tensor, templates: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_t kron(S_t, T_t)`` for scalers (..., N, a, b) and templates (N, w1, w2): (..., a*w1, b*w2), written
+    into ``out`` when given.
 
     One matmul (scalers x templates) makes every tile; one permuting copy lays the tiles out as the weight.
     """
     *lead, count, a, b = scalers.shape
     _, w1, w2 = templates.shape
     tiles = torch.matmul(scalers.reshape(*lead, count, a * b).transpose(-1, -2), templates.reshape(count, w1 * w2))
-    return tiles.reshape(*lead, a, b, w1, w2).transpose(-3, -2).reshape(*lead, a * w1, b * w2)
+    laid_out = tiles.reshape(*lead, a, b, w1, w2).transpose(-3, -2)
+    if out is None:
+        return laid_out.reshape(*lead, a * w1, b * w2)
+    out.view(*lead, a, w1, b, w2).copy_(laid_out)
+    return out
 
 
 def decompose(stack: torch.Tensor, count: int, w1: int, w2: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -221,9 +227,15 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     if spec.class_token:
         state["cls_token"] = resize_dim(tensors["cls_token"], 2, width)
     for kind, scalers in resample_scalers(learngene, spec).items():
-        # Block by block: composing a whole stack at once would hold a second stack-sized copy at its peak.
+        # Each kind's blocks are composed in a few groups straight into one preallocated stack: few large ops beat
+        # many small ones on a busy CPU, and the only transient is a group's tiles (a whole kind at once would
+        # hold a second copy of a third of the weights, and fragment the heap).
+        stack = torch.empty(spec.depth, *weight_shape(spec, kind))
+        step = -(-spec.depth // COMPOSE_GROUPS)
+        for start in range(0, spec.depth, step):
+            compose(scalers[start:start + step], tensors[f"templates.{kind}"], out=stack[start:start + step])
         for i in range(spec.depth):
-            state[block_key(i, KINDS[kind])] = compose(scalers[i], tensors[f"templates.{kind}"])
+            state[block_key(i, KINDS[kind])] = stack[i]
     for tensor_name in _OUTSIDE:
         stack = resample_depth(stack_blocks(tensors, base.depth, tensor_name), spec.depth)
         stack = _resize_outside(tensor_name, stack, spec)
