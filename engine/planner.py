@@ -62,6 +62,7 @@ class Candidate:
 class PlanResult:
     chosen: Candidate
     front: list[Candidate]  # the Pareto front within the budget, most parameters first
+    within: list[Candidate]  # every candidate within the parameter and GFLOPs budgets
     details: dict[str, Any] = field(default_factory=dict)  # JSON-able summary for the descendant's record
 
     @property
@@ -205,7 +206,7 @@ def plan_budget(method: Method, learngene: Learngene, budget: Budget, *, num_cla
         "chosen": chosen.to_dict(),
         "front": [c.to_dict() for c in front],
     }
-    return PlanResult(chosen=chosen, front=front, details=details)
+    return PlanResult(chosen=chosen, front=front, within=within, details=details)
 
 
 def _nothing_fits(method: Method, candidates: list[Candidate], budget: Budget,

@@ -24,7 +24,9 @@ def test_picks_the_largest_candidate_within_budget(name: str, learngenes: dict[s
     assert result.chosen.params == max(p for p in sizes if p <= budget.max_params)
     assert result.chosen.params == param_count(result.spec) and result.chosen.gflops == gflops(result.spec)
     assert result.front[0] == result.chosen
-    assert all(c.params <= budget.max_params for c in result.front)
+    assert all(c.params <= budget.max_params for c in result.within)
+    assert {c.spec for c in result.front} <= {c.spec for c in result.within}
+    assert len(result.within) == sum(p <= budget.max_params for p in sizes)
     json.dumps(result.details)  # recorded on the descendant row as JSON
 
 
