@@ -44,7 +44,8 @@ def test_bytes_do_not_depend_on_insertion_order(tmp_path: Path) -> None:
     assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
     # Same content as the library writes, whatever the order of its header.
     save_file(tensors, tmp_path / "lib.safetensors", metadata=metadata)
-    assert sha256_file(tmp_path / "one.safetensors") == hashlib.sha256((tmp_path / "one.safetensors").read_bytes()).hexdigest()
+    one = tmp_path / "one.safetensors"
+    assert sha256_file(one) == hashlib.sha256(one.read_bytes()).hexdigest()
     ours, theirs = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "lib.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in tensors)
 

@@ -28,8 +28,9 @@ def _specs(name: str, learngene: Learngene) -> list[ViTSpec]:
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_descendants_load_strictly_into_timm_and_run(name: str, learngenes: dict[str, Learngene],
-                                                     run_forward: Callable[[Descendant, ViTSpec], torch.Tensor]) -> None:
+def test_descendants_load_strictly_into_timm_and_run(
+        name: str, learngenes: dict[str, Learngene],
+        run_forward: Callable[[Descendant, ViTSpec], torch.Tensor]) -> None:
     learngene = learngenes[name]
     for spec in _specs(name, learngene):
         descendant = get_method(name).expand(learngene, spec, seed=0)
@@ -76,7 +77,8 @@ def test_same_file_from_a_fresh_process(learngenes: dict[str, Learngene], tmp_pa
         "from engine.methods import get_method\n"
         "lg = load_learngene(Path(sys.argv[1])); m = get_method('wave')\n"
         "spec = m.resolve_spec(lg, {'depth': 5, 'num_classes': 4})\n"
-        "save_descendant(m.expand(lg, spec, 11), descendant_metadata('wave', spec, 11, learngene='x'), Path(sys.argv[2]))\n"
+        "metadata = descendant_metadata('wave', spec, 11, learngene='x')\n"
+        "save_descendant(m.expand(lg, spec, 11), metadata, Path(sys.argv[2]))\n"
     )
     outputs = [tmp_path / f"{i}.safetensors" for i in range(2)]
     for out in outputs:

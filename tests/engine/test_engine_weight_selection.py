@@ -34,9 +34,9 @@ def test_qkv_and_proj_select_whole_heads_within_q_k_and_v(learngenes: dict[str, 
     for i in range(3):
         qkv = ancestry[block_key(i, "attn.qkv.weight")]
         assert torch.equal(state[block_key(i, "attn.qkv.weight")], qkv[rows][:, emb])
-        assert torch.equal(state[block_key(i, "attn.proj.weight")], ancestry[block_key(i, "attn.proj.weight")][emb][:, inner])
-        hidden = torch.arange(0, 256, 2)
-        assert torch.equal(state[block_key(i, "mlp.fc2.weight")], ancestry[block_key(i, "mlp.fc2.weight")][emb][:, hidden])
+        proj, fc2 = ancestry[block_key(i, "attn.proj.weight")], ancestry[block_key(i, "mlp.fc2.weight")]
+        assert torch.equal(state[block_key(i, "attn.proj.weight")], proj[emb][:, inner])
+        assert torch.equal(state[block_key(i, "mlp.fc2.weight")], fc2[emb][:, torch.arange(0, 256, 2)])
     assert block_key(3, "norm1.weight") not in state  # the first L blocks only
 
 
