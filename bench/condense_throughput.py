@@ -69,7 +69,7 @@ class JobLikeHooks(NoHooks):
 
 def workloads(device: torch.device) -> list[Workload]:
     digits = load_dataset(DIGITS_URI, SEED_ANCESTRY_SPEC.img_size, SEED_ANCESTRY_SPEC.in_chans).train
-    img, patch, batch = (224, 16, 128) if device.type == "cuda" else (32, 8, 32)
+    img, patch, batch = (224, 16, 128) if device.type == "cuda" else (32, 8, 8)
     vit_s = ViTSpec(depth=12, embed_dim=384, num_heads=6, num_classes=1000, img_size=img, patch_size=patch,
                     in_chans=3, class_token=True, global_pool="token")
     generator = torch.Generator().manual_seed(0)

@@ -125,14 +125,14 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
     ``step`` counts completed steps (1-based). Raises :class:`Cancelled` when the hooks ask to stop."""
     hooks = hooks or NoHooks()
     device = pick_device(config.device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # the fp32 matmuls left outside autocast may use TF32 tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model.to(device).train()
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
     optimizer = make_optimizer(model, config, device)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # dropout / drop path draw from the global RNG; a checkpoint restores it
 
     step, history = 0, []
     blob = hooks.load_checkpoint()
