@@ -172,3 +172,32 @@ def test_cancelling_a_condensing_job_stops_it(trained_ancestry: Ancestry, method
     with pytest.raises(Cancelled) as raised:
         condense(method, "train", state, spec, DIGITS_URI, params, StopAt(1))
     assert raised.value.step == 1
+
+
+class Interrupted(StopAt):
+    """A job killed after some steps, keeping the checkpoints it took (one after every step here)."""
+
+    def __init__(self, calls: int, checkpoint: bytes | None = None) -> None:
+        super().__init__(calls)
+        self.saved, self.checkpoint = [], checkpoint
+
+    def save_checkpoint(self, blob: bytes) -> None:
+        self.saved.append(blob)
+
+    def load_checkpoint(self) -> bytes | None:
+        return self.checkpoint
+
+
+def test_a_restarted_condensing_job_continues_to_the_same_learngene(trained_ancestry: Ancestry,
+                                                                    condensed: dict) -> None:
+    state, spec, _ = trained_ancestry
+    params = {**QUICK["tleg"], "checkpoint_every_s": 1e-9}
+    first = Interrupted(25)
+    with pytest.raises(Cancelled):
+        condense("tleg", "train", state, spec, DIGITS_URI, params, first)
+    assert len(first.saved) == 25
+    restarted = Interrupted(10_000, checkpoint=first.saved[-1])
+    learngene, _, history = condense("tleg", "train", state, spec, DIGITS_URI, params, restarted)
+    uninterrupted, _, full_history = condensed["tleg"]
+    assert history == full_history
+    assert all(torch.equal(learngene.tensors[k], v) for k, v in uninterrupted.tensors.items())
