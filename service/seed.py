@@ -77,6 +77,9 @@ def _seed_ancestry(ctx: AppContext, log: Callable[[str], None]) -> int:
 
     from engine.spec import TIMM_ARCHITECTURE
     from engine.train.ancestry import train_ancestry
+    from worker.runner import configure_torch
+
+    configure_torch(ctx)  # the same thread budget as the jobs that follow
 
     log("training the seed ancestry (a small ViT on scikit-learn's digits)...")
     started = time.perf_counter()

@@ -83,6 +83,22 @@ def _stale_before(ctx: AppContext) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=ctx.settings.stale_after_s)
 
 
+torch_configured = False
+
+
+def configure_torch(ctx: AppContext) -> None:
+    """Set torch's thread count once per process, just before the first job imports it."""
+    global torch_configured
+    if torch_configured:
+        return
+    torch_configured = True
+    threads = ctx.settings.job_torch_threads(in_process=not ctx.settings.uses_celery)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def run_job(ctx: AppContext, job_id: str) -> Outcome:
     from worker.handlers import HANDLERS
 
@@ -105,6 +121,7 @@ def run_job(ctx: AppContext, job_id: str) -> Outcome:
     if attempts > max_attempts:
         _finish(ctx, job_id, me, "failed", error=f"gave up after {max_attempts} attempts (worker lost)")
         return "failed"
+    configure_torch(ctx)
     stop_beating = threading.Event()
     beat = threading.Thread(target=_beat, args=(ctx, job_id, me, jctx, stop_beating), daemon=True)
     beat.start()
