@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.context import AppContext
-from service.db import UnitOfWork
+from service.db import UnitOfWork, unit_of_work
 from service.errors import NotPermitted
 
 
@@ -23,16 +23,8 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 def get_uow(ctx: CtxDep) -> Iterator[UnitOfWork]:
     """One transaction per request, committed right after the handler returns (scope="function"), before
     the response is sent; jobs registered with ``after_commit`` are published only then."""
-    session = ctx.sessions()
-    uow = UnitOfWork(session)
-    try:
+    with unit_of_work(ctx.sessions) as uow:
         yield uow
-        uow.commit()
-    except BaseException:
-        uow.rollback()
-        raise
-    finally:
-        session.close()
 
 
 UowDep = Annotated[UnitOfWork, Depends(get_uow, scope="function")]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from service.errors import InvalidRequest
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Page(BaseModel, Generic[T]):
@@ -40,3 +42,10 @@ def page_params(
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page")] = None,
 ) -> PageParams:
     return PageParams(limit=limit, after=decode_token(page_token) if page_token else None)
+
+
+def paginate(rows: Sequence[R], page: PageParams, to_item: Callable[[R], T], key: Callable[[R], Any]) -> Page[T]:
+    """A page from ``rows`` fetched with ``limit + 1``: the extra row only says whether a next page exists."""
+    items = [to_item(r) for r in rows[: page.limit]]
+    token = encode_token(key(rows[page.limit - 1])) if len(rows) > page.limit else None
+    return Page[T](items=items, next_page_token=token)

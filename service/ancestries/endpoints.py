@@ -10,7 +10,7 @@ from service.ancestries.schemas import AncestryOut
 from service.deps import CtxDep, UowDep, WriterDep
 from service.errors import InvalidRequest, PayloadTooLarge, error_responses
 from service.files import spool_upload
-from service.pagination import Page, PageParams, encode_token, page_params
+from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/ancestries", tags=["ancestries"])
 
@@ -51,9 +51,7 @@ def upload_ancestry(
 def list_ancestries(uow: UowDep, page: Annotated[PageParams, Depends(page_params)]) -> Page[AncestryOut]:
     after = page.after if isinstance(page.after, int) else None
     rows = service.list_page(uow.session, page.limit, after)
-    items = [AncestryOut.model_validate(r) for r in rows[: page.limit]]
-    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
-    return Page[AncestryOut](items=items, next_page_token=token)
+    return paginate(rows, page, AncestryOut.model_validate, lambda r: r.id)
 
 
 @router.get("/{ancestry_id}", operation_id="get_ancestry", response_model=AncestryOut, responses=error_responses(404))

@@ -10,7 +10,7 @@ from service.datasets import service
 from service.datasets.schemas import DatasetOut
 from service.deps import CtxDep, UowDep, WriterDep
 from service.errors import PayloadTooLarge, error_responses
-from service.pagination import Page, PageParams, encode_token, page_params
+from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -36,9 +36,7 @@ def upload_dataset(
 def list_datasets(uow: UowDep, page: Annotated[PageParams, Depends(page_params)]) -> Page[DatasetOut]:
     after = page.after if isinstance(page.after, int) else None
     rows = service.list_page(uow.session, page.limit, after)
-    items = [DatasetOut.model_validate(r) for r in rows[: page.limit]]
-    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
-    return Page[DatasetOut](items=items, next_page_token=token)
+    return paginate(rows, page, DatasetOut.model_validate, lambda r: r.id)
 
 
 @router.get("/{dataset_id}", operation_id="get_dataset", response_model=DatasetOut, responses=error_responses(404))

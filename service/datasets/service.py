@@ -4,8 +4,9 @@ from __future__ import annotations
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -49,47 +50,44 @@ def _safe_member(name: str) -> PurePosixPath:
     return p
 
 
+def _members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]]:
+    """(name, size, opener) of every regular file of a zip or tar; refuses links and special files."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    yield info.filename, info.file_size, lambda info=info: zf.open(info)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            for member in tf:
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise InvalidRequest(f"archive member {member.name!r} is not a regular file", field="file")
+                yield member.name, member.size, lambda member=member: tf.extractfile(member)  # type: ignore[return-value]
+    else:
+        raise InvalidRequest("dataset upload must be a .zip or .tar(.gz) archive", field="file")
+
+
 def unpack(archive: Path, dest: Path, limit_bytes: int) -> None:
     """Unpack regular files only (no links, devices or paths outside ``dest``), within size and count caps."""
-    total = 0
+    total = count = 0
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                infos = [i for i in zf.infolist() if not i.is_dir()]
-                if len(infos) > MAX_MEMBERS:
-                    raise InvalidRequest(f"archive has more than {MAX_MEMBERS} files", field="file")
-                for info in infos:
-                    rel = _safe_member(info.filename)
-                    total += info.file_size
-                    if total > limit_bytes:
-                        raise InvalidRequest("archive unpacks to too much data", field="file")
-                    target = tmp.joinpath(*rel.parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                members = [m for m in tf.getmembers() if not m.isdir()]
-                if len(members) > MAX_MEMBERS:
-                    raise InvalidRequest(f"archive has more than {MAX_MEMBERS} files", field="file")
-                for m in members:
-                    if not m.isfile():
-                        raise InvalidRequest(f"archive member {m.name!r} is not a regular file", field="file")
-                    rel = _safe_member(m.name)
-                    total += m.size
-                    if total > limit_bytes:
-                        raise InvalidRequest("archive unpacks to too much data", field="file")
-                    target = tmp.joinpath(*rel.parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(m)
-                    assert src is not None
-                    with src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out)
-        else:
-            raise InvalidRequest("dataset upload must be a .zip or .tar(.gz) archive", field="file")
+        for name, size, opener in _members(archive):
+            rel = _safe_member(name)
+            count += 1
+            total += size
+            if count > MAX_MEMBERS:
+                raise InvalidRequest(f"archive has more than {MAX_MEMBERS} files", field="file")
+            if total > limit_bytes:
+                raise InvalidRequest("archive unpacks to too much data", field="file")
+            target = tmp.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with opener() as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
         if dest.exists():
             shutil.rmtree(tmp)
         else:

@@ -16,7 +16,7 @@ from service.errors import InvalidRequest, JobFailedError, error_responses
 from service.jobs.dispatch import InProcessDispatcher
 from service.learngenes import service as learngenes
 from service.models import Descendant
-from service.pagination import Page, PageParams, encode_token, page_params
+from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/descendants", tags=["descendants"])
 
@@ -96,9 +96,7 @@ def list_descendants(
         raise InvalidRequest("filtering by version needs a learngene", field="version")
     after = page.after if isinstance(page.after, int) else None
     rows = repository.list_page(uow.session, page.limit, after, version_ids, ancestry)
-    items = [service.descendant_out(uow.session, r) for r in rows[: page.limit]]
-    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
-    return Page[DescendantOut](items=items, next_page_token=token)
+    return paginate(rows, page, lambda r: service.descendant_out(uow.session, r), lambda r: r.id)
 
 
 @router.get("/{descendant_id}", operation_id="get_descendant", response_model=DescendantOut,

@@ -16,7 +16,7 @@ from service.deps import CtxDep, UowDep, WriterDep
 from service.errors import error_responses
 from service.jobs import repository, service
 from service.jobs.schemas import JobOut, JobState
-from service.pagination import Page, PageParams, encode_token, page_params
+from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -29,9 +29,7 @@ def list_jobs(
     kind: str | None = None,
 ) -> Page[JobOut]:
     rows = repository.list_page(uow.session, page.limit, page.after, state, kind)
-    items = [JobOut.model_validate(j) for j in rows[: page.limit]]
-    token = encode_token(rows[page.limit - 1].id) if len(rows) > page.limit else None
-    return Page[JobOut](items=items, next_page_token=token)
+    return paginate(rows, page, JobOut.model_validate, lambda r: r.id)
 
 
 @router.get("/{job_id}", operation_id="get_job", response_model=JobOut, responses=error_responses(404))

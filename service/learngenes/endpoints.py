@@ -10,7 +10,7 @@ from service.errors import NotFound, error_responses
 from service.files import serve_blob
 from service.learngenes import repository, service
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut
-from service.pagination import Page, PageParams, encode_token, page_params
+from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/learngenes", tags=["learngenes"])
 
@@ -20,9 +20,7 @@ def list_learngenes(
     uow: UowDep, page: Annotated[PageParams, Depends(page_params)], method: str | None = None
 ) -> Page[LearngeneOut]:
     rows = repository.list_page(uow.session, page.limit, page.after, method)
-    items = [service.learngene_out(uow.session, lg) for lg in rows[: page.limit]]
-    token = encode_token(rows[page.limit - 1].name) if len(rows) > page.limit else None
-    return Page[LearngeneOut](items=items, next_page_token=token)
+    return paginate(rows, page, lambda r: service.learngene_out(uow.session, r), lambda r: r.name)
 
 
 @router.get("/{name}", operation_id="get_learngene", response_model=LearngeneOut, responses=error_responses(404))
@@ -42,9 +40,7 @@ def list_versions(
     lg = service.get_learngene(uow.session, name)
     after = page.after if isinstance(page.after, int) else None
     rows = repository.versions_page(uow.session, lg.id, page.limit, after)
-    items = [service.version_out(uow.session, v) for v in rows[: page.limit]]
-    token = encode_token(rows[page.limit - 1].version) if len(rows) > page.limit else None
-    return Page[LearngeneVersionOut](items=items, next_page_token=token)
+    return paginate(rows, page, lambda r: service.version_out(uow.session, r), lambda r: r.version)
 
 
 @router.get(
