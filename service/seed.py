@@ -30,7 +30,7 @@ SEED_LEARNGENES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("tleg", "fit", {}),
     ("wave", "fit", {}),
     ("layers", "train", {}),
-    ("pool", "train", {}),
+    ("pool", "train", {"steps": 300}),
 )
 
 
