@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.condensing import service
-from service.condensing.schemas import CondenseRequest
+from service.condensing.schemas import CondenseRequest, MethodOut, MethodParam
 from service.deps import CtxDep, UowDep, WriterDep
 from service.errors import error_responses
 from service.jobs.schemas import JobOut
@@ -28,3 +28,24 @@ def create_condense_job(body: CondenseRequest, ctx: CtxDep, uow: UowDep) -> JSON
     uow.commit()
     return JSONResponse(status_code=202, content=JobOut.model_validate(job).model_dump(mode="json"),
                         headers={"location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("/v1/methods", operation_id="list_methods", response_model=list[MethodOut])
+def list_methods() -> list[MethodOut]:
+    """Every method, the condensing modes it offers and its parameters with their documented defaults."""
+    from engine.methods import METHOD_NAMES
+    from engine.train import supports_fit, supports_train
+    from engine.train.params import MODE_PARAMS, SCHEMAS
+
+    out = []
+    for name in METHOD_NAMES:
+        modes = [m for m, ok in (("fit", supports_fit(name)), ("train", supports_train(name))) if ok]
+        if name in ("weight-selection", "random"):
+            modes = []  # baselines: used directly from an ancestry, never condensed
+        params = [
+            MethodParam(name=p, default=spec.default, description=spec.help,
+                        modes=[m for m in modes if p in MODE_PARAMS[name][m]])
+            for p, spec in sorted(SCHEMAS[name].items())
+        ]
+        out.append(MethodOut(name=name, condensing=modes, params=params))
+    return out

@@ -33,3 +33,16 @@ class CondenseRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (defaults: GET /v1/methods)")
     evaluate: bool = Field(True, description="Add an evaluation card (few-step fine-tuning vs random init)")
     description: str = Field("", max_length=2000)
+
+
+class MethodParam(BaseModel):
+    name: str
+    default: Any
+    description: str
+    modes: list[str]
+
+
+class MethodOut(BaseModel):
+    name: str
+    condensing: list[str] = Field(description="Modes a condensing job may use (empty: expansion-only baseline)")
+    params: list[MethodParam]

@@ -139,3 +139,13 @@ def test_a_learngene_name_keeps_its_method(client: TestClient, ancestry: int) ->
     r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "mine", "mode": "fit", "evaluate": False})
     assert wait_job(client, r.json()["id"])["state"] == "succeeded"
     assert client.get("/v1/learngenes/mine").json()["latest_version"] == 2
+
+
+@sqlite_only
+def test_methods_list_their_modes_and_paper_defaults(client: TestClient) -> None:
+    methods = {m["name"]: m for m in client.get("/v1/methods").json()}
+    assert set(methods) == {"tleg", "wave", "pool", "layers", "weight-selection", "random"}
+    assert methods["random"]["condensing"] == [] and methods["tleg"]["condensing"] == ["fit", "train"]
+    tleg = {p["name"]: p for p in methods["tleg"]["params"]}
+    assert tleg["aux_depth"]["default"] == 12 and tleg["aux_depth"]["modes"] == ["train"]
+    assert tleg["temperature"]["default"] == 1.0 and tleg["kl_weight"]["default"] == 1.0
