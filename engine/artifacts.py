@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ DESCENDANT_METADATA_KEYS = ("method", "spec", "seed")
 LEARNGENE_FORMAT = "learngene/1"
 
 
-def write_safetensors(tensors: StateDict, metadata: dict[str, str], path: Path) -> None:
+def write_safetensors(tensors: StateDict, metadata: dict[str, str], path: Path) -> str:
     """Write a safetensors file deterministically: tensors by (alignment, name), metadata keys sorted; the file
-    appears atomically (written beside, then renamed)."""
+    appears atomically (written beside, then renamed). Returns the file's sha256 (hex), computed from the very
+    buffers being written, on a second thread while the first writes (both release the GIL on large buffers), so
+    that registering the file costs no second pass over it."""
     if any(not isinstance(k, str) or not isinstance(v, str) for k, v in metadata.items()):
         raise ValueError("safetensors metadata must map strings to strings")
     # Tensors made contiguous once; widest dtypes first keeps every tensor aligned to its item size.
@@ -53,13 +56,24 @@ def write_safetensors(tensors: StateDict, metadata: dict[str, str], path: Path) 
     encoded += b" " * (-len(encoded) % 8)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for _, tensor in ordered:
-            if tensor.numel():
-                f.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    parts: list[bytes | memoryview] = [struct.pack("<Q", len(encoded)), encoded]
+    parts += [memoryview(t.reshape(-1).view(torch.uint8).numpy()) for _, t in ordered if t.numel()]
+    digest = hashlib.sha256()
+    hasher = threading.Thread(target=lambda: [digest.update(part) for part in parts], name="safetensors-sha256")
+    hasher.start()
+    try:
+        with open(partial, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())  # durable before it gets its final name: a registry row may point at it next
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        hasher.join()
     os.replace(partial, path)
+    return digest.hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -77,12 +91,12 @@ def descendant_metadata(method: str, spec: ViTSpec, seed: int, **provenance: str
             **{k: str(v) for k, v in provenance.items()}}
 
 
-def save_descendant(descendant: Descendant, metadata: dict[str, str], path: Path) -> None:
-    """Write ``model.safetensors``: same descendant and metadata give a byte-identical file."""
+def save_descendant(descendant: Descendant, metadata: dict[str, str], path: Path) -> str:
+    """Write ``model.safetensors``: same descendant and metadata give a byte-identical file. Returns its sha256."""
     missing = [k for k in DESCENDANT_METADATA_KEYS if k not in metadata]
     if missing:
         raise ValueError(f"descendant metadata lacks {missing}")
-    write_safetensors(descendant.state_dict, metadata, path)
+    return write_safetensors(descendant.state_dict, metadata, path)
 
 
 def descendant_config(descendant: Descendant, spec: ViTSpec, mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
@@ -114,9 +128,10 @@ def descendant_config(descendant: Descendant, spec: ViTSpec, mean: tuple[float, 
     }
 
 
-def save_learngene(learngene: Learngene, path: Path) -> None:
-    """One safetensors file: the tensors, and ``method`` and ``meta`` (JSON) in ``__metadata__``."""
-    write_safetensors(learngene.tensors, {
+def save_learngene(learngene: Learngene, path: Path) -> str:
+    """One safetensors file: the tensors, and ``method`` and ``meta`` (JSON) in ``__metadata__``. Returns its
+    sha256."""
+    return write_safetensors(learngene.tensors, {
         "format": LEARNGENE_FORMAT,
         "method": learngene.method,
         "meta": json.dumps(learngene.meta, sort_keys=True, separators=(",", ":")),

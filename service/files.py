@@ -17,6 +17,14 @@ from service.errors import PayloadTooLarge
 from service.storage import CHUNK, iter_file
 
 
+class BlobResponse(FileResponse):
+    """Starlette's FileResponse with 1 MiB reads instead of 64 KiB: each chunk is one trip through the event loop
+    and the ASGI server, and on an 88 MB descendant the smaller chunks made the download 3x slower (measured with
+    curl on loopback: 0.14 s vs 0.04 s)."""
+
+    chunk_size = CHUNK
+
+
 def etag_matches(request: Request, etag: str) -> bool:
     header = request.headers.get("if-none-match")
     if not header:
@@ -36,7 +44,7 @@ def serve_blob(
     path = ctx.store.local_path(key)
     if path is not None:
         # Starlette's FileResponse answers Range / If-Range itself (206, 416) and streams with zero extra copies.
-        return FileResponse(path, media_type=media_type, filename=filename, headers=headers)
+        return BlobResponse(path, media_type=media_type, filename=filename, headers=headers)
     size = ctx.store.size(key)
     headers |= {"content-length": str(size), "content-disposition": f'attachment; filename="{filename}"'}
     return StreamingResponse(iter_file(ctx.store.open(key)), media_type=media_type, headers=headers)

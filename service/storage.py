@@ -22,7 +22,7 @@ class StoredObject:
 
 
 class ArtifactStore(Protocol):
-    def put_file(self, src: Path, *, move: bool = False) -> StoredObject: ...
+    def put_file(self, src: Path, *, move: bool = False, sha256: str | None = None) -> StoredObject: ...
     def put_bytes(self, data: bytes) -> StoredObject: ...
     def open(self, key: str) -> BinaryIO: ...
     def local_path(self, key: str) -> Path | None: ...
@@ -70,8 +70,10 @@ class LocalArtifactStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
 
-    def put_file(self, src: Path, *, move: bool = False) -> StoredObject:
-        digest = sha256_file(src)
+    def put_file(self, src: Path, *, move: bool = False, sha256: str | None = None) -> StoredObject:
+        """Store ``src`` under its content key. ``sha256`` is the caller's digest of ``src`` when it already has
+        one (the engine's safetensors writer hashes while it writes); without it the file is read once to hash it."""
+        digest = sha256 or sha256_file(src)
         key = content_key(digest)
         size = src.stat().st_size
         if self.exists(key):

@@ -27,7 +27,10 @@ def test_written_files_read_back_with_the_safetensors_library(tmp_path: Path) ->
         "d.empty": torch.zeros(0, 5),
         "e.transposed": torch.arange(6.0).reshape(2, 3).T,  # not contiguous
     }
-    write_safetensors(tensors, {"z": "last", "a": "first"}, tmp_path / "x.safetensors")
+    digest = write_safetensors(tensors, {"z": "last", "a": "first"}, tmp_path / "x.safetensors")
+    # The digest hashed while writing is the file's own.
+    assert digest == hashlib.sha256((tmp_path / "x.safetensors").read_bytes()).hexdigest()
+    assert not list(tmp_path.glob("*.partial"))
     loaded = load_file(tmp_path / "x.safetensors")
     assert loaded.keys() == tensors.keys()
     for key, tensor in tensors.items():
@@ -66,3 +69,13 @@ def test_a_plain_safetensors_file_is_not_a_learngene(tmp_path: Path) -> None:
     save_file({"w": torch.ones(2)}, tmp_path / "plain.safetensors")
     with pytest.raises(LearngeneError):
         load_learngene(tmp_path / "plain.safetensors")
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("engine.artifacts.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_safetensors({"w": torch.randn(64, 64)}, {}, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -75,8 +75,8 @@ def run(jctx: JobContext) -> dict[str, Any]:
 
     fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
     os.close(fd)
-    save_learngene(learngene, Path(tmp))
-    stored = app.store.put_file(Path(tmp), move=True)
+    digest = save_learngene(learngene, Path(tmp))
+    stored = app.store.put_file(Path(tmp), move=True, sha256=digest)
 
     def publish(session: Session) -> None:
         version = publish_version(

@@ -96,8 +96,8 @@ def _expand(jctx: JobContext, app: AppContext, descendant_id: int) -> dict[str, 
     }
     fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
     os.close(fd)
-    save_descendant(descendant, metadata, Path(tmp))
-    stored = app.store.put_file(Path(tmp), move=True)
+    digest = save_descendant(descendant, metadata, Path(tmp))
+    stored = app.store.put_file(Path(tmp), move=True, sha256=digest)
     config = descendant_config(descendant, spec)
 
     def record(session: Session) -> None:
