@@ -16,7 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A SQLite connection is a file handle: keep enough of them for every request thread (anyio's pool has 40)
+        # and the in-process job threads. With SQLAlchemy's default (5 + 10 overflow) a loaded API opened and
+        # closed an overflow connection, pragmas included, on most requests.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=48, max_overflow=16)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

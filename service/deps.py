@@ -13,7 +13,9 @@ from service.db import UnitOfWork, unit_of_work
 from service.errors import NotPermitted
 
 
-def get_ctx(request: Request) -> AppContext:
+# Dependencies that do no I/O are ``async def`` so that FastAPI runs them on the event loop: a plain ``def`` one
+# costs a trip through the thread pool on every request.
+async def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
@@ -32,7 +34,7 @@ UowDep = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="Needed for writes when LEARNGENE_API_TOKEN is set")
 
 
-def require_writer(
+async def require_writer(
     ctx: CtxDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     token = ctx.settings.api_token

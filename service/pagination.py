@@ -37,7 +37,7 @@ def decode_token(token: str) -> Any:
         raise InvalidRequest("malformed page_token", field="page_token") from exc
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=200, description="Items per page")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page")] = None,
 ) -> PageParams:

@@ -20,7 +20,8 @@ def list_learngenes(
     uow: UowDep, page: Annotated[PageParams, Depends(page_params)], method: str | None = None
 ) -> Page[LearngeneOut]:
     rows = repository.list_page(uow.session, page.limit, page.after, method)
-    return paginate(rows, page, lambda r: service.learngene_out(uow.session, r), lambda r: r.name)
+    outs = service.learngene_outs(uow.session, rows[: page.limit])
+    return paginate(rows, page, lambda r: outs[r.id], lambda r: r.name)
 
 
 @router.get("/{name}", operation_id="get_learngene", response_model=LearngeneOut, responses=error_responses(404))
@@ -40,7 +41,8 @@ def list_versions(
     lg = service.get_learngene(uow.session, name)
     after = page.after if isinstance(page.after, int) else None
     rows = repository.versions_page(uow.session, lg.id, page.limit, after)
-    return paginate(rows, page, lambda r: service.version_out(uow.session, r), lambda r: r.version)
+    outs = service.version_outs(uow.session, rows[: page.limit])
+    return paginate(rows, page, lambda r: outs[r.id], lambda r: r.version)
 
 
 @router.get(

@@ -4,19 +4,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from service.models import Learngene, LearngeneAlias, LearngeneVersion
 
 
 def by_name(session: Session, name: str) -> Learngene | None:
     return session.scalar(
-        select(Learngene).where(Learngene.name == name).options(selectinload(Learngene.aliases))
+        select(Learngene).where(Learngene.name == name)
     )
 
 
 def list_page(session: Session, limit: int, after: str | None, method: str | None) -> Sequence[Learngene]:
-    q = select(Learngene).order_by(Learngene.name).limit(limit + 1).options(selectinload(Learngene.aliases))
+    q = select(Learngene).order_by(Learngene.name).limit(limit + 1)
     if after is not None:
         q = q.where(Learngene.name > after)
     if method:
@@ -60,14 +60,41 @@ def max_version(session: Session, learngene_id: int) -> int:
     ) or 0
 
 
-def count_versions(session: Session, learngene_id: int) -> int:
-    return session.scalar(
-        select(func.count()).select_from(LearngeneVersion).where(LearngeneVersion.learngene_id == learngene_id)
-    ) or 0
+def version_counts(session: Session, learngene_ids: Sequence[int]) -> dict[int, int]:
+    """Number of versions of each learngene, in one query for a whole page."""
+    rows = session.execute(
+        select(LearngeneVersion.learngene_id, func.count())
+        .where(LearngeneVersion.learngene_id.in_(learngene_ids))
+        .group_by(LearngeneVersion.learngene_id)
+    )
+    return {learngene_id: count for learngene_id, count in rows}
 
 
-def aliases_of(session: Session, version_id: int) -> list[str]:
-    return list(session.scalars(select(LearngeneAlias.alias).where(LearngeneAlias.version_id == version_id)))
+def alias_targets(session: Session, learngene_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """``{learngene id: {alias: version number}}`` in one query for a whole page."""
+    rows = session.execute(
+        select(LearngeneAlias.learngene_id, LearngeneAlias.alias, LearngeneVersion.version)
+        .join(LearngeneVersion, LearngeneVersion.id == LearngeneAlias.version_id)
+        .where(LearngeneAlias.learngene_id.in_(learngene_ids))
+        .order_by(LearngeneAlias.alias)
+    )
+    out: dict[int, dict[str, int]] = {i: {} for i in learngene_ids}
+    for learngene_id, alias, number in rows:
+        out[learngene_id][alias] = number
+    return out
+
+
+def aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
+    """The aliases pointing at each version, in one query for a whole page."""
+    rows = session.execute(
+        select(LearngeneAlias.version_id, LearngeneAlias.alias)
+        .where(LearngeneAlias.version_id.in_(version_ids))
+        .order_by(LearngeneAlias.alias)
+    )
+    out: dict[int, list[str]] = {i: [] for i in version_ids}
+    for version_id, alias in rows:
+        out[version_id].append(alias)
+    return out
 
 
 def set_alias(session: Session, learngene_id: int, alias: str, version_id: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -53,28 +54,49 @@ def resolve(session: Session, reference: str, field: str = "learngene") -> Learn
     return version
 
 
+def learngene_outs(session: Session, rows: Sequence[Learngene]) -> dict[int, LearngeneOut]:
+    """API views of a page of learngenes, by id: two queries whatever the page size."""
+    ids = [lg.id for lg in rows]
+    counts = repository.version_counts(session, ids)
+    aliases = repository.alias_targets(session, ids)
+    return {
+        lg.id: LearngeneOut(
+            name=lg.name,
+            method=lg.method,
+            family=lg.family,
+            description=lg.description,
+            created_at=lg.created_at,
+            latest_version=aliases[lg.id].get(LATEST),
+            version_count=counts.get(lg.id, 0),
+            aliases=aliases[lg.id],
+        )
+        for lg in rows
+    }
+
+
 def learngene_out(session: Session, lg: Learngene) -> LearngeneOut:
-    aliases = {a.alias: a.version.version for a in lg.aliases}
-    return LearngeneOut(
-        name=lg.name,
-        method=lg.method,
-        family=lg.family,
-        description=lg.description,
-        created_at=lg.created_at,
-        latest_version=aliases.get(LATEST),
-        version_count=repository.count_versions(session, lg.id),
-        aliases=aliases,
-    )
+    return learngene_outs(session, [lg])[lg.id]
+
+
+def version_outs(session: Session, rows: Sequence[LearngeneVersion]) -> dict[int, LearngeneVersionOut]:
+    """API views of a page of versions, by id: one query for their aliases (the learngene and ancestries come from
+    the session's identity map after their first load)."""
+    aliases = repository.aliases_by_version(session, [v.id for v in rows])
+    return {v.id: _version_out(v, aliases[v.id]) for v in rows}
 
 
 def version_out(session: Session, v: LearngeneVersion) -> LearngeneVersionOut:
+    return version_outs(session, [v])[v.id]
+
+
+def _version_out(v: LearngeneVersion, aliases: list[str]) -> LearngeneVersionOut:
     name = v.learngene.name
     return LearngeneVersionOut(
         learngene=name,
         version=v.version,
         method=v.method,
         status=v.status,
-        aliases=repository.aliases_of(session, v.id),
+        aliases=aliases,
         lineage=Lineage(
             ancestry_id=v.ancestry_id,
             ancestry_name=v.ancestry.name if v.ancestry else None,

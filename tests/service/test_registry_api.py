@@ -100,3 +100,33 @@ def test_openapi_documents_errors_and_operation_ids(client: TestClient) -> None:
     assert op["operationId"] == "get_learngene"
     assert op["tags"] == ["learngenes"]
     assert op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+
+
+def test_pages_cost_the_same_number_of_queries_whatever_their_size(ctx: AppContext, client: TestClient) -> None:
+    """No query per row: a page of 12 learngenes (or versions) costs what a page of 1 costs."""
+    from sqlalchemy import event
+
+    for i in range(12):
+        _publish(ctx, f"q-{i:02d}")
+        _publish(ctx, "q-versions")
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(ctx.engine, "before_cursor_execute", count)
+    try:
+        cost = {}
+        for url, limit in [("/v1/learngenes", 1), ("/v1/learngenes", 13),
+                           ("/v1/learngenes/q-versions/versions", 1), ("/v1/learngenes/q-versions/versions", 12)]:
+            statements.clear()
+            body = client.get(url, params={"limit": limit}).json()
+            assert len(body["items"]) == limit
+            cost[(url, limit)] = len(statements)
+    finally:
+        event.remove(ctx.engine, "before_cursor_execute", count)
+    assert cost[("/v1/learngenes", 13)] == cost[("/v1/learngenes", 1)]
+    assert cost[("/v1/learngenes/q-versions/versions", 12)] == cost[("/v1/learngenes/q-versions/versions", 1)]
+    listed = client.get("/v1/learngenes", params={"limit": 13}).json()["items"]
+    assert {lg["name"]: lg["version_count"] for lg in listed}["q-versions"] == 12
+    assert all(lg["aliases"]["latest"] == lg["latest_version"] for lg in listed)
