@@ -3,6 +3,9 @@
 1. Cold: POST /v1/descendants?wait (a never-seen seed, so the engine really expands) + GET weights of a
    ViT-S-size descendant over HTTP on the embedded default, vs timm.create_model + safetensors save of the same
    architecture in this process. Target: ratio <= 1.
+   The same cold request is also compared with the same work done in-process by the engine (the learngene,
+   downloaded once, expanded and written with ``save_descendant``): what the HTTP API, the registry and the job
+   hand-off add on top of the engine.
 2. Cached: GET weights of an existing descendant, vs a plain static-file server (http.server) sending the same
    file. Target: ratio close to 1.
 
@@ -30,6 +33,10 @@ import httpx
 import timm
 import torch
 from safetensors.torch import save_file
+
+from engine.artifacts import descendant_metadata, load_learngene, save_descendant
+from engine.methods import get_method
+from engine.methods.base import Learngene
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "vit_base_patch16_224"
@@ -68,6 +75,15 @@ def timm_baseline(path: Path) -> float:
     return time.perf_counter() - started
 
 
+def engine_run(learngene: Learngene, seed: int, path: Path) -> float:
+    """What the service's job does, in this process: expand the learngene and write the descendant."""
+    method = get_method("tleg")
+    started = time.perf_counter()
+    spec = method.resolve_spec(learngene, {"depth": 12})
+    save_descendant(method.expand(learngene, spec, seed), descendant_metadata("tleg", spec, seed), path)
+    return time.perf_counter() - started
+
+
 def static_server(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's signature
@@ -102,8 +118,12 @@ def main() -> None:
             # Warm both sides once (imports, the learngene cache, allocator).
             client.post("/v1/descendants", params={"wait": 300}, json={"learngene": "bench-tleg", "seed": 10_000})
             timm_baseline(tmp_path / "warm.safetensors")
+            learngene_file = tmp_path / "learngene.safetensors"
+            learngene_file.write_bytes(client.get("/v1/learngenes/bench-tleg/versions/latest/tensors").content)
+            learngene = load_learngene(learngene_file)
+            engine_run(learngene, 20_000, tmp_path / "engine-warm.safetensors")
 
-            cold, cold_post, base = [], [], []
+            cold, cold_post, base, engine = [], [], [], []
             for i in range(args.repeats):
                 started = time.perf_counter()
                 desc = client.post("/v1/descendants", params={"wait": 300},
@@ -113,6 +133,7 @@ def main() -> None:
                 cold.append(time.perf_counter() - started)
                 assert len(body) == desc["size_bytes"]
                 base.append(timm_baseline(tmp_path / f"timm{i}.safetensors"))
+                engine.append(engine_run(learngene, 30_000 + i, tmp_path / f"engine{i}.safetensors"))
             weights_url = desc["weights_url"]
             size = desc["size_bytes"]
 
@@ -139,6 +160,8 @@ def main() -> None:
           f"{med(cold) / med(base):7.2f}")
     print(f"{'  of which the POST (expand, write, register)':44s} {med(cold_post):8.3f} {med(base):11.3f} "
           f"{med(cold_post) / med(base):7.2f}")
+    print(f"{'cold HTTP (POST+GET) vs in-process engine':44s} {med(cold):8.3f} {med(engine):11.3f} "
+          f"{med(cold) / med(engine):7.2f}")
     print(f"{'cached GET weights vs static file server':44s} {med(cached):8.3f} {med(plain):11.3f} "
           f"{med(cached) / med(plain):7.2f}")
 
