@@ -24,6 +24,18 @@ def _migrate() -> None:
         engine.dispose()
 
 
+def _prepare_storage() -> None:
+    """An S3 bucket that is not there yet is created (MinIO in docker compose starts empty)."""
+    settings = get_settings()
+    if settings.storage_url.startswith("s3://"):
+        from service.storage import S3ArtifactStore, make_store
+
+        store = make_store(settings.storage_url, settings.artifact_root, settings.resolved_cache_dir,
+                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+        assert isinstance(store, S3ArtifactStore)
+        store.ensure_bucket()
+
+
 def _warm_engine() -> None:
     import engine.methods.tleg  # noqa: F401  (torch, timm and the method code)
     import engine.planner  # noqa: F401
@@ -37,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _migrate()
+    _prepare_storage()
     ctx = build_context(settings)
     if not settings.uses_celery:
         # The in-process worker picks up what a previous run left queued or orphaned.
@@ -69,6 +82,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("learngene worker needs LEARNGENE_BROKER_URL (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2
     _migrate()
+    _prepare_storage()
     from worker.tasks import app
 
     argv = ["worker", f"--queues={args.queues}", f"--loglevel={args.log_level}", f"--pool={args.pool}"]

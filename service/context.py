@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import make_engine, make_sessionmaker
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
 from service.settings import Settings
-from service.storage import ArtifactStore, LocalArtifactStore
+from service.storage import ArtifactStore, make_store
 
 
 @dataclass
@@ -36,7 +36,8 @@ def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppCon
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        store=LocalArtifactStore(settings.artifact_root),
+        store=make_store(settings.storage_url, settings.artifact_root, settings.resolved_cache_dir,
+                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region),
     )
     if with_dispatcher:
         ctx.dispatcher = make_dispatcher(ctx)

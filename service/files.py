@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastapi import Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse
 
 from service.context import AppContext
 from service.errors import PayloadTooLarge
-from service.storage import CHUNK, iter_file
+from service.storage import CHUNK
 
 
 class BlobResponse(FileResponse):
@@ -41,13 +41,9 @@ def serve_blob(
     headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable", **(extra_headers or {})}
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
-    path = ctx.store.local_path(key)
-    if path is not None:
-        # Starlette's FileResponse answers Range / If-Range itself (206, 416) and streams with zero extra copies.
-        return BlobResponse(path, media_type=media_type, filename=filename, headers=headers)
-    size = ctx.store.size(key)
-    headers |= {"content-length": str(size), "content-disposition": f'attachment; filename="{filename}"'}
-    return StreamingResponse(iter_file(ctx.store.open(key)), media_type=media_type, headers=headers)
+    # Every backend gives a local file (S3 through its cache). Starlette's FileResponse answers Range / If-Range
+    # itself (206, 416).
+    return BlobResponse(ctx.store.local_path(key), media_type=media_type, filename=filename, headers=headers)
 
 
 def safetensors_header(ctx: AppContext, key: str) -> tuple[dict[str, Any], int]:

@@ -20,8 +20,14 @@ class Settings(BaseSettings):
     database_url: str = ""
     #: Celery broker (``redis://...``); empty means jobs run in an in-process worker thread pool.
     broker_url: str = ""
-    #: ``file:///abs/path``; empty means ``<data_dir>/artifacts``.
+    #: ``file:///abs/path`` or ``s3://bucket[/prefix]``; empty means ``<data_dir>/artifacts``. S3 credentials come
+    #: from the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or any other source boto3 reads).
     storage_url: str = ""
+    #: S3-compatible endpoint (MinIO, Ceph...); empty means AWS itself.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    #: With S3 storage, where this process caches the blobs it writes and reads; empty means ``<data_dir>/cache``.
+    cache_dir: Path | None = None
     #: When set, every write (POST) needs ``Authorization: Bearer <api_token>``.
     api_token: str = ""
 
@@ -53,6 +59,15 @@ class Settings(BaseSettings):
     seed_on_start: bool = True
 
     @model_validator(mode="after")
+    def _storage_url_is_known(self) -> "Settings":
+        if self.storage_url and not self.storage_url.startswith(("file://", "s3://")):
+            raise ValueError(f"LEARNGENE_STORAGE_URL must be file:///path or s3://bucket[/prefix], "
+                             f"got {self.storage_url!r}")
+        if self.storage_url.startswith("s3://") and not self.storage_url.removeprefix("s3://").split("/")[0]:
+            raise ValueError(f"LEARNGENE_STORAGE_URL {self.storage_url!r} names no bucket")
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_real_settings(self) -> "Settings":
         if self.environment == "production":
             missing = [
@@ -76,11 +91,16 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> Path:
+        """The local artifact folder (file:// storage), or the local cache folder (s3:// storage)."""
+        if self.storage_url.startswith("s3://"):
+            return self.resolved_cache_dir
         if self.storage_url:
-            if not self.storage_url.startswith("file://"):
-                raise ValueError(f"unsupported LEARNGENE_STORAGE_URL scheme: {self.storage_url!r}")
             return Path(self.storage_url.removeprefix("file://"))
         return (self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.data_dir / "cache").resolve()
 
     @property
     def uses_celery(self) -> bool:

@@ -1,12 +1,19 @@
 """Artifact storage: content-addressed blobs (keyed by sha256) plus a few named, overwritable blobs
-(job checkpoints). One small interface; the local-folder backend writes atomically (temp file + rename)."""
+(job checkpoints). One small interface, two backends:
+
+- :class:`LocalArtifactStore`, a folder (the embedded default, or a volume shared by API and workers); writes are
+  atomic (temp file + rename).
+- :class:`S3ArtifactStore`, a bucket of any S3-compatible store (AWS S3, MinIO, Ceph...), the source of truth
+  shared by API and workers on many machines. Each process keeps a read-through cache of the content-addressed
+  blobs it has written or read, so serving (ranges, ETags) and loading work on local files; a blob fetched into
+  the cache is checked against its sha256 key before it is used.
+"""
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -25,7 +32,7 @@ class ArtifactStore(Protocol):
     def put_file(self, src: Path, *, move: bool = False, sha256: str | None = None) -> StoredObject: ...
     def put_bytes(self, data: bytes) -> StoredObject: ...
     def open(self, key: str) -> BinaryIO: ...
-    def local_path(self, key: str) -> Path | None: ...
+    def local_path(self, key: str) -> Path: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def put_named(self, name: str, data: bytes) -> str: ...
@@ -33,6 +40,7 @@ class ArtifactStore(Protocol):
     def delete(self, key: str) -> None: ...
     def ping(self) -> None: ...
     def scratch_dir(self) -> Path: ...
+    def local_dir(self, name: str) -> Path: ...
 
 
 def sha256_file(path: Path) -> str:
@@ -64,6 +72,10 @@ class LocalArtifactStore:
     def scratch_dir(self) -> Path:
         """Temp files live on the store's filesystem so that publishing them is a rename, not a copy."""
         return self.root / "tmp"
+
+    def local_dir(self, name: str) -> Path:
+        """A folder for data derived from blobs and rebuilt from them when missing (unpacked datasets)."""
+        return self._path(name)
 
     def _publish(self, tmp: Path, key: str) -> None:
         dest = self._path(key)
@@ -104,7 +116,7 @@ class LocalArtifactStore:
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 
-    def local_path(self, key: str) -> Path | None:
+    def local_path(self, key: str) -> Path:
         return self._path(key)
 
     def exists(self, key: str) -> bool:
@@ -136,17 +148,142 @@ class LocalArtifactStore:
         probe.unlink()
 
 
-def iter_file(fileobj: BinaryIO, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """Stream ``length`` bytes from ``start`` in chunks, closing the file at the end."""
-    try:
-        fileobj.seek(start)
-        remaining = length
-        while remaining is None or remaining > 0:
-            chunk = fileobj.read(CHUNK if remaining is None else min(CHUNK, remaining))
-            if not chunk:
-                break
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
-    finally:
-        fileobj.close()
+class S3ArtifactStore:
+    """An S3-compatible bucket, under an optional key prefix, with a local cache folder."""
+
+    def __init__(self, bucket: str, prefix: str, cache_dir: Path, *, endpoint_url: str | None = None,
+                 region: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.cache = LocalArtifactStore(cache_dir)
+        addressing = {"addressing_style": "path"} if endpoint_url else {}
+        self._client = boto3.client(  # boto3 clients are thread-safe; one per store
+            "s3", endpoint_url=endpoint_url or None, region_name=region or "us-east-1",
+            config=Config(s3=addressing, retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _missing(self, exc: Exception) -> bool:
+        from botocore.exceptions import ClientError
+
+        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+            "404", "NoSuchKey", "NotFound")
+
+    def _head(self, key: str) -> dict[str, object] | None:
+        try:
+            return self._client.head_object(Bucket=self.bucket, Key=self._key(key))  # type: ignore[no-any-return]
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it is not there (MinIO in docker compose starts empty)."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            if not self._missing(exc):
+                raise
+            self._client.create_bucket(Bucket=self.bucket)
+
+    def put_file(self, src: Path, *, move: bool = False, sha256: str | None = None) -> StoredObject:
+        digest = sha256 or sha256_file(src)
+        key = content_key(digest)
+        size = src.stat().st_size
+        if self._head(key) is None:
+            self._client.upload_file(str(src), self.bucket, self._key(key))  # multipart for large files
+        # The writer will likely read it again (the API serves what its in-process worker wrote): keep it.
+        self.cache.put_file(src, move=move, sha256=digest)
+        return StoredObject(key, digest, size)
+
+    def put_bytes(self, data: bytes) -> StoredObject:
+        fd, tmp = tempfile.mkstemp(dir=self.scratch_dir())
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return self.put_file(Path(tmp), move=True)
+
+    def local_path(self, key: str) -> Path:
+        """The cached copy of a blob, fetched first when this process has not seen it."""
+        path = self.cache.local_path(key)
+        if path.is_file():
+            return path
+        fd, tmp_name = tempfile.mkstemp(dir=self.scratch_dir())
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                self._client.download_file(self.bucket, self._key(key), str(tmp))
+            except Exception as exc:
+                if self._missing(exc):
+                    raise FileNotFoundError(f"no blob {key!r} in s3://{self.bucket}/{self.prefix}") from exc
+                raise
+            if key.startswith("sha256/") and sha256_file(tmp) != key.rsplit("/", 1)[-1]:
+                raise OSError(f"blob {key!r} from s3://{self.bucket} does not match its sha256")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.local_path(key), "rb")
+
+    def exists(self, key: str) -> bool:
+        return self.cache.exists(key) or self._head(key) is not None
+
+    def size(self, key: str) -> int:
+        if self.cache.exists(key):
+            return self.cache.size(key)
+        head = self._head(key)
+        if head is None:
+            raise FileNotFoundError(key)
+        return int(head["ContentLength"])  # type: ignore[call-overload]
+
+    def put_named(self, name: str, data: bytes) -> str:
+        key = f"named/{name}"
+        self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        return key
+
+    def get_named(self, name: str) -> bytes | None:
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=self._key(f"named/{name}"))["Body"]
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise
+        with body:
+            return body.read()  # type: ignore[no-any-return]
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self.cache.delete(key)
+
+    def ping(self) -> None:
+        self._client.head_bucket(Bucket=self.bucket)
+        self.cache.ping()
+
+    def scratch_dir(self) -> Path:
+        return self.cache.scratch_dir()
+
+    def local_dir(self, name: str) -> Path:
+        return self.cache.local_dir(name)
+
+
+def make_store(storage_url: str, default_root: Path, cache_dir: Path, *, endpoint_url: str = "",
+               region: str = "") -> ArtifactStore:
+    """``""`` (the default folder), ``file:///abs/path`` or ``s3://bucket[/prefix]``."""
+    if not storage_url:
+        return LocalArtifactStore(default_root)
+    if storage_url.startswith("file://"):
+        return LocalArtifactStore(Path(storage_url.removeprefix("file://")))
+    if storage_url.startswith("s3://"):
+        bucket, _, prefix = storage_url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"LEARNGENE_STORAGE_URL {storage_url!r} names no bucket")
+        return S3ArtifactStore(bucket, prefix, cache_dir, endpoint_url=endpoint_url or None, region=region or None)
+    raise ValueError(f"unsupported LEARNGENE_STORAGE_URL scheme: {storage_url!r} (file:// or s3://)")

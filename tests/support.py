@@ -50,7 +50,12 @@ def service_env(settings: Settings) -> dict[str, str]:
         LEARNGENE_STALE_AFTER_S=str(settings.stale_after_s),
         LEARNGENE_CHECKPOINT_EVERY_S=str(settings.checkpoint_every_s),
         PYTHONUNBUFFERED="1",
+        LEARNGENE_STORAGE_URL=settings.storage_url,
+        LEARNGENE_S3_ENDPOINT_URL=settings.s3_endpoint_url,
+        LEARNGENE_S3_REGION=settings.s3_region,
     )
+    if settings.cache_dir is not None:
+        env["LEARNGENE_CACHE_DIR"] = str(settings.cache_dir)
     return env
 
 

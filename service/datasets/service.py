@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -37,10 +38,8 @@ def list_page(session: Session, limit: int, after: int | None) -> Sequence[Datas
 
 
 def dataset_dir(ctx: AppContext, sha256: str) -> Path:
-    path = ctx.store.local_path(f"datasets/{sha256}")
-    if path is None:
-        raise RuntimeError("datasets need a storage backend with local paths")
-    return path
+    """Where the dataset's archive lies unpacked on this machine (derived data, rebuilt when missing)."""
+    return ctx.store.local_dir(f"datasets/{sha256}")
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -72,9 +71,9 @@ def _members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]
 def unpack(archive: Path, dest: Path, limit_bytes: int) -> None:
     """Unpack regular files only (no links, devices or paths outside ``dest``), within size and count caps."""
     total = count = 0
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A folder of its own per unpacking: two processes may unpack the same dataset at once; the first rename wins.
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".partial-"))
     try:
         for name, size, opener in _members(archive):
             rel = _safe_member(name)
@@ -88,10 +87,12 @@ def unpack(archive: Path, dest: Path, limit_bytes: int) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with opener() as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
-        if dest.exists():
-            shutil.rmtree(tmp)
-        else:
+        try:
             tmp.rename(dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+            shutil.rmtree(tmp)  # someone else finished first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -145,4 +146,10 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str)
 
 
 def resolve_path(ctx: AppContext, row: Dataset) -> Path:
-    return image_folder_root(dataset_dir(ctx, row.sha256))
+    """The ImageFolder root of an uploaded dataset, unpacked from its stored archive first on a machine that has
+    not unpacked it yet (a worker elsewhere, or after the folder was cleaned)."""
+    dest = dataset_dir(ctx, row.sha256)
+    if not dest.is_dir():
+        archive = ctx.store.local_path(row.storage_key)
+        unpack(archive, dest, limit_bytes=max(archive.stat().st_size, 1) * MAX_EXPANSION)
+    return image_folder_root(dest)
