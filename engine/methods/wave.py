@@ -23,6 +23,11 @@ under these names packs its state with :func:`make_learngene`.
 A new size gets new scalers (:func:`resample_scalers`): resampled along depth by relative position i/L, then the
 (a, b) grid resized (evenly spaced selection when shrinking, linear interpolation when growing; qkv's q, k and v
 row blocks resized apart). Tensors outside the scheme are resampled the same way along depth and width.
+
+Refined widths (METHODS.md's optional refinement, :func:`engine.train.wave.refine_wave`): a learngene may also
+hold ``refined.{width}x{hidden}.scalers.{k}`` of shape (L_r, N_k, a, b), scalers trained for that width with the
+templates frozen, described in ``meta["refined"]["{width}x{hidden}"]`` (the spec they were trained at). A
+descendant of that width takes them, resampled along depth only, instead of the auxiliary scalers' resized grid.
 """
 from __future__ import annotations
 
@@ -98,14 +103,32 @@ def decompose(stack: torch.Tensor, count: int, w1: int, w2: int) -> tuple[torch.
     return templates, scalers, residual
 
 
-def layout(spec: ViTSpec, tile: tuple[int, int], counts: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def width_key(spec: ViTSpec) -> str:
+    """The key of a refined width: the weight shapes depend on the width and the MLP's hidden size only."""
+    return f"{spec.embed_dim}x{spec.mlp_hidden}"
+
+
+def layout(spec: ViTSpec, tile: tuple[int, int], counts: dict[str, int],
+           refined: dict[str, dict[str, Any]] | None = None) -> dict[str, tuple[int, ...]]:
     w1, w2 = tile
     shapes = {k: v for k, v in state_shapes(spec).items() if not k.endswith(tuple(KINDS.values()))}
     for kind in KINDS:
         m1, m2 = weight_shape(spec, kind)
         shapes[f"templates.{kind}"] = (counts[kind], w1, w2)
         shapes[f"scalers.{kind}"] = (spec.depth, counts[kind], m1 // w1, m2 // w2)
+    for key, refined_spec in (refined or {}).items():
+        at = spec.replace(**refined_spec)
+        if width_key(at) != key:
+            raise LearngeneError(f"refined width {key!r} does not match its spec {refined_spec}")
+        for kind in KINDS:
+            m1, m2 = weight_shape(at, kind)
+            shapes[f"refined.{key}.scalers.{kind}"] = (at.depth, counts[kind], m1 // w1, m2 // w2)
     return shapes
+
+
+def _learngene_layout(learngene: Learngene) -> dict[str, tuple[int, ...]]:
+    counts = {k: int(v) for k, v in learngene.meta["counts"].items()}
+    return layout(learngene.base_spec, _tile(learngene), counts, learngene.meta.get("refined"))
 
 
 def _check_tile(spec: ViTSpec, tile: tuple[int, int]) -> None:
@@ -120,7 +143,7 @@ def make_learngene(tensors: StateDict, spec: ViTSpec, tile: tuple[int, int], cou
     """Package templates, scalers and the tensors outside the scheme (named as in the module docstring)."""
     _check_tile(spec, tile)
     tensors = as_float32(tensors)
-    check_layout(tensors, layout(spec, tile, counts), "WAVE learngene")
+    check_layout(tensors, layout(spec, tile, counts, meta.get("refined")), "WAVE learngene")
     return Learngene(method=name, tensors=tensors,
                      meta={"spec": spec.to_dict(), "tile": list(tile), "counts": dict(counts), **meta})
 
@@ -186,8 +209,13 @@ def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
 
 
 def resample_scalers(learngene: Learngene, spec: ViTSpec) -> dict[str, torch.Tensor]:
-    """Scalers (L, N_k, a, b) for ``spec`` from the auxiliary ones: depth by relative position, then the grid."""
+    """Scalers (L, N_k, a, b) for ``spec``: a refined width's own, resampled along depth; otherwise the auxiliary
+    ones, depth by relative position, then the grid."""
     w1, w2 = _tile(learngene)
+    key = width_key(spec)
+    if key in learngene.meta.get("refined", {}):
+        return {kind: resample_depth(learngene.tensors[f"refined.{key}.scalers.{kind}"], spec.depth)
+                for kind in KINDS}
     resampled = {}
     for kind in KINDS:
         scalers = resample_depth(learngene.tensors[f"scalers.{kind}"], spec.depth)
@@ -209,15 +237,19 @@ def _resize_outside(tensor_name: str, stack: torch.Tensor, spec: ViTSpec) -> tor
     return resize_dim(stack, 1, spec.embed_dim)
 
 
-def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
+def at_size(learngene: Learngene, spec: ViTSpec) -> Learngene:
+    """The learngene resized to ``spec`` (which keeps its classes): the same templates, scalers for ``spec``
+    (:func:`resample_scalers`), and every tensor outside the scheme resized. A WAVE learngene in its own right:
+    expanding it at its own size composes exactly the weights :func:`expand` gives for ``spec``, and the scaler
+    refinement trains its scalers."""
     learngene.require(name)
-    spec = resolve_spec(learngene, spec.to_dict())
     base = learngene.base_spec
+    if spec.num_classes != base.num_classes:
+        raise SpecError(f"at_size keeps the learngene's {base.num_classes} classes", "num_classes")
     tensors = learngene.tensors
-    counts = {k: int(v) for k, v in learngene.meta["counts"].items()}
-    check_layout(tensors, layout(base, _tile(learngene), counts), "WAVE learngene")
+    check_layout(tensors, _learngene_layout(learngene), "WAVE learngene")
     width = spec.embed_dim
-    state: StateDict = {
+    out: StateDict = {
         "patch_embed.proj.weight": resize_dim(tensors["patch_embed.proj.weight"], 0, width),
         "patch_embed.proj.bias": resize_dim(tensors["patch_embed.proj.bias"], 0, width),
         "pos_embed": resize_dim(tensors["pos_embed"], 2, width),
@@ -225,23 +257,40 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         f"{spec.final_norm}.bias": resize_dim(tensors[f"{base.final_norm}.bias"], 0, width),
     }
     if spec.class_token:
-        state["cls_token"] = resize_dim(tensors["cls_token"], 2, width)
+        out["cls_token"] = resize_dim(tensors["cls_token"], 2, width)
     for kind, scalers in resample_scalers(learngene, spec).items():
-        # Each kind's blocks are composed in a few groups straight into one preallocated stack: few large ops beat
-        # many small ones on a busy CPU, and the only transient is a group's tiles (a whole kind at once would
-        # hold a second copy of a third of the weights, and fragment the heap).
-        stack = torch.empty(spec.depth, *weight_shape(spec, kind))
-        step = -(-spec.depth // COMPOSE_GROUPS)
-        for start in range(0, spec.depth, step):
-            compose(scalers[start:start + step], tensors[f"templates.{kind}"], out=stack[start:start + step])
-        for i in range(spec.depth):
-            state[block_key(i, KINDS[kind])] = stack[i]
+        out[f"templates.{kind}"] = tensors[f"templates.{kind}"]
+        out[f"scalers.{kind}"] = scalers
     for tensor_name in _OUTSIDE:
         stack = resample_depth(stack_blocks(tensors, base.depth, tensor_name), spec.depth)
         stack = _resize_outside(tensor_name, stack, spec)
         for i in range(spec.depth):
-            state[block_key(i, tensor_name)] = stack[i]
-    head = (resize_dim(tensors["head.weight"], 1, width), tensors["head.bias"]) if base.num_classes else None
+            out[block_key(i, tensor_name)] = stack[i]
+    if base.num_classes:
+        out["head.weight"] = resize_dim(tensors["head.weight"], 1, width)
+        out["head.bias"] = tensors["head.bias"]
+    return Learngene(method=name, tensors=out, meta={"spec": spec.to_dict(), "tile": list(_tile(learngene)),
+                                                     "counts": dict(learngene.meta["counts"])})
+
+
+def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
+    learngene.require(name)
+    spec = resolve_spec(learngene, spec.to_dict())
+    base = learngene.base_spec
+    sized = at_size(learngene, spec.replace(num_classes=base.num_classes)).tensors
+    state: StateDict = {k: v for k, v in sized.items() if not k.startswith(("templates.", "scalers.", "head."))}
+    for kind in KINDS:
+        # Each kind's blocks are composed in a few groups straight into one preallocated stack: few large ops beat
+        # many small ones on a busy CPU, and the only transient is a group's tiles (a whole kind at once would
+        # hold a second copy of a third of the weights, and fragment the heap).
+        scalers = sized[f"scalers.{kind}"]
+        stack = torch.empty(spec.depth, *weight_shape(spec, kind))
+        step = -(-spec.depth // COMPOSE_GROUPS)
+        for start in range(0, spec.depth, step):
+            compose(scalers[start:start + step], sized[f"templates.{kind}"], out=stack[start:start + step])
+        for i in range(spec.depth):
+            state[block_key(i, KINDS[kind])] = stack[i]
+    head = (sized["head.weight"], sized["head.bias"]) if base.num_classes else None
     return assemble(state, spec, seed, head)
 
 

@@ -9,9 +9,9 @@ What the worker calls:
 """
 from engine.train.ancestry import train_ancestry
 from engine.train.card import evaluate_card
-from engine.train.condense import condense, supports_fit, supports_train
+from engine.train.condense import condense, refine, refine_sizes, supports_fit, supports_refine, supports_train
 from engine.train.loop import Cancelled, Hooks, NoHooks
 from engine.train.params import DEFAULT_PARAMS, ParamError, validate_params
 
-__all__ = ["Cancelled", "DEFAULT_PARAMS", "Hooks", "NoHooks", "ParamError", "condense", "evaluate_card",
-           "supports_fit", "supports_train", "train_ancestry", "validate_params"]
+__all__ = ["Cancelled", "DEFAULT_PARAMS", "Hooks", "NoHooks", "ParamError", "condense", "evaluate_card", "refine",
+           "refine_sizes", "supports_fit", "supports_refine", "supports_train", "train_ancestry", "validate_params"]

@@ -2,6 +2,7 @@
 
 ``mode="fit"`` is the method's own data-free condensing (:mod:`engine.methods`); ``mode="train"`` distils on data
 with the method's trainer in this package. Both return the learngene in the method's tensor format.
+:func:`refine` is WAVE's third mode: an existing learngene gains scalers trained for given sizes.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from engine.train.loop import Hooks, LossHistory
 from engine.train.params import MODE_PARAMS, ParamError, validate_params
 from engine.train.pool import train_pool
 from engine.train.tleg import train_tleg
-from engine.train.wave import train_wave
+from engine.train.wave import refine_wave, train_wave
 
 Trainer = Callable[[StateDict, ViTSpec, Dataset, dict[str, Any], Hooks | None],
                    tuple[Learngene, dict[str, Any], LossHistory]]
@@ -61,3 +62,44 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
     learngene, metrics, history = TRAINERS[method](ancestry_state, ancestry_spec, dataset, chosen, hooks)
     return learngene, {"mode": "train", **metrics}, history
+
+
+def supports_refine(method: str) -> bool:
+    return method == "wave"
+
+
+def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]]) -> list[ViTSpec]:
+    """The sizes of a refine request resolved against the learngene (its classes kept). Raises
+    :class:`ParamError` on ``sizes`` for one the learngene cannot make, or two of one width."""
+    resolved = []
+    for size in sizes:
+        try:
+            spec = get_method(method).resolve_spec(learngene, size)
+        except ValueError as exc:
+            raise ParamError("sizes", f"{size}: {exc}") from None
+        resolved.append(spec.replace(num_classes=learngene.base_spec.num_classes))
+    widths = [(s.embed_dim, s.mlp_hidden) for s in resolved]
+    if len(set(widths)) != len(widths):
+        raise ParamError("sizes", "one size per width (embed_dim and MLP hidden size): a width's scalers serve "
+                                  "every depth")
+    return resolved
+
+
+def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str,
+           params: dict[str, Any], hooks: Hooks | None = None) -> tuple[Learngene, dict[str, Any], LossHistory]:
+    """``learngene`` plus scalers trained for ``params["sizes"]``, distilled from the ancestry on the dataset."""
+    if not supports_refine(method):
+        raise ValueError(f"{method} has no refine mode")
+    chosen = validate_params(method, params, "refine")
+    specs = refine_sizes(method, learngene, chosen["sizes"])
+    if ancestry_spec.num_classes == 0:
+        raise ValueError("refinement distils the ancestry's class predictions: the ancestry needs a head")
+    if learngene.base_spec.num_classes != ancestry_spec.num_classes:
+        raise ValueError(f"the learngene has {learngene.base_spec.num_classes} classes, the ancestry "
+                         f"{ancestry_spec.num_classes}: refine against the ancestry it was condensed from")
+    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans)
+    if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
+        raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
+                                      f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
+    learngene, metrics, history = refine_wave(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen, hooks)
+    return learngene, {"mode": "refine", **metrics}, history

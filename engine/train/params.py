@@ -3,7 +3,8 @@
 ``DEFAULT_PARAMS[method]`` is what a job runs with when a request names nothing; :func:`validate_params` refuses
 unknown names and out-of-range values with a :class:`ParamError` naming the parameter (the API answers 422).
 Each method's knobs belong to one mode or both (:data:`MODE_PARAMS`): the data-free ``fit`` takes the methods'
-own fit parameters, ``train`` adds the shared training knobs and the trainer's own.
+own fit parameters, ``train`` adds the shared training knobs and the trainer's own; WAVE's ``refine`` (scalers of
+new sizes trained on an existing learngene) takes the training knobs and ``sizes``.
 
 Defaults follow the papers where they fit a small run: TLEG's auxiliary depth 12 and soft distillation at
 temperature 1 with weight 1 and no cross-entropy (Xia et al.); WAVE's KL plus cross-entropy; the Pool's two
@@ -103,6 +104,20 @@ def _students(value: Any) -> list[dict[str, Any]]:
     return students
 
 
+def _sizes(value: Any) -> list[dict[str, Any]]:
+    """WAVE refine: the sizes whose scalers to train, each a partial spec (fields left out are the learngene's)."""
+    fields = {"embed_dim": _integer(1, 65_536), "num_heads": _integer(1, 1024), "depth": _integer(1, 256),
+              "mlp_ratio": _real(0.0, 64.0, low_open=True)}
+    if not isinstance(value, list) or not 1 <= len(value) <= 4:
+        raise ValueError(f"must be a list of 1 to 4 sizes, got {value!r}")
+    sizes = []
+    for size in value:
+        if not isinstance(size, dict) or not size or not set(size) <= set(fields):
+            raise ValueError(f"each size is {{embed_dim, num_heads, depth, mlp_ratio}} (any of them), got {size!r}")
+        sizes.append({k: fields[k](v) for k, v in size.items()})
+    return sizes
+
+
 TRAINING: dict[str, Param] = {
     "steps": Param(600, _integer(1, 10_000_000), "optimizer steps"),
     "batch_size": Param(64, _integer(1, 65_536), "images per step"),
@@ -131,6 +146,9 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "ce_weight": Param(1.0, _real(0.0, 1000.0), "weight of the cross-entropy on labels"),
         "tile": Param(None, _optional(_int_list(1, 4096, 2, 2)), "[w1, w2]; None: the fit's default"),
         "counts": Param(None, _optional(_wave_counts), "templates per kind (int or {kind: N}); None: fit default"),
+        "sizes": Param(None, _optional(_sizes),
+                       "refine: [{embed_dim, num_heads, depth, mlp_ratio}, ...] (1-4 sizes, one per width; fields "
+                       "left out are the learngene's) whose scalers train, templates frozen"),
     },
     "pool": {
         **TRAINING, **DISTILLATION,
@@ -155,7 +173,8 @@ SCHEMAS: dict[str, dict[str, Param]] = {
 #: Which knobs each mode reads; a knob of the other mode is refused when the mode is known.
 MODE_PARAMS: dict[str, dict[str, set[str]]] = {
     "tleg": {"fit": set(), "train": set(SCHEMAS["tleg"])},
-    "wave": {"fit": {"tile", "counts"}, "train": set(SCHEMAS["wave"])},
+    "wave": {"fit": {"tile", "counts"}, "train": set(SCHEMAS["wave"]) - {"sizes"},
+             "refine": set(SCHEMAS["wave"]) - {"tile", "counts"}},
     "pool": {"fit": {"students", "batch", "seed"}, "train": set(SCHEMAS["pool"]) - {"batch"}},
     "layers": {"fit": {"count", "position", "indices"},
                "train": {"count", "position", "selection", "sample_size", "batch_size"}},
@@ -173,8 +192,8 @@ def validate_params(method: str, params: dict[str, Any], mode: str | None = None
     Raises :class:`ParamError` for an unknown method, mode or name, or a value out of range."""
     if method not in SCHEMAS:
         raise ParamError("method", f"unknown method {method!r}; known: {sorted(SCHEMAS)}")
-    if mode is not None and mode not in ("fit", "train"):
-        raise ParamError("mode", f"mode must be 'fit' or 'train', got {mode!r}")
+    if mode is not None and mode not in MODE_PARAMS[method]:
+        raise ParamError("mode", f"{method} has modes {sorted(MODE_PARAMS[method])}, not {mode!r}")
     if not isinstance(params, dict):
         raise ParamError("params", "must be an object")
     schema = SCHEMAS[method]
@@ -188,6 +207,8 @@ def validate_params(method: str, params: dict[str, Any], mode: str | None = None
             resolved[name] = schema[name].check(params.get(name, schema[name].default))
         except ValueError as exc:
             raise ParamError(name, str(exc)) from None
+    if mode == "refine" and resolved.get("sizes") is None:
+        raise ParamError("sizes", "refine needs the sizes whose scalers to train")
     if resolved.get("warmup_steps") is not None and resolved["warmup_steps"] >= resolved["steps"]:
         raise ParamError("warmup_steps", f"must be below steps ({resolved['steps']}), got {resolved['warmup_steps']}")
     if "lr" in resolved and resolved["min_lr"] > resolved["lr"]:

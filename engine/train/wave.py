@@ -2,12 +2,19 @@
 distilling from the ancestry with KL plus cross-entropy, starting from the data-free SVD fit
 (:func:`engine.methods.wave.fit`). The auxiliary network has the ancestry's size; the tensors outside the
 template scheme (norms, biases, embeddings, head) train with it.
+
+Refinement (METHODS.md: "optional refinement trains only the scalers, templates frozen, on a small sample, as a
+job"): :func:`refine_wave` trains, for each requested size of an existing WAVE learngene, that size's scalers
+only, starting from the data-free resampled ones, with the same distillation loss; all sizes train together in
+one loop (one forward per size on the same batch), so progress, checkpoints and cancellation work as for any
+condensing job. Everything else (templates, norms, biases, embeddings, head) stays exactly the learngene's.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
 
 from engine.data import Dataset
 from engine.methods import wave
@@ -15,7 +22,7 @@ from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT, parameter_tree
 from engine.train.distill import Distillation, distil, load_teacher
-from engine.train.loop import Hooks, LossHistory
+from engine.train.loop import Hooks, LossHistory, predict_logits
 from engine.train.params import train_config
 
 
@@ -53,3 +60,54 @@ def train_wave(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     learngene = wave.make_learngene(tensors, fitted.base_spec, tuple(fitted.meta["tile"]), fitted.meta["counts"],
                                     init="fit", fit=fitted.meta["fit"])
     return learngene, metrics, history
+
+
+class ScalerRefinement(nn.Module):
+    """One :class:`TemplateViT` per size of a WAVE learngene, of which only the scalers train; ``forward`` gives
+    (batch, sizes, classes) logits, which the distillation loss scores size by size."""
+
+    def __init__(self, learngene: Learngene, specs: list[ViTSpec]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(TemplateViT(wave.at_size(learngene, spec)) for spec in specs)
+        for member in self.members:
+            for param_name, param in member.named_parameters():
+                param.requires_grad_(param_name.startswith("scalers."))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(images) for member in self.members], dim=1)
+
+
+def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset,
+                specs: list[ViTSpec], params: dict[str, Any],
+                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
+    """A new WAVE learngene: ``learngene`` plus scalers trained for each of ``specs`` (resolved sizes with the
+    learngene's classes; one per width), distilled from the ancestry on ``dataset``."""
+    learngene.require(wave.name)
+    keys = [wave.width_key(spec) for spec in specs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"refine one size per width, got widths {keys}")
+    model = ScalerRefinement(learngene, specs)
+    teacher = load_teacher(ancestry, ancestry_spec)
+    loss = Distillation(teacher, params["temperature"], params["kl_weight"], params["ce_weight"])
+    before = _accuracies(model, dataset)
+    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    after = _accuracies(model, dataset)
+    tensors = dict(learngene.tensors)
+    refined = dict(learngene.meta.get("refined", {}))
+    for key, spec, member in zip(keys, specs, model.members):
+        for kind in wave.KINDS:
+            tensors[f"refined.{key}.scalers.{kind}"] = getattr(member.scalers, kind).detach().cpu().float()
+        refined[key] = {"depth": spec.depth, "embed_dim": spec.embed_dim, "num_heads": spec.num_heads,
+                        "mlp_ratio": spec.mlp_ratio}
+    meta = {k: v for k, v in learngene.meta.items() if k not in ("spec", "tile", "counts", "refined")}
+    refined_learngene = wave.make_learngene(tensors, learngene.base_spec, tuple(learngene.meta["tile"]),
+                                            learngene.meta["counts"], **meta, refined=refined)
+    metrics["sizes"] = {key: {"val_accuracy_before": b, "val_accuracy": a}
+                        for key, b, a in zip(keys, before, after)}
+    return refined_learngene, metrics, history
+
+
+def _accuracies(model: ScalerRefinement, dataset: Dataset) -> list[float]:
+    """Validation accuracy of each size on the source task."""
+    logits = predict_logits(model, dataset.val.images)  # (images, sizes, classes)
+    return [(logits[:, i].argmax(-1) == dataset.val.labels).float().mean().item() for i in range(logits.shape[1])]

@@ -34,12 +34,13 @@ def create_condense_job(body: CondenseRequest, ctx: CtxDep, uow: UowDep) -> JSON
 def list_methods() -> list[MethodOut]:
     """Every method, the condensing modes it offers and its parameters with their documented defaults."""
     from engine.methods import METHOD_NAMES
-    from engine.train import supports_fit, supports_train
+    from engine.train import supports_fit, supports_refine, supports_train
     from engine.train.params import MODE_PARAMS, SCHEMAS
 
     out = []
     for name in METHOD_NAMES:
-        modes = [m for m, ok in (("fit", supports_fit(name)), ("train", supports_train(name))) if ok]
+        modes = [m for m, ok in (("fit", supports_fit(name)), ("train", supports_train(name)),
+                                 ("refine", supports_refine(name))) if ok]
         if name in ("weight-selection", "random"):
             modes = []  # baselines: used directly from an ancestry, never condensed
         params = [

@@ -14,7 +14,9 @@ class CondenseRequest(BaseModel):
             "examples": [
                 {"ancestry": 1, "method": "tleg", "learngene": "my-tleg", "mode": "fit"},
                 {"ancestry": 1, "method": "wave", "dataset": "builtin:digits", "learngene": "my-wave",
-                 "params": {"epochs": 2}},
+                 "params": {"steps": 600}},
+                {"ancestry": 1, "method": "wave", "mode": "refine", "dataset": "builtin:digits",
+                 "learngene": "my-wave", "params": {"sizes": [{"embed_dim": 32, "num_heads": 2}], "steps": 200}},
             ]
         },
     )
@@ -26,9 +28,10 @@ class CondenseRequest(BaseModel):
         None, max_length=500,
         description="`builtin:digits`, `imagefolder:<path under an allowed root>` or `dataset:<id>` (uploaded)",
     )
-    mode: Literal["fit", "train"] | None = Field(
-        None, description="`fit`: data-free, seconds on a CPU (tleg, wave); `train`: distillation on the dataset. "
-        "Default: train when a dataset is given, else fit.",
+    mode: Literal["fit", "train", "refine"] | None = Field(
+        None, description="`fit`: data-free, seconds on a CPU (tleg, wave); `train`: distillation on the dataset; "
+        "`refine` (wave): the learngene's latest version gains scalers trained for `params.sizes`, templates "
+        "frozen, as a new version. Default: train when a dataset is given, else fit.",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (defaults: GET /v1/methods)")
     evaluate: bool = Field(True, description="Add an evaluation card (few-step fine-tuning vs random init)")

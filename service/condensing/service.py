@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -14,8 +15,8 @@ from service.errors import InvalidRequest
 from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
 from service.jobs.service import create_job
 from service.learngenes import repository as learngene_repo
-from service.learngenes.service import check_name
-from service.models import Job
+from service.learngenes.service import LATEST, check_name
+from service.models import Job, LearngeneVersion
 
 CONDENSE_JOB = "condense"
 
@@ -46,8 +47,31 @@ def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
     raise InvalidRequest("dataset must be builtin:digits, imagefolder:<path> or dataset:<id>", field="dataset")
 
 
+def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any]) -> LearngeneVersion:
+    """The version a refine job starts from (the learngene's latest), with the requested sizes checked against it."""
+    from engine.methods.base import Learngene
+    from engine.train import ParamError, refine_sizes
+
+    lg = learngene_repo.by_name(session, req.learngene)
+    if lg is None:
+        raise InvalidRequest(f"refine adds to an existing learngene; {req.learngene!r} does not exist",
+                             field="learngene")
+    source = learngene_repo.version_by_alias(session, lg.id, LATEST)
+    if source is None or source.status != "ready":
+        raise InvalidRequest(f"learngene {req.learngene!r} has no ready version to refine", field="learngene")
+    if source.ancestry_id is not None and source.ancestry_id != req.ancestry:
+        raise InvalidRequest(f"refinement distils from the ancestry {req.learngene!r} was condensed from: "
+                             f"ancestry {source.ancestry_id}", field="ancestry")
+    try:
+        refine_sizes(req.method, Learngene(method=req.method, tensors={}, meta=source.meta), params["sizes"])
+    except ParamError as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from exc
+    return source
+
+
 def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
-    from engine.train import ParamError, supports_fit, supports_train, validate_params  # torch only when needed
+    from engine.train import (ParamError, supports_fit, supports_refine, supports_train,  # torch only when needed
+                              validate_params)
 
     session = uow.session
     ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
@@ -61,10 +85,12 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
     if mode == "fit" and not supports_fit(req.method):
         raise InvalidRequest(f"{req.method} has no data-free fit; use mode train with a dataset", field="mode")
     dataset = check_dataset(session, ctx, req.dataset) if req.dataset else None
+    if mode == "refine" and not supports_refine(req.method):
+        raise InvalidRequest(f"{req.method} has no refine mode (wave has)", field="mode")
     if mode == "train" and not supports_train(req.method):
         raise InvalidRequest(f"{req.method} has no training; use mode fit", field="mode")
-    if mode == "train" and dataset is None:
-        raise InvalidRequest("mode train needs a dataset", field="dataset")
+    if mode in ("train", "refine") and dataset is None:
+        raise InvalidRequest(f"mode {mode} needs a dataset", field="dataset")
     if req.evaluate and dataset is None:
         raise InvalidRequest("the evaluation card needs a dataset (or set evaluate to false)", field="evaluate")
     try:
@@ -73,6 +99,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
         raise InvalidRequest(str(exc), field=exc.field) from exc
     except ValueError as exc:
         raise InvalidRequest(str(exc), field="params") from exc
+    source = _refine_source(session, req, params) if mode == "refine" else None
     payload = {
         "ancestry_id": ancestry.id,
         "method": req.method,
@@ -82,6 +109,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
         "params": params,
         "evaluate": req.evaluate,
         "description": req.description,
+        "source_version_id": source.id if source else None,
     }
     # Fitting is seconds of linear algebra; training wants the GPU queue.
-    return create_job(uow, ctx, CONDENSE_JOB, QUEUE_GPU if mode == "train" else QUEUE_CPU, payload)
+    return create_job(uow, ctx, CONDENSE_JOB, QUEUE_CPU if mode == "fit" else QUEUE_GPU, payload)

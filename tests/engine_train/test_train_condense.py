@@ -201,3 +201,68 @@ def test_a_restarted_condensing_job_continues_to_the_same_learngene(trained_ance
     uninterrupted, _, full_history = condensed["tleg"]
     assert history == full_history
     assert all(torch.equal(learngene.tensors[k], v) for k, v in uninterrupted.tensors.items())
+
+
+def test_wave_refinement_trains_only_the_scalers_of_the_asked_widths(condensed: dict, trained_ancestry: Ancestry,
+                                                                     digits: Dataset) -> None:
+    from engine.methods import wave
+    from engine.train import refine
+
+    state, spec, _ = trained_ancestry
+    learngene = condensed["wave"][0]
+    params = {"steps": 30, "warmup_steps": 3, "lr": 5e-3, "checkpoint_every_s": 0,
+              "sizes": [{"embed_dim": 16, "num_heads": 1}, {"embed_dim": 48, "num_heads": 3, "depth": 6}]}
+    refined, metrics, history = refine("wave", learngene, state, spec, DIGITS_URI, params)
+
+    assert metrics["mode"] == "refine" and set(metrics["sizes"]) == {"16x32", "48x96"}
+    assert metrics["val_kl_after"] < metrics["val_kl_before"] and history[-1][0] == 30
+    assert refined.meta["refined"]["48x96"] == {"depth": 6, "embed_dim": 48, "num_heads": 3, "mlp_ratio": 2.0}
+    # Nothing but the new scalers changed: templates, auxiliary scalers, norms, biases, head are the learngene's.
+    for key, tensor in learngene.tensors.items():
+        assert torch.equal(refined.tensors[key], tensor), key
+    assert set(refined.tensors) - set(learngene.tensors) == {
+        f"refined.{w}.scalers.{k}" for w in ("16x32", "48x96") for k in wave.KINDS}
+
+    module = get_method("wave")
+    images = digits.val.images[:32]
+    for width, heads, depth in [(48, 3, 6), (48, 3, 3), (16, 1, 4)]:
+        asked = module.resolve_spec(refined, {"embed_dim": width, "num_heads": heads, "depth": depth})
+        key = wave.width_key(asked)
+        trained = refined.tensors[f"refined.{key}.scalers.qkv"]
+        descendant = module.expand(refined, asked, seed=0)
+        # Every weight is still the stated Kronecker sum, now with the refined scalers resampled along depth.
+        from engine.vit import resample_depth
+        expected = wave.compose(resample_depth(trained, depth), refined.tensors["templates.qkv"])
+        for i in range(depth):
+            torch.testing.assert_close(descendant.state_dict[f"blocks.{i}.attn.qkv.weight"], expected[i])
+        _load(descendant)
+        assert not torch.equal(descendant.state_dict["blocks.0.attn.qkv.weight"],
+                               module.expand(learngene, asked, seed=0).state_dict["blocks.0.attn.qkv.weight"])
+    # At the refined size itself the descendant computes what the refinement trained.
+    asked = module.resolve_spec(refined, {"embed_dim": 48, "num_heads": 3, "depth": 6})
+    from engine.train.wave import ScalerRefinement
+    trained_net = ScalerRefinement(refined, [asked]).members[0]
+    torch.testing.assert_close(_logits(_load(module.expand(refined, asked, seed=0)), images),
+                               _logits(trained_net, images), rtol=1e-4, atol=1e-4)
+    # A width that was not refined expands exactly as before.
+    plain = module.resolve_spec(refined, {"embed_dim": 64, "num_heads": 4})
+    assert all(torch.equal(a, b) for a, b in zip(module.expand(refined, plain, 0).state_dict.values(),
+                                                  module.expand(learngene, plain, 0).state_dict.values()))
+    # Refining again keeps earlier widths and adds (or replaces) the new ones.
+    again, _, _ = refine("wave", refined, state, spec, DIGITS_URI, {**params, "steps": 2, "warmup_steps": 0,
+                                                                      "sizes": [{"embed_dim": 24, "num_heads": 3}]})
+    assert set(again.meta["refined"]) == {"16x32", "48x96", "24x48"}
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ([{"embed_dim": 20, "num_heads": 2}], "multiple of the WAVE tile"),
+    ([{"embed_dim": 16, "num_heads": 1}, {"embed_dim": 16, "num_heads": 2}], "one size per width"),
+    ([{"embed_dim": 16, "num_heads": 3}], "heads"),
+])
+def test_wave_refinement_refuses_sizes_it_cannot_make(condensed: dict, trained_ancestry: Ancestry,
+                                                      sizes: list, message: str) -> None:
+    from engine.train import ParamError, refine
+
+    state, spec, _ = trained_ancestry
+    with pytest.raises(ParamError, match=message):
+        refine("wave", condensed["wave"][0], state, spec, DIGITS_URI, {"steps": 1, "sizes": sizes})

@@ -146,6 +146,74 @@ def test_methods_list_their_modes_and_paper_defaults(client: TestClient) -> None
     methods = {m["name"]: m for m in client.get("/v1/methods").json()}
     assert set(methods) == {"tleg", "wave", "pool", "layers", "weight-selection", "random"}
     assert methods["random"]["condensing"] == [] and methods["tleg"]["condensing"] == ["fit", "train"]
+    assert methods["wave"]["condensing"] == ["fit", "train", "refine"]
+    assert {p["name"]: p for p in methods["wave"]["params"]}["sizes"]["modes"] == ["refine"]
     tleg = {p["name"]: p for p in methods["tleg"]["params"]}
     assert tleg["aux_depth"]["default"] == 12 and tleg["aux_depth"]["modes"] == ["train"]
     assert tleg["temperature"]["default"] == 1.0 and tleg["kl_weight"]["default"] == 1.0
+
+
+def _wave_fit(client: TestClient, ancestry: int, name: str) -> None:
+    r = _submit(client, {"ancestry": ancestry, "method": "wave", "learngene": name, "mode": "fit",
+                         "params": {"tile": [8, 8], "counts": 8}, "evaluate": False})
+    assert wait_job(client, r.json()["id"])["state"] == "succeeded"
+
+
+@sqlite_only
+def test_refining_wave_adds_a_version_whose_refined_width_changes_its_descendants(
+    client: TestClient, ancestry: int
+) -> None:
+    _wave_fit(client, ancestry, "rw")
+    size = {"embed_dim": 16, "num_heads": 1}
+    refine = {"ancestry": ancestry, "method": "wave", "learngene": "rw", "mode": "refine",
+              "dataset": "builtin:digits", "params": {**SMALL_TRAIN, "sizes": [size]}}
+    r = _submit(client, refine)
+    assert r.status_code == 202 and r.json()["queue"] == "gpu", r.text
+    job = wait_job(client, r.json()["id"], timeout=300)
+    assert job["state"] == "succeeded", job["error"]
+    version = client.get("/v1/learngenes/rw/versions/latest").json()
+    assert version["version"] == 2 and version["lineage"]["mode"] == "refine"
+    assert version["meta"]["refined"] == {"16x64": {"depth": 4, "embed_dim": 16, "num_heads": 1, "mlp_ratio": 4.0}}
+    assert version["metrics"]["refined_from_version"] == 1 and "16x64" in version["metrics"]["sizes"]
+    assert version["metrics"]["evaluation_card"]["sizes"]
+
+    # The refined width's descendants differ between versions; those of other widths do not.
+    def weights(ref: str, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
+        d = client.post("/v1/descendants", params={"wait": 60}, json={"learngene": f"rw:{ref}", "spec": spec})
+        assert d.status_code == 201, d.text
+        return load(client.get(d.json()["weights_url"]).content)
+
+    refined_size = {**size, "depth": 3}
+    assert not weights("1", refined_size)["blocks.0.attn.qkv.weight"].equal(
+        weights("2", refined_size)["blocks.0.attn.qkv.weight"])
+    assert weights("1", {"depth": 3})["blocks.0.attn.qkv.weight"].equal(
+        weights("2", {"depth": 3})["blocks.0.attn.qkv.weight"])
+
+
+@sqlite_only
+def test_bad_refine_requests_are_4xx_and_queue_nothing(client: TestClient, ctx: AppContext, ancestry: int,
+                                                       tiny_ancestry_file: Path) -> None:
+    _wave_fit(client, ancestry, "rw2")
+    other = int(upload_ancestry(client, tiny_ancestry_file).json()["id"])
+    good = {"ancestry": ancestry, "method": "wave", "learngene": "rw2", "mode": "refine",
+            "dataset": "builtin:digits", "evaluate": False, "params": {"sizes": [{"embed_dim": 16, "num_heads": 1}]}}
+    cases = [
+        ({"method": "tleg", "learngene": "other"}, "mode"),
+        ({"learngene": "no-such"}, "learngene"),
+        ({"ancestry": other}, "ancestry"),
+        ({"dataset": None}, "dataset"),
+        ({"params": {}}, "params.sizes"),
+        ({"params": {"sizes": [{"embed_dim": 12, "num_heads": 1}]}}, "params.sizes"),
+        ({"params": {"sizes": [{"embed_dim": 16, "num_heads": 1}, {"embed_dim": 16, "num_heads": 2}]}},
+         "params.sizes"),
+        ({"params": {"sizes": [{"width": 16}]}}, "params.sizes"),
+        ({"params": {"sizes": [{"embed_dim": 16, "num_heads": 1}], "tile": [8, 8]}}, "params.tile"),
+    ]
+    with ctx.sessions() as s:
+        jobs_before = s.scalar(select(func.count()).select_from(Job))
+    for patch, field in cases:
+        r = _submit(client, {**good, **patch})
+        assert r.status_code in (404, 422), (patch, r.text)
+        assert field in [d["field"] for d in r.json()["error"]["details"]], (patch, r.json())
+    with ctx.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == jobs_before

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.context import AppContext
 from service.datasets.service import get_dataset, resolve_path
 from service.learngenes.service import publish_version
-from service.models import Ancestry
+from service.models import Ancestry, LearngeneVersion
 from worker.runner import Cancelled, JobContext, JobFailed
 
 
@@ -47,7 +47,8 @@ def dataset_uri_for_engine(app: AppContext, uri: str | None) -> str | None:
 def run(jctx: JobContext) -> dict[str, Any]:
     from engine.ancestry import load_ancestry
     from engine.artifacts import save_learngene
-    from engine.train import condense, evaluate_card
+    from engine.artifacts import load_learngene
+    from engine.train import condense, evaluate_card, refine
     from engine.train.loop import Cancelled as TrainingCancelled
 
     p = jctx.payload
@@ -58,13 +59,25 @@ def run(jctx: JobContext) -> dict[str, Any]:
             raise JobFailed(f"ancestry {p['ancestry_id']} no longer exists")
         path = app.store.local_path(ancestry.storage_key)
         architecture, model_args = ancestry.architecture, ancestry.model_args
-    assert path is not None
+        source_path, source_number = None, None
+        if p.get("source_version_id") is not None:
+            source = session.get(LearngeneVersion, p["source_version_id"])
+            if source is None or source.storage_key is None:
+                raise JobFailed(f"learngene version {p['source_version_id']} to refine no longer exists")
+            source_path, source_number = app.store.local_path(source.storage_key), source.version
     state, spec = load_ancestry(path, architecture, model_args)
     dataset = dataset_uri_for_engine(app, p["dataset"])
     hooks = _JobHooks(jctx)
     started = time.perf_counter()
     try:
-        learngene, metrics, loss_history = condense(p["method"], p["mode"], state, spec, dataset, p["params"], hooks)
+        if p["mode"] == "refine":
+            assert source_path is not None and dataset is not None
+            learngene, metrics, loss_history = refine(p["method"], load_learngene(source_path), state, spec, dataset,
+                                                      p["params"], hooks)
+            metrics["refined_from_version"] = source_number
+        else:
+            learngene, metrics, loss_history = condense(p["method"], p["mode"], state, spec, dataset, p["params"],
+                                                        hooks)
         card = evaluate_card(learngene, dataset, hooks=hooks) if p.get("evaluate") and dataset else None
     except TrainingCancelled as exc:
         raise Cancelled() from exc
