@@ -91,31 +91,26 @@ def _wave_counts(value: Any) -> int | dict[str, int]:
     return count(value)
 
 
-def _students(value: Any) -> list[dict[str, Any]]:
-    fields = {"embed_dim": _integer(1, 65_536), "num_heads": _integer(1, 1024), "depth": _integer(2, 256),
+def _spec_list(what: str, required: set[str], min_depth: int) -> Check:
+    """A list of 1 to 4 partial ViT specs ({embed_dim, num_heads, depth, mlp_ratio}) that name ``required``."""
+    fields = {"embed_dim": _integer(1, 65_536), "num_heads": _integer(1, 1024), "depth": _integer(min_depth, 256),
               "mlp_ratio": _real(0.0, 64.0, low_open=True)}
-    if not isinstance(value, list) or not 1 <= len(value) <= 4:
-        raise ValueError(f"must be a list of 1 to 4 students, got {value!r}")
-    students = []
-    for student in value:
-        if not isinstance(student, dict) or not {"embed_dim", "num_heads", "depth"} <= set(student) <= set(fields):
-            raise ValueError(f"each student is {{embed_dim, num_heads, depth[, mlp_ratio]}}, got {student!r}")
-        students.append({k: fields[k](v) for k, v in student.items()})
-    return students
+    shape = ", ".join(sorted(required, key=list(fields).index)) or "any of embed_dim, num_heads, depth, mlp_ratio"
+
+    def check(value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list) or not 1 <= len(value) <= 4:
+            raise ValueError(f"must be a list of 1 to 4 {what}s, got {value!r}")
+        for item in value:
+            if not isinstance(item, dict) or not item or not required <= set(item) <= set(fields):
+                raise ValueError(f"each {what} is {{{shape}}} (with optional {sorted(set(fields) - required)}), "
+                                 f"got {item!r}")
+        return [{k: fields[k](v) for k, v in item.items()} for item in value]
+    return check
 
 
-def _sizes(value: Any) -> list[dict[str, Any]]:
-    """WAVE refine: the sizes whose scalers to train, each a partial spec (fields left out are the learngene's)."""
-    fields = {"embed_dim": _integer(1, 65_536), "num_heads": _integer(1, 1024), "depth": _integer(1, 256),
-              "mlp_ratio": _real(0.0, 64.0, low_open=True)}
-    if not isinstance(value, list) or not 1 <= len(value) <= 4:
-        raise ValueError(f"must be a list of 1 to 4 sizes, got {value!r}")
-    sizes = []
-    for size in value:
-        if not isinstance(size, dict) or not size or not set(size) <= set(fields):
-            raise ValueError(f"each size is {{embed_dim, num_heads, depth, mlp_ratio}} (any of them), got {size!r}")
-        sizes.append({k: fields[k](v) for k, v in size.items()})
-    return sizes
+#: Pool students name their whole size; WAVE refine sizes leave out what stays the learngene's.
+_students = _spec_list("student", {"embed_dim", "num_heads", "depth"}, min_depth=2)
+_sizes = _spec_list("size", set(), min_depth=1)
 
 
 TRAINING: dict[str, Param] = {
