@@ -88,8 +88,10 @@ FINDINGS = """## What it shows, and where methods lose
   weight selection (0.71 and 0.81 where it exists) and only 0.06-0.10 above random. A new width gets its scalers
   by resampling the auxiliary tile grid without data (our data-free default), and norms and biases are resized the
   same way with no fan-in correction: the templates carry over, their arrangement for another width is a guess.
-  METHODS.md's optional scaler refinement on a small sample (the paper trains scalers per size) was not run here;
-  it is the next thing to measure. Weight selection, in contrast, keeps whole heads and aligned neurons.
+  METHODS.md's optional scaler refinement (the paper trains scalers per size) is not part of this report's grid;
+  measured apart in [`wave_refine.md`](wave_refine.md), it closes the gap: 1000 scaler-only steps on the source
+  images give 0.73, 0.80 and 0.81 at widths 32, 48 and 96 (trained WAVE without it: 0.58, 0.64, 0.69; weight
+  selection: 0.70, 0.81, none). Weight selection, in contrast, keeps whole heads and aligned neurons.
 - **Learngene layers: the measured criterion chose worse blocks than "the first 4".** Ablation-KL kept blocks 0,
   1, 2 and 5. The scores of blocks 3-7 differ in the third decimal (0.000-0.007), so the fourth pick is noise, and
   stacking block 5 straight after block 2 skips the two blocks it was trained to follow. It loses to the
