@@ -31,7 +31,8 @@ def _prepare_storage() -> None:
         from service.storage import S3ArtifactStore, make_store
 
         store = make_store(settings.storage_url, settings.artifact_root, settings.resolved_cache_dir,
-                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                           cache_max_bytes=settings.cache_max_bytes)
         assert isinstance(store, S3ArtifactStore)
         store.ensure_bucket()
 

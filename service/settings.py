@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     s3_region: str = ""
     #: With S3 storage, where this process caches the blobs it writes and reads; empty means ``<data_dir>/cache``.
     cache_dir: Path | None = None
+    #: With S3 storage, the most the cache keeps (least recently used blobs go first; 0: no bound).
+    cache_max_bytes: int = Field(0, ge=0)
     #: When set, every write (POST) needs ``Authorization: Bearer <api_token>``.
     api_token: str = ""
 

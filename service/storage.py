@@ -14,6 +14,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -152,13 +154,16 @@ class S3ArtifactStore:
     """An S3-compatible bucket, under an optional key prefix, with a local cache folder."""
 
     def __init__(self, bucket: str, prefix: str, cache_dir: Path, *, endpoint_url: str | None = None,
-                 region: str | None = None) -> None:
+                 region: str | None = None, cache_max_bytes: int = 0, keep_recent_s: float = 600.0) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.cache = LocalArtifactStore(cache_dir)
+        self.cache_max_bytes = cache_max_bytes  # 0: unbounded
+        self.keep_recent_s = keep_recent_s
+        self._prune_lock = threading.Lock()
         addressing = {"addressing_style": "path"} if endpoint_url else {}
         self._client = boto3.client(  # boto3 clients are thread-safe; one per store
             "s3", endpoint_url=endpoint_url or None, region_name=region or "us-east-1",
@@ -199,7 +204,40 @@ class S3ArtifactStore:
             self._client.upload_file(str(src), self.bucket, self._key(key))  # multipart for large files
         # The writer will likely read it again (the API serves what its in-process worker wrote): keep it.
         self.cache.put_file(src, move=move, sha256=digest)
+        self._used(self.cache.local_path(key))
+        self.prune()
         return StoredObject(key, digest, size)
+
+    def _used(self, path: Path) -> None:
+        """The cache's LRU clock is each blob's mtime, set on every use (atime is unreliable under relatime)."""
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            pass
+
+    def prune(self) -> int:
+        """Delete the least recently used cached blobs until the cache holds at most ``cache_max_bytes``; blobs
+        used in the last ``keep_recent_s`` seconds stay (a request or job may be about to open them), even if
+        the cache stays over its bound. Returns the bytes freed. Everything deleted is still in the bucket."""
+        if not self.cache_max_bytes:
+            return 0
+        with self._prune_lock:
+            blobs = []
+            for path in (self.cache.root / "sha256").glob("*/*"):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                blobs.append((st.st_mtime, st.st_size, path))
+            total = sum(size for _, size, _ in blobs)
+            freed = 0
+            cutoff = time.time() - self.keep_recent_s
+            for mtime, size, path in sorted(blobs):
+                if total - freed <= self.cache_max_bytes or mtime > cutoff:
+                    break
+                path.unlink(missing_ok=True)
+                freed += size
+            return freed
 
     def put_bytes(self, data: bytes) -> StoredObject:
         fd, tmp = tempfile.mkstemp(dir=self.scratch_dir())
@@ -211,6 +249,7 @@ class S3ArtifactStore:
         """The cached copy of a blob, fetched first when this process has not seen it."""
         path = self.cache.local_path(key)
         if path.is_file():
+            self._used(path)
             return path
         fd, tmp_name = tempfile.mkstemp(dir=self.scratch_dir())
         os.close(fd)
@@ -228,6 +267,7 @@ class S3ArtifactStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        self.prune()
         return path
 
     def open(self, key: str) -> BinaryIO:
@@ -275,7 +315,7 @@ class S3ArtifactStore:
 
 
 def make_store(storage_url: str, default_root: Path, cache_dir: Path, *, endpoint_url: str = "",
-               region: str = "") -> ArtifactStore:
+               region: str = "", cache_max_bytes: int = 0) -> ArtifactStore:
     """``""`` (the default folder), ``file:///abs/path`` or ``s3://bucket[/prefix]``."""
     if not storage_url:
         return LocalArtifactStore(default_root)
@@ -285,5 +325,6 @@ def make_store(storage_url: str, default_root: Path, cache_dir: Path, *, endpoin
         bucket, _, prefix = storage_url.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"LEARNGENE_STORAGE_URL {storage_url!r} names no bucket")
-        return S3ArtifactStore(bucket, prefix, cache_dir, endpoint_url=endpoint_url or None, region=region or None)
+        return S3ArtifactStore(bucket, prefix, cache_dir, endpoint_url=endpoint_url or None, region=region or None,
+                               cache_max_bytes=cache_max_bytes)
     raise ValueError(f"unsupported LEARNGENE_STORAGE_URL scheme: {storage_url!r} (file:// or s3://)")

@@ -117,6 +117,34 @@ def test_a_missing_bucket_fails_ping_until_it_is_created(s3_endpoint: str, tmp_p
     store.ping()
 
 
+def test_the_cache_keeps_within_its_bound_least_recently_used_first(s3_endpoint: str, bucket: str,
+                                                                     tmp_path: Path) -> None:
+    import time
+
+    store = make_store(f"s3://{bucket}", tmp_path, tmp_path / "cache", endpoint_url=s3_endpoint,
+                       cache_max_bytes=2_500_000)
+    assert isinstance(store, S3ArtifactStore)
+    store.keep_recent_s = 0.0
+    blobs = [os.urandom(1_000_000) for _ in range(3)]
+    keys = []
+    for age, data in zip((300, 200), blobs[:2]):  # two blobs, used 300 s and 200 s ago
+        keys.append(store.put_bytes(data).key)
+        past = time.time() - age
+        os.utime(store.cache.local_path(keys[-1]), (past, past))
+    store.local_path(keys[0])  # reading the older one makes it the most recently used
+    keys.append(store.put_bytes(blobs[2]).key)  # 3 MB > 2.5 MB: the least recently used (keys[1]) goes
+
+    cached = {k for k in keys if (tmp_path / "cache" / k).is_file()}
+    assert cached == {keys[0], keys[2]}
+    assert store.open(keys[1]).read() == blobs[1]  # evicted from the cache, not from the bucket
+    assert (tmp_path / "cache" / keys[1]).is_file() and not (tmp_path / "cache" / keys[0]).is_file()
+
+    # Blobs used within keep_recent_s are never evicted, even over the bound.
+    store.keep_recent_s = 3600.0
+    store.put_bytes(os.urandom(1_000_000))
+    assert sum(1 for p in (tmp_path / "cache" / "sha256").glob("*/*")) == 3
+
+
 @pytest.mark.parametrize("url", ["ftp://host/x", "s3://", "s3:///prefix", "/plain/path"])
 def test_unknown_storage_urls_are_refused_at_start(url: str, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="LEARNGENE_STORAGE_URL"):
