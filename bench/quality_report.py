@@ -96,7 +96,10 @@ FINDINGS = """## What it shows, and where methods lose
   1, 2 and 5. The scores of blocks 3-7 differ in the third decimal (0.000-0.007), so the fourth pick is noise, and
   stacking block 5 straight after block 2 skips the two blocks it was trained to follow. It loses to the
   positional choice or ties it at every depth (mean 0.800 against 0.815) and keeps less of the source task (0.911
-  against 0.961). A criterion for blocks that will be stacked should score contiguous runs, not single blocks.
+  against 0.961). A criterion for blocks that will be stacked should score contiguous runs, not single blocks:
+  the trainer's default is now that (`selection="window"`, the run with the largest total score), which on these
+  recorded scores (0.169, 0.251, 0.078, 0.005, ...) keeps blocks 0-3, the positional learngene above; this report
+  still measures the single-block `selection="score"`.
   The positional learngene at depth 4 is exactly weight selection at depth 4 (same blocks, same head draw, hence
   identical numbers: a check on the harness); random blocks after it cost little (0.79-0.83 at depths 5-12).
 - **The pool is good where it exists, but it serves few sizes and is the largest learngene.** Two students (32x4,

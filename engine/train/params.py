@@ -157,8 +157,9 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "count": Param(None, _optional(_integer(1, 256)), "blocks kept; None: half the ancestry"),
         "position": Param("first", _choice("first", "last"), "descendant end the blocks go to"),
         "indices": Param(None, _optional(_int_list(0, 255, 1, 256)), "fit only: exactly these blocks"),
-        "selection": Param("score", _choice("score", "end"),
-                           "train: the top-scoring blocks, or the blocks at `position`'s end (scores recorded)"),
+        "selection": Param("window", _choice("window", "score", "end"),
+                           "train: the contiguous run of blocks with the largest total score, the top-scoring "
+                           "blocks wherever they are, or the blocks at `position`'s end (scores recorded)"),
         "sample_size": Param(512, _integer(8, 1_000_000), "train: images the blocks are scored on"),
         "batch_size": Param(128, _integer(1, 65_536), "train: images per scoring batch"),
     },

@@ -127,11 +127,29 @@ def test_layers_criterion_gives_a_block_that_does_nothing_no_score(trained_ances
     scores = block_scores(hollow, spec, digits.train.images[:64], batch_size=32)
     assert scores[1] == pytest.approx(0.0, abs=1e-6)
     assert min(scores[0], scores[2], scores[3]) > 1e-3
-    learngene, _, _ = condense("layers", "train", hollow, spec, DIGITS_URI, {"count": 3, "sample_size": 64})
+    learngene, _, _ = condense("layers", "train", hollow, spec, DIGITS_URI,
+                               {"count": 3, "sample_size": 64, "selection": "score"})
     assert learngene.meta["indices"] == [0, 2, 3]
+    # The default keeps the contiguous run with the largest total of the recorded scores.
+    from engine.train.layers import best_window
+
+    run2, _, _ = condense("layers", "train", hollow, spec, DIGITS_URI, {"count": 2, "sample_size": 64})
+    start = best_window(run2.meta["scores"], 2)
+    assert run2.meta["indices"] == [start, start + 1] and "contiguous" in run2.meta["criterion"]
     by_end, _, _ = condense("layers", "train", hollow, spec, DIGITS_URI,
                             {"count": 2, "sample_size": 64, "selection": "end", "position": "last"})
     assert by_end.meta["indices"] == [2, 3] and by_end.meta["scores"] == learngene.meta["scores"]
+
+
+def test_best_window_is_the_contiguous_run_with_the_largest_total() -> None:
+    from engine.train.layers import best_window
+
+    # The report's case: the top four single scores are blocks 0, 1, 2 and 5; the best run of four is 0-3.
+    scores = [0.30, 0.20, 0.10, 0.004, 0.001, 0.007, 0.002, 0.000]
+    assert best_window(scores, 4) == 0
+    assert best_window([0.0, 0.1, 0.5, 0.4, 0.0], 2) == 2
+    assert best_window([0.2, 0.2, 0.2], 2) == 0  # ties: the earliest
+    assert best_window([0.1, 0.2], 2) == 0
 
 
 def test_fit_mode_is_the_methods_data_free_fit(trained_ancestry: Ancestry) -> None:
