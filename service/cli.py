@@ -26,14 +26,10 @@ def _migrate() -> None:
 
 def _prepare_storage() -> None:
     """An S3 bucket that is not there yet is created (MinIO in docker compose starts empty)."""
-    settings = get_settings()
-    if settings.storage_url.startswith("s3://"):
-        from service.storage import S3ArtifactStore, make_store
+    from service.storage import S3ArtifactStore, make_store
 
-        store = make_store(settings.storage_url, settings.artifact_root, settings.resolved_cache_dir,
-                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                           cache_max_bytes=settings.cache_max_bytes)
-        assert isinstance(store, S3ArtifactStore)
+    store = make_store(get_settings())
+    if isinstance(store, S3ArtifactStore):
         store.ensure_bucket()
 
 

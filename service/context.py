@@ -36,9 +36,7 @@ def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppCon
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        store=make_store(settings.storage_url, settings.artifact_root, settings.resolved_cache_dir,
-                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                         cache_max_bytes=settings.cache_max_bytes),
+        store=make_store(settings),
     )
     if with_dispatcher:
         ctx.dispatcher = make_dispatcher(ctx)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from service.settings import Settings
+
 CHUNK = 1024 * 1024
 
 
@@ -240,10 +242,8 @@ class S3ArtifactStore:
             return freed
 
     def put_bytes(self, data: bytes) -> StoredObject:
-        fd, tmp = tempfile.mkstemp(dir=self.scratch_dir())
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        return self.put_file(Path(tmp), move=True)
+        cached = self.cache.put_bytes(data)  # written once, into the cache, then uploaded from there
+        return self.put_file(self.cache.local_path(cached.key), sha256=cached.sha256)
 
     def local_path(self, key: str) -> Path:
         """The cached copy of a blob, fetched first when this process has not seen it."""
@@ -314,17 +314,12 @@ class S3ArtifactStore:
         return self.cache.local_dir(name)
 
 
-def make_store(storage_url: str, default_root: Path, cache_dir: Path, *, endpoint_url: str = "",
-               region: str = "", cache_max_bytes: int = 0) -> ArtifactStore:
-    """``""`` (the default folder), ``file:///abs/path`` or ``s3://bucket[/prefix]``."""
-    if not storage_url:
-        return LocalArtifactStore(default_root)
-    if storage_url.startswith("file://"):
-        return LocalArtifactStore(Path(storage_url.removeprefix("file://")))
-    if storage_url.startswith("s3://"):
-        bucket, _, prefix = storage_url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"LEARNGENE_STORAGE_URL {storage_url!r} names no bucket")
-        return S3ArtifactStore(bucket, prefix, cache_dir, endpoint_url=endpoint_url or None, region=region or None,
-                               cache_max_bytes=cache_max_bytes)
-    raise ValueError(f"unsupported LEARNGENE_STORAGE_URL scheme: {storage_url!r} (file:// or s3://)")
+def make_store(settings: Settings) -> ArtifactStore:
+    """The store ``LEARNGENE_STORAGE_URL`` names (already validated by :class:`Settings`): the default folder, a
+    ``file://`` folder, or an ``s3://bucket[/prefix]`` with this process's cache."""
+    if not settings.storage_url.startswith("s3://"):
+        return LocalArtifactStore(settings.artifact_root)
+    bucket, _, prefix = settings.storage_url.removeprefix("s3://").partition("/")
+    return S3ArtifactStore(bucket, prefix, settings.resolved_cache_dir,
+                           endpoint_url=settings.s3_endpoint_url or None, region=settings.s3_region or None,
+                           cache_max_bytes=settings.cache_max_bytes)

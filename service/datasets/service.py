@@ -68,8 +68,10 @@ def _members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]
         raise InvalidRequest("dataset upload must be a .zip or .tar(.gz) archive", field="file")
 
 
-def unpack(archive: Path, dest: Path, limit_bytes: int) -> None:
-    """Unpack regular files only (no links, devices or paths outside ``dest``), within size and count caps."""
+def unpack(archive: Path, dest: Path) -> None:
+    """Unpack regular files only (no links, devices or paths outside ``dest``), within size and count caps (at
+    most ``MAX_EXPANSION`` times the archive's size)."""
+    limit_bytes = max(archive.stat().st_size, 1) * MAX_EXPANSION
     total = count = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     # A folder of its own per unpacking: two processes may unpack the same dataset at once; the first rename wins.
@@ -124,7 +126,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str)
             return existing
         dest = dataset_dir(ctx, digest)
         if not dest.exists():
-            unpack(archive, dest, limit_bytes=max(archive.stat().st_size, 1) * MAX_EXPANSION)
+            unpack(archive, dest)
             created = dest
         num_classes, num_images = count_images(image_folder_root(dest))
         if num_classes < 2:
@@ -151,5 +153,5 @@ def resolve_path(ctx: AppContext, row: Dataset) -> Path:
     dest = dataset_dir(ctx, row.sha256)
     if not dest.is_dir():
         archive = ctx.store.local_path(row.storage_key)
-        unpack(archive, dest, limit_bytes=max(archive.stat().st_size, 1) * MAX_EXPANSION)
+        unpack(archive, dest)
     return image_folder_root(dest)

@@ -54,7 +54,8 @@ def bucket(s3_endpoint: str) -> str:
 
 
 def _store(endpoint: str, bucket: str, cache: Path, prefix: str = "prod") -> S3ArtifactStore:
-    store = make_store(f"s3://{bucket}/{prefix}", cache, cache, endpoint_url=endpoint)
+    store = make_store(Settings(data_dir=cache, storage_url=f"s3://{bucket}/{prefix}", s3_endpoint_url=endpoint,
+                                cache_dir=cache))
     assert isinstance(store, S3ArtifactStore)
     return store
 
@@ -121,8 +122,8 @@ def test_the_cache_keeps_within_its_bound_least_recently_used_first(s3_endpoint:
                                                                      tmp_path: Path) -> None:
     import time
 
-    store = make_store(f"s3://{bucket}", tmp_path, tmp_path / "cache", endpoint_url=s3_endpoint,
-                       cache_max_bytes=2_500_000)
+    store = make_store(Settings(data_dir=tmp_path, storage_url=f"s3://{bucket}", s3_endpoint_url=s3_endpoint,
+                                cache_max_bytes=2_500_000))
     assert isinstance(store, S3ArtifactStore)
     store.keep_recent_s = 0.0
     blobs = [os.urandom(1_000_000) for _ in range(3)]

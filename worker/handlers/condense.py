@@ -46,8 +46,7 @@ def dataset_uri_for_engine(app: AppContext, uri: str | None) -> str | None:
 
 def run(jctx: JobContext) -> dict[str, Any]:
     from engine.ancestry import load_ancestry
-    from engine.artifacts import save_learngene
-    from engine.artifacts import load_learngene
+    from engine.artifacts import load_learngene, save_learngene
     from engine.train import condense, evaluate_card, refine
     from engine.train.loop import Cancelled as TrainingCancelled
 
