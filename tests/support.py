@@ -56,6 +56,8 @@ def service_env(settings: Settings) -> dict[str, str]:
     )
     if settings.cache_dir is not None:
         env["LEARNGENE_CACHE_DIR"] = str(settings.cache_dir)
+    if settings.api_token:
+        env["LEARNGENE_API_TOKEN"] = settings.api_token
     return env
 
 

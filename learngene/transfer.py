@@ -1,0 +1,106 @@
+"""Resumable, verified downloads of immutable blobs (the service's ETag is the blob's sha256).
+
+A download writes ``<name>.incomplete`` next to the target and renames it only once its sha256 matches, so the
+target is never a torn file. An interrupted download resumes with ``Range`` + ``If-Range`` (the server answers
+200 with the whole file if the blob behind the URL changed). A partial file whose bytes were damaged is caught
+by the final sha256 check: it is discarded and fetched once more from the start.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import httpx
+
+from learngene import bars
+from learngene.errors import ChecksumMismatch, ConnectionFailed, error_for
+
+#: Bytes read from a local file per hash update (large reads keep hashing at memory speed).
+READ_CHUNK = 4 * 1024 * 1024
+
+
+def sha256_file(path: Path, limit: int | None = None) -> tuple[str, "hashlib._Hash"]:
+    """Hex digest of the first ``limit`` bytes (all when None), and the hasher to continue from there."""
+    hasher = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            block = f.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
+            if not block:
+                break
+            hasher.update(block)
+            if left is not None:
+                left -= len(block)
+    return hasher.hexdigest(), hasher
+
+
+def incomplete_path(target: Path) -> Path:
+    return target.with_name(target.name + ".incomplete")
+
+
+def fetch_blob(http: httpx.Client, url: str, target: Path, sha256: str, size: int | None, *,
+               show_progress: bool) -> tuple[int, int, bool]:
+    """Make ``target`` hold the blob. Returns (bytes fetched now, bytes of a partial file kept, whether a
+    corrupt partial was discarded). A file already there with the right sha256 costs no request at all."""
+    if target.exists() and (size is None or target.stat().st_size == size) and sha256_file(target)[0] == sha256:
+        return 0, 0, False
+    part = incomplete_path(target)
+    fetched = 0
+    for attempt in range(2):
+        kept = part.stat().st_size if part.exists() else 0
+        if size is not None and kept > size:
+            kept = 0
+        got, digest, kept = _fetch(http, url, part, sha256, size, kept, show_progress)
+        fetched += got
+        if digest == sha256:
+            os.replace(part, target)
+            return fetched, kept, attempt > 0
+        part.unlink(missing_ok=True)
+        if not kept:  # the server's own bytes do not match its ETag: fetching again would not help
+            break
+    raise ChecksumMismatch(f"{url}: sha256 of the downloaded bytes is not {sha256}")
+
+
+def _fetch(http: httpx.Client, url: str, part: Path, sha256: str, size: int | None, kept: int,
+           show_progress: bool) -> tuple[int, str, int]:
+    """One GET (ranged when ``kept`` bytes are already there). Returns (bytes received, sha256 of the whole
+    partial file afterwards, bytes of the earlier partial that were kept)."""
+    if kept and kept == size:  # complete already, only the check and rename were missed
+        return 0, sha256_file(part)[0], kept
+    headers = {"range": f"bytes={kept}-", "if-range": f'"{sha256}"'} if kept else {}
+    received = 0
+    try:
+        with http.stream("GET", url, headers=headers) as r:
+            if r.is_error:
+                r.read()
+                raise error_for(r.status_code, _json(r), r.headers)
+            if r.status_code == 206:
+                hasher = sha256_file(part, kept)[1]
+                mode = "ab"
+            else:  # 200: the whole blob (no partial, or If-Range did not match)
+                kept, hasher, mode = 0, hashlib.sha256(), "wb"
+            total = size if size is not None else _length(r, kept)
+            with open(part, mode) as out, bars.transfer(part.name.removesuffix(".incomplete"), total, kept,
+                                                             show_progress) as advance:
+                for chunk in r.iter_raw():
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
+    except httpx.TransportError as exc:
+        raise ConnectionFailed(f"download of {url} broke after {received} bytes ({exc}); run it again to resume "
+                               f"from {part}") from exc
+    return received, hasher.hexdigest(), kept
+
+
+def _length(r: httpx.Response, kept: int) -> int | None:
+    length = r.headers.get("content-length")
+    return int(length) + kept if length else None
+
+
+def _json(r: httpx.Response) -> object:
+    try:
+        return r.json()
+    except ValueError:
+        return None
