@@ -1,0 +1,5 @@
+import sys
+
+from learngene.cli import main
+
+sys.exit(main())

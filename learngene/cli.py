@@ -1,0 +1,279 @@
+"""The ``learngene`` command. Client commands (ls, get, budget, upload, condense, follow, cancel) talk to a
+server over HTTP and import only the SDK; the server's own commands (serve, worker, db, seed) are handed to
+``service.cli``, imported only then, so a client command starts in a fraction of a second."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SERVER_COMMANDS = ("serve", "worker", "db", "seed")
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = (("depth", args.depth), ("embed_dim", args.width), ("num_heads", args.heads),
+             ("mlp_ratio", args.mlp_ratio), ("num_classes", args.num_classes))
+    return {k: v for k, v in pairs if v is not None}
+
+
+def _params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--param steps=300 --param lr=1e-3``: values are JSON when they parse as JSON, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--param takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A result as JSON: the API's own body when there is one."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    raw = getattr(value, "raw", None)
+    if raw:
+        return raw
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value) if isinstance(value, Path) else value
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table on a terminal; tab-separated lines with a header otherwise (for grep, cut, awk)."""
+    cells = [["" if c is None else str(c) for c in row] for row in rows]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns, box=None, header_style="bold")
+        for row in cells:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        print("\t".join(columns))
+        for row in cells:
+            print("\t".join(row))
+
+
+def _ls(client: Any, args: argparse.Namespace) -> Any:
+    if args.what == "learngenes":
+        items = client.learngenes()
+        rows = [(x.name, x.method, x.latest_version, x.version_count, x.description[:60]) for x in items]
+        return items, ("name", "method", "latest", "versions", "description"), rows
+    if args.what == "versions":
+        if not args.name:
+            raise SystemExit("learngene ls versions NAME")
+        items = client.versions(args.name)
+        rows = [(v.version, v.status, ",".join(v.aliases), v.lineage.get("mode"), v.lineage.get("dataset"),
+                 v.size_bytes, v.created_at) for v in items]
+        return items, ("version", "status", "aliases", "mode", "dataset", "bytes", "created"), rows
+    if args.what == "jobs":
+        items = client.jobs(state=args.state, kind=args.kind, limit=args.limit)
+        rows = [(j.id, j.kind, j.state, _step(j.progress), j.attempts, j.created_at) for j in items]
+        return items, ("id", "kind", "state", "progress", "attempts", "created"), rows
+    if args.what == "ancestries":
+        items = client.ancestries()
+        rows = [(a.id, a.name, a.architecture, a.param_count, a.created_at) for a in items]
+        return items, ("id", "name", "architecture", "params", "created"), rows
+    if args.what == "datasets":
+        items = client.datasets()
+        return items, ("id", "name", "uri", "classes", "images"), [(d.id, d.name, d.uri, d.num_classes, d.num_images)
+                                                                   for d in items]
+    items = client.descendants(learngene=args.name, limit=args.limit)
+    rows = [(d.id, d.status, d.source.get("learngene") or f"ancestry {d.source.get('ancestry')}",
+             d.source.get("version"), json.dumps(d.spec, separators=(",", ":")), d.param_count) for d in items]
+    return items, ("id", "status", "source", "version", "spec", "params"), rows
+
+
+def _step(progress: dict[str, Any]) -> str:
+    if "step" in progress and "total_steps" in progress:
+        return f"{progress['step']}/{progress['total_steps']}"
+    return ""
+
+
+def cmd_ls(client: Any, args: argparse.Namespace) -> int:
+    items, columns, rows = _ls(client, args)
+    if args.json:
+        print(json.dumps(_plain(items), indent=2, default=str))
+    else:
+        _table(columns, rows)
+    return 0
+
+
+def _deliver(client: Any, args: argparse.Namespace, descendant: Any) -> int:
+    """Download (with --out) and report a descendant."""
+    result: dict[str, Any] = {"descendant": _plain(descendant)}
+    if args.out:
+        done = descendant.download(args.out)
+        result["download"] = _plain(dataclasses.replace(done, weights=str(done.weights), config=str(done.config)))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"descendant {descendant.id}: {json.dumps(descendant.spec, separators=(',', ':'))}, "
+          f"{descendant.param_count:,} parameters, {descendant.gflops:.3g} GFLOPs, sha256 {descendant.sha256}")
+    if args.out:
+        d = result["download"]
+        how = ("already there, verified" if d["skipped"] else
+               f"{d['bytes_fetched']:,} bytes fetched" + (f", resumed at {d['resumed_from']:,}" if d["resumed_from"] else ""))
+        print(f"{d['weights']} ({how})\n{d['config']}")
+    return 0
+
+
+def cmd_get(client: Any, args: argparse.Namespace) -> int:
+    d = client.descendant(args.learngene, spec=_spec(args), seed=args.seed)
+    return _deliver(client, args, d)
+
+
+def cmd_budget(client: Any, args: argparse.Namespace) -> int:
+    budget = {k: v for k, v in (("max_params", args.max_params), ("max_gflops", args.max_gflops),
+                                ("max_latency_ms", args.max_latency_ms), ("num_classes", args.num_classes))
+              if v is not None}
+    if args.device:
+        budget["device"] = args.device
+    d = client.descendant(args.learngene, budget=budget, seed=args.seed)
+    return _deliver(client, args, d)
+
+
+def cmd_upload(client: Any, args: argparse.Namespace) -> int:
+    if args.dataset:
+        item = client.upload_dataset(args.path, name=args.name)
+        line = f"dataset {item.id}: {item.num_images} images, {item.num_classes} classes; use --dataset {item.uri}"
+    else:
+        model_args = json.loads(args.model_args) if args.model_args else None
+        item = client.upload_ancestry(args.path, architecture=args.architecture, model_args=model_args,
+                                      name=args.name)
+        line = f"ancestry {item.id}: {item.architecture}, {item.param_count:,} parameters"
+    print(json.dumps(_plain(item), indent=2, default=str) if args.json else line)
+    return 0
+
+
+def cmd_condense(client: Any, args: argparse.Namespace) -> int:
+    job = client.condense(args.ancestry, args.method, args.learngene, dataset=args.dataset, mode=args.mode,
+                          params=_params(args.param), evaluate=not args.no_evaluate, description=args.description)
+    if not args.follow:
+        print(json.dumps(_plain(job), indent=2, default=str) if args.json else f"job {job.id} {job.state}")
+        return 0
+    version = job.follow()
+    print(json.dumps(_plain(version), indent=2, default=str) if args.json else
+          f"{version.learngene}:{version.version} {version.status} (job {job.id})")
+    return 0
+
+
+def cmd_follow(client: Any, args: argparse.Namespace) -> int:
+    job = client.follow(args.job)
+    print(json.dumps(_plain(job), indent=2, default=str) if args.json else f"job {job.id} {job.state}")
+    return 0
+
+
+def cmd_cancel(client: Any, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job)
+    print(json.dumps(_plain(job), indent=2, default=str) if args.json else
+          f"job {job.id} {job.state}" + (", cancellation requested" if job.cancel_requested else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Connection options are accepted before or after the command; SUPPRESS keeps a later default from
+    # overwriting an earlier value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="server (default: LEARNGENE_URL, then the config file)")
+    common.add_argument("--token", default=argparse.SUPPRESS, help="API token (default: LEARNGENE_TOKEN, then the config file)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
+    parser = argparse.ArgumentParser(
+        prog="learngene", parents=[common], description="Learngene Service: the client (ls, get, budget, upload, "
+        "condense, follow, cancel) and the server (serve, worker, db, seed; see `learngene serve --help`).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("ls", parents=[common], help="list learngenes, versions NAME, jobs, ancestries, datasets, descendants")
+    ls.add_argument("what", choices=["learngenes", "versions", "jobs", "ancestries", "datasets", "descendants"])
+    ls.add_argument("name", nargs="?", help="the learngene (versions; optional for descendants)")
+    ls.add_argument("--state", help="jobs in this state")
+    ls.add_argument("--kind", help="jobs of this kind (expand, condense)")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_ls)
+
+    def sized(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help)
+        p.add_argument("learngene", help="NAME or NAME:VERSION (or an alias: NAME:latest)")
+        p.add_argument("--out", type=Path, help="download model.safetensors and config.json into this folder")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--num-classes", type=int)
+        return p
+
+    get = sized("get", "a descendant of a given size (produced if needed)")
+    get.add_argument("--depth", type=int)
+    get.add_argument("--width", type=int, help="embedding dimension")
+    get.add_argument("--heads", type=int)
+    get.add_argument("--mlp-ratio", type=float)
+    get.set_defaults(func=cmd_get)
+
+    budget = sized("budget", "the largest descendant within a budget")
+    budget.add_argument("--max-params", type=lambda s: int(float(s)), help="e.g. 5e6")
+    budget.add_argument("--max-gflops", type=float)
+    budget.add_argument("--max-latency-ms", type=float)
+    budget.add_argument("--device", choices=["cpu", "cuda"])
+    budget.set_defaults(func=cmd_budget)
+
+    upload = sub.add_parser("upload", parents=[common], help="upload an ancestry (.safetensors or a Hugging Face "
+                            "snapshot folder) or, with --dataset, an ImageFolder archive")
+    upload.add_argument("path", type=Path)
+    upload.add_argument("--architecture", help="timm architecture (a .safetensors file needs it)")
+    upload.add_argument("--model-args", help="JSON of timm.create_model keyword arguments")
+    upload.add_argument("--name", default="")
+    upload.add_argument("--dataset", action="store_true", help="the file is a dataset archive (.zip, .tar.gz)")
+    upload.set_defaults(func=cmd_upload)
+
+    condense = sub.add_parser("condense", parents=[common], help="condense an ancestry into a new learngene version")
+    condense.add_argument("--ancestry", type=int, required=True)
+    condense.add_argument("--method", required=True, choices=["tleg", "wave", "pool", "layers"])
+    condense.add_argument("--learngene", required=True, help="name of the learngene that gains the version")
+    condense.add_argument("--dataset", help="builtin:digits, dataset:<id>, imagefolder:<path>")
+    condense.add_argument("--mode", choices=["fit", "train", "refine"])
+    condense.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    condense.add_argument("--no-evaluate", action="store_true", help="skip the evaluation card")
+    condense.add_argument("--description", default="")
+    condense.add_argument("--follow", action="store_true", help="stream progress until the version is ready")
+    condense.set_defaults(func=cmd_condense)
+
+    follow = sub.add_parser("follow", parents=[common], help="stream a job's progress until it ends")
+    follow.add_argument("job")
+    follow.set_defaults(func=cmd_follow)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("job")
+    cancel.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SERVER_COMMANDS:
+        from service.cli import main as server_main
+
+        return server_main(argv)
+    args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    from learngene import Client
+    from learngene.errors import LearngeneError
+
+    try:
+        with Client(getattr(args, "url", None), getattr(args, "token", None)) as client:
+            return int(args.func(client, args))
+    except LearngeneError as exc:
+        print(f"learngene: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("learngene: interrupted (run the same command again to resume a download)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
