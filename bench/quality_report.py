@@ -8,7 +8,7 @@ Protocol (every number follows from the settings below and the seeds):
    with the engine's training loop.
 2. **Condensing**: a learngene per method (TLEG, WAVE, Learngene Pool, Learngene layers) in both modes: the
    data-free ``fit`` (``engine.train.condense.condense``) and ``train`` (the method's trainer from
-   ``engine.train.condense.TRAINERS``, distilling on the *source* images only, so no target image is ever seen
+   the registry's trainers (``engine.methods``), distilling on the *source* images only, so no target image is ever seen
    before fine-tuning). Weight selection uses the ancestry as it is.
 3. **Target task**: digits 5-9 with ``shots`` training images per class, drawn by the seed
    (``engine.data.target_task``), scored on every validation image of those classes. Each descendant (several
@@ -220,8 +220,8 @@ def task_condense(method: str, mode: str, ancestry_path: str, params: dict[str, 
     """A learngene condensed from the ancestry file; ``train`` distils on the source task's images."""
     from safetensors.torch import load_file
 
-    from engine.train.condense import TRAINERS, condense
-    from engine.train.params import validate_params
+    from engine.methods import TRAIN, get_entry
+    from engine.train.condense import condense
 
     ancestry = load_file(ancestry_path)
     started = time.process_time()
@@ -229,8 +229,9 @@ def task_condense(method: str, mode: str, ancestry_path: str, params: dict[str, 
         learngene, metrics, _ = condense(method, "fit", ancestry, ancestry_spec(), None, params)
     else:
         # condense() loads a dataset by URI (all ten digits); the trainers take the source task itself.
-        learngene, metrics, _ = TRAINERS[method](ancestry, ancestry_spec(), source_task(),
-                                                 validate_params(method, params, "train"), None)
+        entry = get_entry(method)
+        learngene, metrics, _ = entry.runner(TRAIN)(ancestry, ancestry_spec(), source_task(),
+                                                    entry.validate_params(params, TRAIN), None)
     metrics = {**metrics, "cpu_s": time.process_time() - started}
     if learngene.method == "layers":  # a fit records its choice only on the learngene
         metrics.update(indices=learngene.meta["indices"], scores=learngene.meta["scores"])

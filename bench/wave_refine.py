@@ -36,7 +36,7 @@ def task_refine(learngene_path: str, ancestry_path: str, steps: int) -> tuple[An
 
     from engine.artifacts import load_learngene
     from engine.train.condense import refine_sizes
-    from engine.train.params import validate_params
+    from engine.methods import validate_params
     from engine.train.wave import refine_wave
 
     learngene = load_learngene(Path(learngene_path))

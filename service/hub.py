@@ -13,6 +13,8 @@ import json
 import re
 
 from fastapi import APIRouter, Request, Response
+
+from engine.methods import BASELINE_NAMES
 from fastapi.responses import JSONResponse
 
 from service.context import AppContext
@@ -28,7 +30,7 @@ from service.models import Descendant
 router = APIRouter(prefix="/hub", tags=["hub"], include_in_schema=False)
 
 _PINNED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)$")
-_ANCESTRY = re.compile(r"^ancestry-(?P<id>\d+)\.(?P<method>weight-selection|random)$")
+_ANCESTRY = re.compile(rf"^ancestry-(?P<id>\d+)\.(?P<method>{'|'.join(map(re.escape, BASELINE_NAMES))})$")
 FILES = ("config.json", "model.safetensors")
 
 

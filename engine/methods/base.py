@@ -60,8 +60,6 @@ class Descendant:
 
 class Method(Protocol):
     name: str
-    #: Whether ``fit`` (data-free condensing) exists for this method.
-    supports_fit: bool
 
     def fit(self, ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
         """Data-free condensing from an ancestry's weights."""

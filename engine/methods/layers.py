@@ -23,7 +23,6 @@ from engine.spec import SpecError, ViTSpec, merge_request
 from engine.vit import BLOCK_TENSORS, as_float32, assemble, block_key, check_layout
 
 name = "layers"
-supports_fit = True
 POSITIONS = ("first", "last")
 
 

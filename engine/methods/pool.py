@@ -34,7 +34,6 @@ from engine.spec import FrontSpec, SpecError, ViTSpec, validate_structure
 from engine.vit import BLOCK_TENSORS, STEM_TENSORS, as_float32, assemble, block_key, build_model, check_layout
 
 name = "pool"
-supports_fit = True
 
 #: Fields every student shares, so that any front fits any back.
 SHARED_FIELDS = ("img_size", "patch_size", "in_chans", "class_token", "global_pool", "num_classes")

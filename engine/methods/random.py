@@ -12,7 +12,6 @@ from engine.spec import ViTSpec, merge_request
 from engine.vit import build_model, make_descendant, seeded
 
 name = "random"
-supports_fit = True
 
 #: Every plain-ViT field may change; the stitched ``front`` is the Pool's alone.
 FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "patch_size", "in_chans",

@@ -34,7 +34,6 @@ from engine.spec import ViTSpec, merge_request
 from engine.vit import BLOCK_TENSORS, as_float32, assemble, block_key, check_layout, stack_blocks
 
 name = "tleg"
-supports_fit = True
 
 
 def coefficients(depth: int) -> torch.Tensor:

@@ -44,7 +44,6 @@ from engine.vit import (BLOCK_TENSORS, as_float32, assemble, block_key, check_la
                         resize_segments, stack_blocks)
 
 name = "wave"
-supports_fit = True
 
 #: Weight kind -> the block tensor it builds.
 KINDS = {"qkv": "attn.qkv.weight", "proj": "attn.proj.weight", "fc1": "mlp.fc1.weight", "fc2": "mlp.fc2.weight"}

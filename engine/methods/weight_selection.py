@@ -30,7 +30,6 @@ from engine.spec import SpecError, ViTSpec, merge_request
 from engine.vit import as_float32, assemble, block_key, check_layout, select_indices
 
 name = "weight-selection"
-supports_fit = True
 
 FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
                "global_pool"}

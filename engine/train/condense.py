@@ -2,34 +2,19 @@
 
 ``mode="fit"`` is the method's own data-free condensing (:mod:`engine.methods`); ``mode="train"`` distils on data
 with the method's trainer in this package. Both return the learngene in the method's tensor format.
-:func:`refine` is WAVE's third mode: an existing learngene gains scalers trained for given sizes.
+:func:`refine` is WAVE's third mode: an existing learngene gains scalers trained for given sizes. Which method
+offers which mode, with which knobs and trainer, is the registry's (:mod:`engine.methods`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from engine.data import Dataset, load_dataset
-from engine.methods import get_method
+from engine.data import load_dataset
+from engine.methods import FIT, REFINE, TRAIN, get_entry
 from engine.methods.base import Learngene, StateDict
+from engine.methods.params import ParamError
 from engine.spec import ViTSpec
-from engine.train.layers import train_layers
 from engine.train.loop import Hooks, LossHistory
-from engine.train.params import MODE_PARAMS, ParamError, validate_params
-from engine.train.pool import train_pool
-from engine.train.tleg import train_tleg
-from engine.train.wave import refine_wave, train_wave
-
-Trainer = Callable[[StateDict, ViTSpec, Dataset, dict[str, Any], Hooks | None],
-                   tuple[Learngene, dict[str, Any], LossHistory]]
-TRAINERS: dict[str, Trainer] = {"tleg": train_tleg, "wave": train_wave, "pool": train_pool, "layers": train_layers}
-
-
-def supports_fit(method: str) -> bool:
-    return get_method(method).supports_fit
-
-
-def supports_train(method: str) -> bool:
-    return method in TRAINERS
 
 
 def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str | None,
@@ -39,19 +24,17 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
 
     Raises ``ValueError`` (its subclass :class:`ParamError` names a parameter) for what cannot run, and
     :class:`engine.train.loop.Cancelled` when the hooks stop a training run."""
-    if mode not in ("fit", "train"):
+    if mode not in (FIT, TRAIN):
         raise ValueError(f"mode must be 'fit' or 'train', got {mode!r}")
-    resolved = validate_params(method, params)
-    chosen = {k: v for k, v in resolved.items() if k in MODE_PARAMS[method][mode]}
-    if mode == "fit":
-        if not supports_fit(method):
-            raise ValueError(f"{method} has no data-free fit")
+    entry = get_entry(method)
+    if not entry.offers(mode):
+        raise ValueError(f"{method} has no {mode} mode")
+    resolved = entry.validate_params(params)
+    chosen = {k: v for k, v in resolved.items() if k in entry.params(mode)}
+    if mode == FIT:
         # None means "the method's default", which the methods express by the key being absent.
-        learngene = get_method(method).fit(ancestry_state, ancestry_spec,
-                                           {k: v for k, v in chosen.items() if v is not None})
+        learngene = entry.load().fit(ancestry_state, ancestry_spec, {k: v for k, v in chosen.items() if v is not None})
         return learngene, {"mode": "fit", **({"fit": learngene.meta["fit"]} if "fit" in learngene.meta else {})}, []
-    if not supports_train(method):
-        raise ValueError(f"{method} has no training; use mode 'fit'")
     if dataset_uri is None:
         raise ValueError("mode 'train' needs a dataset")
     if ancestry_spec.num_classes == 0:
@@ -60,12 +43,8 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
     if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
         raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
-    learngene, metrics, history = TRAINERS[method](ancestry_state, ancestry_spec, dataset, chosen, hooks)
+    learngene, metrics, history = entry.runner(TRAIN)(ancestry_state, ancestry_spec, dataset, chosen, hooks)
     return learngene, {"mode": "train", **metrics}, history
-
-
-def supports_refine(method: str) -> bool:
-    return method == "wave"
 
 
 def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]]) -> list[ViTSpec]:
@@ -74,7 +53,7 @@ def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]])
     resolved = []
     for size in sizes:
         try:
-            spec = get_method(method).resolve_spec(learngene, size)
+            spec = get_entry(method).load().resolve_spec(learngene, size)
         except ValueError as exc:
             raise ParamError("sizes", f"{size}: {exc}") from None
         resolved.append(spec.replace(num_classes=learngene.base_spec.num_classes))
@@ -88,9 +67,10 @@ def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]])
 def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str,
            params: dict[str, Any], hooks: Hooks | None = None) -> tuple[Learngene, dict[str, Any], LossHistory]:
     """``learngene`` plus scalers trained for ``params["sizes"]``, distilled from the ancestry on the dataset."""
-    if not supports_refine(method):
+    entry = get_entry(method)
+    if not entry.offers(REFINE):
         raise ValueError(f"{method} has no refine mode")
-    chosen = validate_params(method, params, "refine")
+    chosen = entry.validate_params(params, REFINE)
     specs = refine_sizes(method, learngene, chosen["sizes"])
     if ancestry_spec.num_classes == 0:
         raise ValueError("refinement distils the ancestry's class predictions: the ancestry needs a head")
@@ -101,5 +81,6 @@ def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestr
     if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
         raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
-    learngene, metrics, history = refine_wave(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen, hooks)
+    learngene, metrics, history = entry.runner(REFINE)(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen,
+                                                       hooks)
     return learngene, {"mode": "refine", **metrics}, history

@@ -86,6 +86,14 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 disables the step trigger
     device: str | None = None  # None: cuda if available, else cpu
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
+        """The loop's configuration from a method's validated train-mode parameters (:mod:`engine.methods`)."""
+        warmup = params["warmup_steps"] if params["warmup_steps"] is not None else params["steps"] // 20
+        return cls(steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"], min_lr=params["min_lr"],
+                   warmup_steps=warmup, weight_decay=params["weight_decay"], grad_clip=params["grad_clip"],
+                   seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"])
+
 
 def pick_device(name: str | None = None) -> torch.device:
     """Resolved at call time, never at import: workers fork, and a CUDA context must not cross a fork."""

@@ -24,8 +24,7 @@ from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import parameter_tree
 from engine.train.distill import Distillation, distil, load_teacher
-from engine.train.loop import Hooks, LossHistory
-from engine.train.params import train_config
+from engine.train.loop import Hooks, LossHistory, TrainConfig
 from engine.vit import build_model
 
 
@@ -102,7 +101,7 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     model = PoolNet(students, stitches)
     loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
                         params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
     metrics["paths"] = model.path_names()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     trained_students = _split_students(state, specs)

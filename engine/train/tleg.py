@@ -20,8 +20,7 @@ from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT
 from engine.train.distill import Distillation, distil, load_teacher
-from engine.train.loop import Hooks, LossHistory
-from engine.train.params import train_config
+from engine.train.loop import Hooks, LossHistory, TrainConfig
 from engine.vit import vit_block
 
 
@@ -59,6 +58,6 @@ def train_tleg(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
         meta["fit"] = fitted.meta["fit"]
     loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
                         params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return tleg.make_learngene(tensors, spec, **meta), metrics, history

@@ -22,8 +22,7 @@ from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT, parameter_tree
 from engine.train.distill import Distillation, distil, load_teacher
-from engine.train.loop import Hooks, LossHistory, predict_logits
-from engine.train.params import train_config
+from engine.train.loop import Hooks, LossHistory, TrainConfig, predict_logits
 
 
 class TemplateViT(AuxiliaryViT):
@@ -55,7 +54,7 @@ def train_wave(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     model = TemplateViT(fitted)
     loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
                         params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     learngene = wave.make_learngene(tensors, fitted.base_spec, tuple(fitted.meta["tile"]), fitted.meta["counts"],
                                     init="fit", fit=fitted.meta["fit"])
@@ -90,7 +89,7 @@ def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpe
     teacher = load_teacher(ancestry, ancestry_spec)
     loss = Distillation(teacher, params["temperature"], params["kl_weight"], params["ce_weight"])
     before = _accuracies(model, dataset)
-    history, metrics = distil(model, loss, dataset, train_config(params), hooks)
+    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
     after = _accuracies(model, dataset)
     tensors = dict(learngene.tensors)
     refined = dict(learngene.meta.get("refined", {}))

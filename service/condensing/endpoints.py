@@ -33,20 +33,16 @@ def create_condense_job(body: CondenseRequest, ctx: CtxDep, uow: UowDep) -> JSON
 @router.get("/v1/methods", operation_id="list_methods", response_model=list[MethodOut])
 def list_methods() -> list[MethodOut]:
     """Every method, the condensing modes it offers and its parameters with their documented defaults."""
-    from engine.methods import METHOD_NAMES
-    from engine.train import supports_fit, supports_refine, supports_train
-    from engine.train.params import MODE_PARAMS, SCHEMAS
+    from engine.methods import REGISTRY
 
-    out = []
-    for name in METHOD_NAMES:
-        modes = [m for m, ok in (("fit", supports_fit(name)), ("train", supports_train(name)),
-                                 ("refine", supports_refine(name))) if ok]
-        if name in ("weight-selection", "random"):
-            modes = []  # baselines: used directly from an ancestry, never condensed
-        params = [
-            MethodParam(name=p, default=spec.default, description=spec.help,
-                        modes=[m for m in modes if p in MODE_PARAMS[name][m]])
-            for p, spec in sorted(SCHEMAS[name].items())
-        ]
-        out.append(MethodOut(name=name, condensing=modes, params=params))
-    return out
+    return [
+        MethodOut(
+            name=entry.name,
+            summary=entry.summary,
+            condensing=list(entry.modes),
+            baseline=entry.baseline,
+            params=[MethodParam(name=key, default=param.default, description=param.help, modes=entry.param_modes(key))
+                    for key, param in sorted(entry.params().items())],
+        )
+        for entry in REGISTRY.values()
+    ]

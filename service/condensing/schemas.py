@@ -4,7 +4,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CondenseMethod = Literal["tleg", "wave", "pool", "layers"]
+from engine.methods import CONDENSING_NAMES, MODES
+
+# The registry is the one list of methods and modes; the OpenAPI enums follow it.
+CondenseMethod = Literal[CONDENSING_NAMES]  # type: ignore[valid-type]
+CondenseMode = Literal[MODES]  # type: ignore[valid-type]
 
 
 class CondenseRequest(BaseModel):
@@ -30,13 +34,16 @@ class CondenseRequest(BaseModel):
         "`?classes=0-4` (a subset, relabelled 0..k-1 in order), `imagefolder:<path under an allowed root>` or "
         "`dataset:<id>` (uploaded)",
     )
-    mode: Literal["fit", "train", "refine"] | None = Field(
+    mode: CondenseMode | None = Field(
         None, description="`fit`: data-free, seconds on a CPU (tleg, wave); `train`: distillation on the dataset; "
         "`refine` (wave): the learngene's latest version gains scalers trained for `params.sizes`, templates "
         "frozen, as a new version. Default: train when a dataset is given, else fit.",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (defaults: GET /v1/methods)")
-    evaluate: bool = Field(True, description="Add an evaluation card (few-step fine-tuning vs random init)")
+    evaluate: bool | None = Field(
+        None, description="Add an evaluation card (few-step fine-tuning vs random init, on the dataset). Default: "
+        "when a dataset is given; a data-free fit without one skips it.",
+    )
     description: str = Field("", max_length=2000)
 
 
@@ -49,5 +56,7 @@ class MethodParam(BaseModel):
 
 class MethodOut(BaseModel):
     name: str
+    summary: str
+    baseline: bool = Field(description="Expands straight from an ancestry (`POST /v1/descendants` with `ancestry`)")
     condensing: list[str] = Field(description="Modes a condensing job may use (empty: expansion-only baseline)")
     params: list[MethodParam]

@@ -59,7 +59,8 @@ def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
 def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any]) -> LearngeneVersion:
     """The version a refine job starts from (the learngene's latest), with the requested sizes checked against it."""
     from engine.methods.base import Learngene
-    from engine.train import ParamError, refine_sizes
+    from engine.methods.params import ParamError
+    from engine.train import refine_sizes
 
     lg = learngene_repo.by_name(session, req.learngene)
     if lg is None:
@@ -79,8 +80,8 @@ def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any
 
 
 def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
-    from engine.train import (ParamError, supports_fit, supports_refine, supports_train,  # torch only when needed
-                              validate_params)
+    from engine.methods import get_entry
+    from engine.methods.params import ParamError
 
     session = uow.session
     ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
@@ -90,20 +91,18 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
         raise InvalidRequest(
             f"learngene {req.learngene!r} holds {existing.method} versions; pick another name", field="learngene"
         )
-    mode = req.mode or ("train" if req.dataset else "fit")
-    if mode == "fit" and not supports_fit(req.method):
-        raise InvalidRequest(f"{req.method} has no data-free fit; use mode train with a dataset", field="mode")
+    entry = get_entry(req.method)
+    mode = req.mode or ("train" if req.dataset and entry.offers("train") else "fit")
+    if not entry.offers(mode):
+        raise InvalidRequest(f"{req.method} has no {mode} mode; it offers {list(entry.modes)}", field="mode")
     dataset = check_dataset(session, ctx, req.dataset) if req.dataset else None
-    if mode == "refine" and not supports_refine(req.method):
-        raise InvalidRequest(f"{req.method} has no refine mode (wave has)", field="mode")
-    if mode == "train" and not supports_train(req.method):
-        raise InvalidRequest(f"{req.method} has no training; use mode fit", field="mode")
     if mode in ("train", "refine") and dataset is None:
         raise InvalidRequest(f"mode {mode} needs a dataset", field="dataset")
     if req.evaluate and dataset is None:
-        raise InvalidRequest("the evaluation card needs a dataset (or set evaluate to false)", field="evaluate")
+        raise InvalidRequest("the evaluation card needs a dataset (or leave evaluate out)", field="evaluate")
+    evaluate = dataset is not None if req.evaluate is None else req.evaluate
     try:
-        params = validate_params(req.method, req.params, mode)
+        params = entry.validate_params(req.params, mode)
     except ParamError as exc:
         raise InvalidRequest(str(exc), field=exc.field) from exc
     except ValueError as exc:
@@ -116,7 +115,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
         "dataset": dataset,
         "learngene": req.learngene,
         "params": params,
-        "evaluate": req.evaluate,
+        "evaluate": evaluate,
         "description": req.description,
         "source_version_id": source.id if source else None,
     }

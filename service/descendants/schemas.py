@@ -5,7 +5,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MethodName = Literal["tleg", "layers", "pool", "wave", "weight-selection", "random"]
+from engine.methods import BASELINE_NAMES, METHOD_NAMES
+
+# The registry is the one list of methods; the OpenAPI enum follows it.
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 
 class SpecIn(BaseModel):
@@ -51,7 +54,7 @@ class DescendantRequest(BaseModel):
     )
 
     learngene: str | None = Field(None, description="`name` or `name:version-or-alias`", max_length=200)
-    ancestry: int | None = Field(None, description="An ancestry id (with method weight-selection or random)")
+    ancestry: int | None = Field(None, description="An ancestry id (with a baseline method: weight-selection or random)")
     method: MethodName | None = None
     spec: SpecIn | None = None
     budget: BudgetIn | None = None
@@ -61,8 +64,8 @@ class DescendantRequest(BaseModel):
     def _source_and_size(self) -> "DescendantRequest":
         if (self.learngene is None) == (self.ancestry is None):
             raise ValueError("give exactly one source: learngene or ancestry")
-        if self.ancestry is not None and self.method not in ("weight-selection", "random"):
-            raise ValueError("from an ancestry, method must be weight-selection or random")
+        if self.ancestry is not None and self.method not in BASELINE_NAMES:
+            raise ValueError(f"from an ancestry, method must be one of {list(BASELINE_NAMES)}")
         if self.spec is not None and self.budget is not None:
             raise ValueError("give a spec or a budget, not both")
         return self

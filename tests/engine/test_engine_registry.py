@@ -7,19 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from engine.methods import METHOD_NAMES, get_method
+from engine.methods import BASELINE_NAMES, CONDENSING_NAMES, METHOD_NAMES, REGISTRY, get_method
 
 
 def test_every_method_implements_the_protocol() -> None:
-    assert METHOD_NAMES == ("tleg", "layers", "pool", "wave", "weight-selection", "random")
+    assert set(METHOD_NAMES) >= {"tleg", "layers", "pool", "wave", "weight-selection", "random"}
     for name in METHOD_NAMES:
         method = get_method(name)
         assert method.name == name
-        assert method.supports_fit is True
         for function in ("fit", "resolve_spec", "candidate_specs", "expand"):
             assert callable(getattr(method, function)), (name, function)
     with pytest.raises(KeyError, match="known"):
         get_method("tleg2")
+
+
+def test_every_data_driven_mode_names_a_runner_that_exists() -> None:
+    for entry in REGISTRY.values():
+        for mode in entry.modes:
+            if mode != "fit":
+                assert callable(entry.runner(mode)), (entry.name, mode)
+
+
+def test_baselines_are_exactly_the_methods_without_condensing_modes() -> None:
+    assert set(BASELINE_NAMES) == {"weight-selection", "random"}
+    assert set(CONDENSING_NAMES) == set(METHOD_NAMES) - set(BASELINE_NAMES)
+    assert REGISTRY["wave"].param_modes("sizes") == ["refine"]
+    assert REGISTRY["tleg"].param_modes("aux_depth") == ["train"]
 
 
 def test_engine_imports_no_service_code() -> None:

@@ -166,7 +166,7 @@ def test_condense_refuses_what_cannot_run(trained_ancestry: Ancestry) -> None:
     state, spec, _ = trained_ancestry
     with pytest.raises(ValueError, match="needs a dataset"):
         condense("tleg", "train", state, spec, None, {})
-    with pytest.raises(ValueError, match="no training"):
+    with pytest.raises(ValueError, match="no train mode"):
         condense("weight-selection", "train", state, spec, DIGITS_URI, {})
     with pytest.raises(ValueError, match="mode"):
         condense("tleg", "distil", state, spec, DIGITS_URI, {})
@@ -279,7 +279,8 @@ def test_wave_refinement_trains_only_the_scalers_of_the_asked_widths(condensed: 
 ])
 def test_wave_refinement_refuses_sizes_it_cannot_make(condensed: dict, trained_ancestry: Ancestry,
                                                       sizes: list, message: str) -> None:
-    from engine.train import ParamError, refine
+    from engine.methods.params import ParamError
+    from engine.train import refine
 
     state, spec, _ = trained_ancestry
     with pytest.raises(ParamError, match=message):

@@ -5,14 +5,17 @@ from typing import Any
 
 import pytest
 
-from engine.train import DEFAULT_PARAMS, ParamError, validate_params
-from engine.methods import METHOD_NAMES
+from engine.methods import METHOD_NAMES, REGISTRY, validate_params
+from engine.methods.params import ParamError
+
+DEFAULT_PARAMS = {name: entry.default_params() for name, entry in REGISTRY.items()}
 
 
 def test_every_method_has_defaults_that_validate() -> None:
-    assert set(DEFAULT_PARAMS) == set(METHOD_NAMES)
     for method in METHOD_NAMES:
         assert validate_params(method, {}) == DEFAULT_PARAMS[method]
+        for mode in set(REGISTRY[method].modes) - {"refine"}:  # refine has no default sizes
+            assert validate_params(method, {}, mode).items() <= DEFAULT_PARAMS[method].items()
     assert DEFAULT_PARAMS["tleg"]["aux_depth"] == 12 and DEFAULT_PARAMS["tleg"]["temperature"] == 1.0
     assert DEFAULT_PARAMS["tleg"]["kl_weight"] == 1.0 and DEFAULT_PARAMS["tleg"]["ce_weight"] == 0.0
     assert DEFAULT_PARAMS["wave"]["ce_weight"] > 0  # WAVE distils with KL plus cross-entropy

@@ -75,8 +75,8 @@ def test_training_each_method_on_digits_gives_a_ready_learngene(
 @sqlite_only
 def test_fit_mode_needs_no_dataset_and_runs_on_the_cpu_queue(client: TestClient, ancestry: int) -> None:
     for method in ("tleg", "wave"):
-        r = _submit(client, {"ancestry": ancestry, "method": method, "learngene": f"f-{method}", "mode": "fit",
-                             "evaluate": False})
+        # The OpenAPI's first example: no dataset and no `evaluate`, so no evaluation card is asked for.
+        r = _submit(client, {"ancestry": ancestry, "method": method, "learngene": f"f-{method}", "mode": "fit"})
         assert r.status_code == 202 and r.json()["queue"] == "cpu"
         assert wait_job(client, r.json()["id"])["state"] == "succeeded"
     trained = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "f-tleg",
@@ -150,6 +150,7 @@ def test_methods_list_their_modes_and_paper_defaults(client: TestClient) -> None
     methods = {m["name"]: m for m in client.get("/v1/methods").json()}
     assert set(methods) == {"tleg", "wave", "pool", "layers", "weight-selection", "random"}
     assert methods["random"]["condensing"] == [] and methods["tleg"]["condensing"] == ["fit", "train"]
+    assert methods["random"]["baseline"] and not methods["tleg"]["baseline"]
     assert methods["wave"]["condensing"] == ["fit", "train", "refine"]
     assert {p["name"]: p for p in methods["wave"]["params"]}["sizes"]["modes"] == ["refine"]
     tleg = {p["name"]: p for p in methods["tleg"]["params"]}
@@ -221,3 +222,21 @@ def test_bad_refine_requests_are_4xx_and_queue_nothing(client: TestClient, ctx: 
         assert field in [d["field"] for d in r.json()["error"]["details"]], (patch, r.json())
     with ctx.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == jobs_before
+
+
+@sqlite_only
+def test_the_api_enums_follow_the_method_registry(client: TestClient) -> None:
+    from engine.methods import BASELINE_NAMES, CONDENSING_NAMES, METHOD_NAMES, MODES
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def enum(model: str, field: str) -> list[str]:
+        prop = schemas[model]["properties"][field]
+        options = prop.get("anyOf", [prop])
+        return next(o["enum"] for o in options if "enum" in o)
+
+    assert enum("DescendantRequest", "method") == list(METHOD_NAMES)
+    assert enum("CondenseRequest", "method") == list(CONDENSING_NAMES)
+    assert enum("CondenseRequest", "mode") == list(MODES)
+    assert [m["name"] for m in client.get("/v1/methods").json()] == list(METHOD_NAMES)
+    assert [m["name"] for m in client.get("/v1/methods").json() if m["baseline"]] == list(BASELINE_NAMES)
