@@ -196,23 +196,43 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
     })
 
 
+#: Fields that, named without ``front``, describe the whole network: a stitched entry whose front part is of
+#: another width would be a different network than the one asked for.
+_WIDTH_FIELDS = ("embed_dim", "num_heads", "mlp_ratio")
+
+
+def _matches(spec: ViTSpec, field: str, value: Any, front_named: bool) -> bool:
+    if getattr(spec, field) != value:
+        return False
+    return front_named or field not in _WIDTH_FIELDS or spec.front is None or getattr(spec.front, field) == value
+
+
+def _sizes(entries: list[Entry]) -> str:
+    return "; ".join(sorted({
+        f"depth {e.spec.depth} width {e.spec.embed_dim}" + (
+            f" (first {e.spec.front.depth} blocks at width {e.spec.front.embed_dim})" if e.spec.front else "")
+        for e in entries}))
+
+
 def _choose(learngene: Learngene, partial: dict[str, Any]) -> tuple[Entry, ViTSpec]:
     """The preferred catalogue entry matching every field of ``partial`` (the most parameters, then the fewest
-    GFLOPs), and its spec with the requested classes."""
+    GFLOPs), and its spec with the requested classes. A width named without ``front`` holds for every block: the
+    pool answers what was asked or refuses with its catalogue, never a stitched stand-in of other widths."""
     known = set(ViTSpec.__dataclass_fields__)
     unknown = set(partial) - known
     if unknown:
         raise SpecError(f"unknown spec fields: {sorted(unknown)}", sorted(unknown)[0])
     entries = catalogue(learngene)
+    front_named = "front" in partial
     for field, value in partial.items():
         if field == "num_classes":
             continue
         if field == "front" and isinstance(value, dict):
             value = FrontSpec(**value)
-        narrowed = [e for e in entries if getattr(e.spec, field) == value]
+        narrowed = [e for e in entries if _matches(e.spec, field, value, front_named)]
         if not narrowed:
-            offered = sorted({repr(getattr(e.spec, field)) for e in entries})
-            raise SpecError(f"no pool descendant has {field}={value!r}; offered: {', '.join(offered)}", field)
+            raise SpecError(f"the pool has no descendant with {field}={value!r} matching the request; it offers: "
+                            f"{_sizes(catalogue(learngene))}", field)
         entries = narrowed
     entry = min(entries, key=lambda e: preference_key(e.spec))
     spec = entry.spec.replace(num_classes=partial.get("num_classes", entry.spec.num_classes))

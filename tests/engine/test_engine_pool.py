@@ -70,6 +70,19 @@ def test_students_and_their_pairs_come_as_plain_or_stitched_specs(learngenes: di
     assert caught.value.field == "depth"
 
 
+def test_a_width_asked_for_is_the_width_of_every_block(learngenes: dict[str, Learngene]) -> None:
+    """Regression: {"embed_dim": 32} answered a stitched network whose first blocks were 64 wide (more
+    parameters, so "preferred"); the user asked for a 32-wide network."""
+    learngene = learngenes["pool"]
+    narrow = pool.resolve_spec(learngene, {"embed_dim": 32})
+    assert narrow.front is None and narrow.embed_dim == 32 and narrow.depth == 3
+    with pytest.raises(SpecError, match="offers: .*depth 3 width 32") as caught:
+        pool.resolve_spec(learngene, {"embed_dim": 32, "depth": 4})  # only stitched 4-block networks end at 32
+    assert caught.value.field == "depth"
+    # Depth alone leaves the widths to the pool: a stitched answer is what was asked.
+    assert pool.resolve_spec(learngene, {"depth": 3}).front is not None
+
+
 def test_build_pool_requires_every_stitch(learngenes: dict[str, Learngene]) -> None:
     students = pool.student_states(learngenes["pool"])
     one = (torch.zeros(64, 32), torch.zeros(64))
