@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import ViTSpec
@@ -99,31 +98,43 @@ def save_descendant(descendant: Descendant, metadata: dict[str, str], path: Path
     return write_safetensors(descendant.state_dict, metadata, path)
 
 
-def descendant_config(descendant: Descendant, spec: ViTSpec, mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
-                      std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> dict[str, Any]:
-    """timm hub ``config.json``: ``timm.create_model("hf-hub:<repo>")`` (or ``"local-dir:<folder>"``) rebuilds
-    the architecture from it and loads ``model.safetensors``. Stitched descendants need ``import engine.stitched``
-    first, which registers their architecture. ``mean``/``std`` are the normalization the learngene expects."""
+def default_preprocessing(in_chans: int) -> dict[str, Any]:
+    """The preprocessing of an ancestry that recorded none: engine.data's per-channel 0.5 normalization (what the
+    seeded ancestries were trained with), bicubic, no crop."""
+    return {"mean": [0.5] * in_chans, "std": [0.5] * in_chans, "interpolation": "bicubic", "crop_pct": 1.0,
+            "crop_mode": "center"}
+
+
+def descendant_config(descendant: Descendant, spec: ViTSpec,
+                      preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """timm hub ``config.json``, laid out as timm's ``save_for_hf`` writes it: ``timm.create_model("hf-hub:<repo>")``
+    (or ``"local-dir:<folder>"``) rebuilds the architecture from it and loads ``model.safetensors``, and
+    ``timm.create_model(config["architecture"], num_classes=N, **config["model_args"])`` builds it for N classes
+    (``num_classes`` is at the top level and in ``pretrained_cfg``, never in ``model_args``). Stitched descendants
+    need ``import engine.stitched`` first, which registers their architecture. ``preprocessing`` (mean, std,
+    interpolation, crop) is the ancestry's, which every learngene carries on."""
+    pre = {**default_preprocessing(spec.in_chans), **(preprocessing or {})}
+    heads = ["head", "head_dist"] if spec.distilled else ["head"]
     return {
         "architecture": descendant.architecture,
         "num_classes": spec.num_classes,
         "num_features": spec.embed_dim,
         "global_pool": spec.global_pool,
-        "model_args": descendant.model_args,
+        "model_args": {k: v for k, v in descendant.model_args.items() if k != "num_classes"},
         "pretrained_cfg": {
             "tag": "learngene",
             "custom_load": False,
             "input_size": [spec.in_chans, spec.img_size, spec.img_size],
-            "fixed_input_size": True,
-            "interpolation": "bicubic",
-            "crop_pct": 0.9,
-            "crop_mode": "center",
-            "mean": list(mean),
-            "std": list(std),
+            "fixed_input_size": not spec.dynamic_img_size,
+            "interpolation": pre["interpolation"],
+            "crop_pct": pre["crop_pct"],
+            "crop_mode": pre["crop_mode"],
+            "mean": list(pre["mean"]),
+            "std": list(pre["std"]),
             "num_classes": spec.num_classes,
             "pool_size": None,
             "first_conv": "patch_embed.proj",
-            "classifier": "head",
+            "classifier": heads[0] if len(heads) == 1 else heads,
         },
     }
 

@@ -19,22 +19,37 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 
 
-def block_shapes(dim: int, hidden: int) -> dict[str, Shape]:
-    """The tensors of one timm ``Block`` (qkv fused row-wise as q|k|v), in timm's state-dict order."""
-    return {
+def block_shapes(dim: int, hidden: int, qkv_bias: bool = True, layer_scale: bool = False) -> dict[str, Shape]:
+    """The tensors of one timm ``Block`` (qkv fused row-wise as q|k|v), in timm's state-dict order: without
+    ``attn.qkv.bias`` when ``qkv_bias`` is false, with the layer-scale gammas ``ls1.gamma`` / ``ls2.gamma`` when
+    ``layer_scale``."""
+    shapes: dict[str, Shape] = {
         "norm1.weight": (dim,),
         "norm1.bias": (dim,),
         "attn.qkv.weight": (3 * dim, dim),
         "attn.qkv.bias": (3 * dim,),
         "attn.proj.weight": (dim, dim),
         "attn.proj.bias": (dim,),
+        "ls1.gamma": (dim,),
         "norm2.weight": (dim,),
         "norm2.bias": (dim,),
         "mlp.fc1.weight": (hidden, dim),
         "mlp.fc1.bias": (hidden,),
         "mlp.fc2.weight": (dim, hidden),
         "mlp.fc2.bias": (dim,),
+        "ls2.gamma": (dim,),
     }
+    if not qkv_bias:
+        del shapes["attn.qkv.bias"]
+    if not layer_scale:
+        del shapes["ls1.gamma"], shapes["ls2.gamma"]
+    return shapes
+
+
+def spec_block_shapes(spec: ViTSpec, dim: int | None = None, hidden: int | None = None) -> dict[str, Shape]:
+    """:func:`block_shapes` of ``spec``'s family, at its width unless ``dim`` / ``hidden`` say otherwise."""
+    return block_shapes(spec.embed_dim if dim is None else dim, spec.mlp_hidden if hidden is None else hidden,
+                        spec.qkv_bias, spec.init_values is not None)
 
 
 def _parts(spec: ViTSpec) -> list[tuple[int, int, int]]:
@@ -52,28 +67,42 @@ def state_shapes(spec: ViTSpec) -> dict[str, Shape]:
     """Every tensor of the descendant's state dict (timm names, timm order) with its shape."""
     parts = _parts(spec)
     stem_dim = parts[0][0]
-    shapes: dict[str, Shape] = {
-        "cls_token": (1, 1, stem_dim),
-        "pos_embed": (1, spec.num_tokens, stem_dim),
-        "patch_embed.proj.weight": (stem_dim, spec.in_chans, spec.patch_size, spec.patch_size),
-        "patch_embed.proj.bias": (stem_dim,),
-    }
-    if not spec.class_token:
-        del shapes["cls_token"]
+    shapes: dict[str, Shape] = {}
+    if spec.class_token:
+        shapes["cls_token"] = (1, 1, stem_dim)
+    if spec.reg_tokens:
+        shapes["reg_token"] = (1, spec.reg_tokens, stem_dim)
+    if spec.distilled:
+        shapes["dist_token"] = (1, 1, stem_dim)
+    shapes["pos_embed"] = (1, spec.pos_embed_len, stem_dim)
+    shapes["patch_embed.proj.weight"] = (stem_dim, spec.in_chans, spec.patch_size, spec.patch_size)
+    if not spec.pre_norm:  # timm drops the patch bias under a pre-norm (CLIP)
+        shapes["patch_embed.proj.bias"] = (stem_dim,)
+    else:
+        shapes["norm_pre.weight"] = (stem_dim,)
+        shapes["norm_pre.bias"] = (stem_dim,)
     index = 0
     for dim, hidden, count in parts:
         for _ in range(count):
-            shapes.update({f"blocks.{index}.{name}": shape for name, shape in block_shapes(dim, hidden).items()})
+            block = spec_block_shapes(spec, dim, hidden)
+            shapes.update({f"blocks.{index}.{name}": shape for name, shape in block.items()})
             index += 1
     if stem_dim != spec.embed_dim:
         shapes["stitch.weight"] = (spec.embed_dim, stem_dim)
         shapes["stitch.bias"] = (spec.embed_dim,)
     shapes[f"{spec.final_norm}.weight"] = (spec.embed_dim,)
     shapes[f"{spec.final_norm}.bias"] = (spec.embed_dim,)
-    if spec.num_classes > 0:
-        shapes["head.weight"] = (spec.num_classes, spec.embed_dim)
-        shapes["head.bias"] = (spec.num_classes,)
+    for head in head_modules(spec):
+        shapes[f"{head}.weight"] = (spec.num_classes, spec.embed_dim)
+        shapes[f"{head}.bias"] = (spec.num_classes,)
     return shapes
+
+
+def head_modules(spec: ViTSpec) -> list[str]:
+    """The classifier heads: ``head``, and DeiT's ``head_dist`` when distilled; none without classes."""
+    if spec.num_classes <= 0:
+        return []
+    return ["head", "head_dist"] if spec.distilled else ["head"]
 
 
 def param_count(spec: ViTSpec) -> int:
@@ -103,7 +132,7 @@ def gflops(spec: ViTSpec) -> float:
         macs += count * per_block
     if stem_dim != spec.embed_dim:
         macs += tokens * stem_dim * spec.embed_dim
-    macs += spec.embed_dim * spec.num_classes
+    macs += len(head_modules(spec)) * spec.embed_dim * spec.num_classes
     return 2 * macs / 1e9
 
 

@@ -16,13 +16,35 @@ from typing import Any
 
 from engine.costs import param_count
 
-#: The timm architecture name written into every plain descendant's ``config.json``. Every field of the spec is
-#: passed as a ``model_args`` override, so the name only picks the ``VisionTransformer`` constructor.
+#: The timm architecture a spec builds when nothing else is said. Every field of the spec is passed as a
+#: ``model_args`` override, so an architecture name only picks the constructor (``VisionTransformer`` or DeiT's
+#: ``VisionTransformerDistilled``) and what ``model_args`` cannot carry in JSON: the norm layer's eps.
 TIMM_ARCHITECTURE = "vit_base_patch16_224"
+#: A plain ``VisionTransformer`` architecture for each LayerNorm eps that timm's ViT family uses: the descendant of
+#: a distilled ancestry that drops the distillation token (TLEG's) needs a non-distilled constructor with the
+#: ancestry's eps.
+PLAIN_ARCHITECTURES = {1e-6: TIMM_ARCHITECTURE, 1e-5: "vit_base_patch16_clip_224"}
 #: The timm registry name of :class:`engine.stitched.StitchedViT` (registered when ``engine.stitched`` is imported).
 STITCHED_ARCHITECTURE = "learngene_stitched_vit"
 
 GLOBAL_POOLS = ("token", "avg")
+#: timm ``act_layer`` names of the MLP activations a spec may use.
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+
+#: The ViT family features beyond the plain ViT, with the value that means "not used". A method states which it
+#: handles (:func:`require_features`); an ancestry using one it does not is refused up front, naming the field.
+FAMILY_DEFAULTS: dict[str, Any] = {
+    "init_values": None,  # layer scale: blocks.{i}.ls1.gamma / ls2.gamma
+    "reg_tokens": 0,  # register tokens: reg_token
+    "no_embed_class": False,  # the position embedding covers the patches only
+    "qkv_bias": True,
+    "pre_norm": False,  # norm_pre after the embeddings, and no patch-embedding bias (CLIP)
+    "fc_norm": None,  # timm's: None puts the final norm after pooling with average pooling only
+    "act_layer": "gelu",
+    "norm_eps": 1e-6,
+    "dynamic_img_size": False,
+    "distilled": False,  # DeiT's distillation token and second head: dist_token, head_dist
+}
 
 
 class SpecError(ValueError):
@@ -57,6 +79,18 @@ class ViTSpec:
     class_token: bool = True
     global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens, with fc_norm)
     front: FrontSpec | None = None  # set only for stitched (Learngene Pool) descendants
+    # The ViT family (see FAMILY_DEFAULTS): fixed by the ancestry, carried by every learngene and descendant.
+    base_architecture: str = TIMM_ARCHITECTURE  # the ancestry's timm architecture
+    init_values: float | None = None
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    qkv_bias: bool = True
+    pre_norm: bool = False
+    fc_norm: bool | None = None
+    act_layer: str = "gelu"
+    norm_eps: float = 1e-6
+    dynamic_img_size: bool = False
+    distilled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,17 +126,40 @@ class ViTSpec:
         return (self.img_size // self.patch_size) ** 2
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: class token, distillation token, registers (timm's ``num_prefix_tokens``)."""
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
     def num_tokens(self) -> int:
-        return self.num_patches + (1 if self.class_token else 0)
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def pos_embed_len(self) -> int:
+        """Positions in ``pos_embed``: the patches, plus the prefix tokens unless ``no_embed_class``."""
+        return self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
 
     @property
     def final_norm(self) -> str:
-        """timm's name for the final norm: ``fc_norm`` (after pooling) with average pooling, else ``norm``."""
-        return "fc_norm" if self.global_pool == "avg" else "norm"
+        """timm's name for the final norm: ``fc_norm`` (after pooling) when ``fc_norm`` says so, or by default with
+        average pooling; ``norm`` (before pooling) otherwise."""
+        use_fc_norm = self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+        return "fc_norm" if use_fc_norm else "norm"
+
+    @property
+    def features(self) -> list[str]:
+        """The family features in use (fields of FAMILY_DEFAULTS away from their plain value)."""
+        return [name for name, plain in FAMILY_DEFAULTS.items() if getattr(self, name) != plain]
 
     @property
     def architecture(self) -> str:
-        return STITCHED_ARCHITECTURE if self.front is not None else TIMM_ARCHITECTURE
+        """The timm architecture that builds this spec with :meth:`timm_model_args`: the ancestry's own, unless
+        the spec left its constructor (a distilled ancestry's descendant without the distillation token)."""
+        if self.front is not None:
+            return STITCHED_ARCHITECTURE
+        if self.distilled == ("distilled" in self.base_architecture):
+            return self.base_architecture
+        return PLAIN_ARCHITECTURES.get(self.norm_eps, TIMM_ARCHITECTURE)
 
     def timm_model_args(self) -> dict[str, Any]:
         """Keyword arguments for ``timm.create_model(self.architecture, **args)`` that rebuild this spec."""
@@ -118,6 +175,17 @@ class ViTSpec:
             "class_token": self.class_token,
             "global_pool": self.global_pool,
         }
+        if self.front is None:
+            # Written out even at their plain value: the architecture named may default otherwise (the gap
+            # models' fc_norm); the distillation token and norm eps come with the name. timm drops arguments
+            # that are None, so fc_norm is written as the placement itself, and init_values only when set (no
+            # method removes an ancestry's layer scale).
+            args.update(
+                reg_tokens=self.reg_tokens, no_embed_class=self.no_embed_class, qkv_bias=self.qkv_bias,
+                pre_norm=self.pre_norm, fc_norm=self.final_norm == "fc_norm", act_layer=self.act_layer,
+                dynamic_img_size=self.dynamic_img_size)
+            if self.init_values is not None:
+                args["init_values"] = self.init_values
         if self.front is not None:
             args.update(
                 front_depth=self.front.depth,
@@ -142,6 +210,7 @@ class SpecLimits:
     max_num_classes: int = 100_000
     max_img_size: int = 1024
     max_in_chans: int = 16
+    max_reg_tokens: int = 16
 
 
 def _require_int(value: Any, field: str, minimum: int) -> None:
@@ -162,6 +231,47 @@ def _check_width(embed_dim: Any, num_heads: Any, mlp_ratio: Any, prefix: str) ->
         raise SpecError(f"{prefix}mlp_ratio must be a number, got {mlp_ratio!r}", f"{prefix}mlp_ratio")
     if int(embed_dim * mlp_ratio) < 1:
         raise SpecError(f"{prefix}mlp_ratio {mlp_ratio} gives an empty MLP", f"{prefix}mlp_ratio")
+
+
+def _require_bool(value: Any, field: str) -> None:
+    if not isinstance(value, bool):
+        raise SpecError(f"{field} must be true or false, got {value!r}", field)
+
+
+def _require_number(value: Any, field: str, low: float, high: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or not low < value <= high:
+        raise SpecError(f"{field} must be a number in ({low}, {high}], got {value!r}", field)
+
+
+def validate_family(spec: ViTSpec) -> None:
+    """Check the family fields' types and values (not whether a method handles them)."""
+    if not isinstance(spec.base_architecture, str) or not 0 < len(spec.base_architecture) <= 200:
+        raise SpecError("base_architecture must be a timm architecture name", "base_architecture")
+    if spec.init_values is not None:
+        _require_number(spec.init_values, "init_values", 0.0, 1e3)
+    _require_int(spec.reg_tokens, "reg_tokens", 0)
+    for field in ("no_embed_class", "qkv_bias", "pre_norm", "dynamic_img_size", "distilled"):
+        _require_bool(getattr(spec, field), field)
+    if spec.fc_norm is not None:
+        _require_bool(spec.fc_norm, "fc_norm")
+    if spec.act_layer not in ACTIVATIONS:
+        raise SpecError(f"act_layer must be one of {list(ACTIVATIONS)}, got {spec.act_layer!r}", "act_layer")
+    _require_number(spec.norm_eps, "norm_eps", 0.0, 1e-2)
+    if spec.distilled and (not spec.class_token or spec.global_pool != "token" or spec.reg_tokens):
+        raise SpecError("the distillation token needs class_token, global_pool 'token' and no registers",
+                        "distilled")
+    if spec.front is not None and spec.features:
+        raise SpecError(f"a stitched descendant has none of the family features, got {spec.features}",
+                        spec.features[0])
+
+
+def require_features(spec: ViTSpec, supported: frozenset[str] | set[str], method: str) -> None:
+    """Refuse a spec using a family feature ``method`` does not handle, naming the feature's field."""
+    for feature in spec.features:
+        if feature not in supported:
+            raise SpecError(f"{method} does not support {feature}={getattr(spec, feature)!r} (handled features: "
+                            f"{sorted(supported) or 'none'})", feature)
 
 
 def validate_structure(spec: ViTSpec) -> None:
@@ -189,6 +299,7 @@ def validate_structure(spec: ViTSpec) -> None:
             raise SpecError(f"front.depth ({spec.front.depth}) must be less than depth ({spec.depth})",
                             "front.depth")
         _check_width(spec.front.embed_dim, spec.front.num_heads, spec.front.mlp_ratio, "front.")
+    validate_family(spec)
 
 
 def validate_spec(spec: ViTSpec, limits: SpecLimits = SpecLimits()) -> None:
@@ -217,6 +328,7 @@ def validate_spec(spec: ViTSpec, limits: SpecLimits = SpecLimits()) -> None:
         ("num_classes", spec.num_classes, limits.max_num_classes),
         ("img_size", spec.img_size, limits.max_img_size),
         ("in_chans", spec.in_chans, limits.max_in_chans),
+        ("reg_tokens", spec.reg_tokens, limits.max_reg_tokens),
     ):
         if value > limit:
             raise SpecError(f"{field} {value} is above the limit {limit}", field)

@@ -9,26 +9,48 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import timm
 import torch
-from timm.layers import LayerNorm, trunc_normal_
+from timm.layers import LayerNorm, get_act_layer, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from engine.costs import block_shapes
+from engine.costs import block_shapes, head_modules, spec_block_shapes
 from engine.methods.base import Descendant, LearngeneError, StateDict
 from engine.spec import ViTSpec
 
-#: The tensors of one transformer block, by their name inside ``blocks.{i}.`` (timm order).
+#: The tensors of one plain transformer block, by their name inside ``blocks.{i}.`` (timm order).
 BLOCK_TENSORS: tuple[str, ...] = tuple(block_shapes(1, 1))
-#: Tensors outside the blocks that carry the input side: patch embedding, class token, position embedding.
-STEM_TENSORS: tuple[str, ...] = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed")
+#: Tensors outside the blocks that carry the input side: patch embedding, class, register and distillation
+#: tokens, position embedding, pre-norm. A spec has those of its family only.
+STEM_TENSORS: tuple[str, ...] = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "reg_token",
+                                 "dist_token", "pos_embed", "norm_pre.weight", "norm_pre.bias")
+
+
+def block_tensors(spec: ViTSpec) -> tuple[str, ...]:
+    """The tensors of one block of ``spec``'s family (no qkv bias, layer-scale gammas...), in timm order."""
+    return tuple(spec_block_shapes(spec, 1, 1))
 
 
 def block_key(index: int, name: str) -> str:
     return f"blocks.{index}.{name}"
+
+
+def pos_prefix(spec: ViTSpec) -> list[str]:
+    """The prefix tokens that have a position in ``pos_embed``, in timm's order (class, distillation, registers);
+    none when ``no_embed_class``."""
+    if spec.no_embed_class:
+        return []
+    return (["cls"] if spec.class_token else []) + (["dist"] if spec.distilled else []) + \
+        [f"reg{r}" for r in range(spec.reg_tokens)]
+
+
+def head_state(tensors: StateDict) -> StateDict:
+    """The classifier heads among ``tensors`` (``head.*``, and a distilled model's ``head_dist.*``)."""
+    return {k: v for k, v in tensors.items() if k.startswith(("head.", "head_dist."))}
 
 
 def check_layout(tensors: StateDict, shapes: dict[str, tuple[int, ...]], what: str) -> None:
@@ -109,10 +131,13 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def vit_block(dim: int, num_heads: int, mlp_ratio: float, **factory: Any) -> Block:
-    """The block exactly as timm's ``VisionTransformer`` builds it (qkv bias, timm LayerNorm, GELU)."""
-    return Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm,
-                 act_layer=nn.GELU, **factory)
+def vit_block(dim: int, num_heads: int, mlp_ratio: float, family: ViTSpec | None = None, **factory: Any) -> Block:
+    """The block exactly as timm's ``VisionTransformer`` builds it for ``family`` (default: the plain ViT's qkv
+    bias, timm LayerNorm with eps 1e-6, GELU, no layer scale)."""
+    family = family or ViTSpec(depth=1, embed_dim=dim, num_heads=num_heads)
+    return Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=family.qkv_bias,
+                 init_values=family.init_values, norm_layer=partial(LayerNorm, eps=family.norm_eps),
+                 act_layer=get_act_layer(family.act_layer), **factory)
 
 
 def block_width(spec: ViTSpec, index: int) -> tuple[int, int, float]:
@@ -132,11 +157,13 @@ def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
     """
     shapes: dict[str, tuple[int, ...]] = {}
     for module in modules:
-        if module == "head":
-            shapes.update({"head.weight": (spec.num_classes, spec.embed_dim), "head.bias": (spec.num_classes,)})
+        if module in ("head", "head_dist"):
+            shapes.update({f"{module}.weight": (spec.num_classes, spec.embed_dim),
+                           f"{module}.bias": (spec.num_classes,)})
         else:
             dim, _, mlp_ratio = block_width(spec, int(module.split(".")[1]))
-            shapes.update({f"{module}.{k}": v for k, v in block_shapes(dim, int(dim * mlp_ratio)).items()})
+            block = spec_block_shapes(spec, dim, int(dim * mlp_ratio))
+            shapes.update({f"{module}.{k}": v for k, v in block.items()})
     weights = [k for k, shape in shapes.items() if len(shape) == 2]  # the 2-D tensors are the linear weights
     drawn = torch.empty(sum(math.prod(shapes[k]) for k in weights))
     with seeded(seed):
@@ -149,6 +176,8 @@ def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
             offset += math.prod(shape)
         elif key.endswith(("norm1.weight", "norm2.weight")):
             state[key] = torch.ones(shape)
+        elif key.endswith(("ls1.gamma", "ls2.gamma")):
+            state[key] = torch.full(shape, float(spec.init_values or 0.0))  # timm's LayerScale init
         else:
             state[key] = torch.zeros(shape)
     return state
@@ -159,22 +188,27 @@ def make_descendant(state: StateDict, spec: ViTSpec, **details: Any) -> Descenda
                       details=details)
 
 
-def assemble(state: StateDict, spec: ViTSpec, seed: int, head: tuple[torch.Tensor, torch.Tensor] | None,
+def assemble(state: StateDict, spec: ViTSpec, seed: int,
+             head: tuple[torch.Tensor, torch.Tensor] | StateDict | None,
              fresh: list[str] | None = None, **details: Any) -> Descendant:
-    """The descendant: ``state`` plus its head and any ``fresh`` modules (``"blocks.{i}"``).
+    """The descendant: ``state`` plus its heads and any ``fresh`` modules (``"blocks.{i}"``).
 
-    The learngene's ``head`` (weight, bias, already at the descendant's width) is kept only for exactly its
-    classes; other classes get timm's fresh init (another task's head would only mislead). Fresh modules and a
-    fresh head come from one draw seeded with ``seed``, so they never repeat each other's numbers.
+    The learngene's ``head`` (weight, bias, already at the descendant's width; or a dict of timm head keys, which
+    a distilled spec's ``head_dist.*`` join) is kept only for exactly its classes and only whole; otherwise every
+    head gets timm's fresh init (another task's head would only mislead). Fresh modules and fresh heads come from
+    one draw seeded with ``seed``, so they never repeat each other's numbers.
     """
     modules = list(fresh or [])
+    heads = head_modules(spec)
+    given = {"head.weight": head[0], "head.bias": head[1]} if isinstance(head, tuple) else dict(head or {})
+    wanted = [f"{module}.{part}" for module in heads for part in ("weight", "bias")]
     details["head"] = "none"
-    if spec.num_classes > 0:
-        if head is not None and head[0].shape[0] == spec.num_classes:
-            state["head.weight"], state["head.bias"] = head
+    if heads:
+        if all(key in given and given[key].shape[0] == spec.num_classes for key in wanted):
+            state.update({key: given[key] for key in wanted})
             details["head"] = "inherited"
         else:
-            modules.append("head")
+            modules.extend(heads)
             details["head"] = "fresh"
     if modules:
         state.update(timm_random_init(spec, modules, seed))

@@ -34,7 +34,7 @@ def test_a_newcomers_first_request_works(seeded_server: str) -> None:
     assert r.status_code == 201, r.text
     desc = r.json()
     config = httpx.get(seeded_server + desc["config_url"]).json()
-    model = timm.create_model(config["architecture"], **config["model_args"])
+    model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     model.load_state_dict(load(httpx.get(seeded_server + desc["weights_url"]).content), strict=True)
     digits = load_digits()
     x = torch.tensor(digits.images[:8], dtype=torch.float32)[:, None]

@@ -19,16 +19,19 @@ from typing import Any
 
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import SpecError, ViTSpec, merge_request
-from engine.vit import BLOCK_TENSORS, as_float32, assemble, block_key, check_layout
+from engine.spec import FAMILY_DEFAULTS, SpecError, ViTSpec, merge_request, require_features
+from engine.vit import as_float32, assemble, block_key, block_tensors, check_layout, head_state
 
 name = "layers"
 POSITIONS = ("first", "last")
+#: Whole blocks and the ancestry's own stem and heads are kept, fresh blocks drawn in the family: every feature.
+FEATURES = frozenset(FAMILY_DEFAULTS)
 
 
 def make_learngene(ancestry: StateDict, ancestry_spec: ViTSpec, indices: list[int], position: str,
                    criterion: str, scores: list[float]) -> Learngene:
     """Keep ancestry blocks ``indices`` (plus embeddings, final norm and head) as a layers learngene."""
+    require_features(ancestry_spec, FEATURES, name)
     check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
     if position not in POSITIONS:
         raise LearngeneError(f"position must be one of {list(POSITIONS)}, got {position!r}")
@@ -38,7 +41,7 @@ def make_learngene(ancestry: StateDict, ancestry_spec: ViTSpec, indices: list[in
     state = as_float32(ancestry)
     tensors = {k: v for k, v in state.items() if not k.startswith("blocks.")}
     for j, i in enumerate(indices):
-        tensors.update({block_key(j, t): state[block_key(i, t)] for t in BLOCK_TENSORS})
+        tensors.update({block_key(j, t): state[block_key(i, t)] for t in block_tensors(ancestry_spec)})
     meta = {"spec": ancestry_spec.to_dict(), "indices": list(indices), "position": position,
             "criterion": criterion, "scores": list(scores)}
     return Learngene(method=name, tensors=tensors, meta=meta)
@@ -91,9 +94,9 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     offset = 0 if learngene.meta["position"] == "first" else spec.depth - kept
     inherited = list(range(offset, offset + kept))
     fresh = [f"blocks.{i}" for i in range(spec.depth) if i not in inherited]
-    state: StateDict = {k: v for k, v in tensors.items() if not k.startswith(("blocks.", "head."))}
+    head = head_state(tensors)
+    state: StateDict = {k: v for k, v in tensors.items() if not k.startswith("blocks.") and k not in head}
     for j, i in enumerate(inherited):
-        state.update({block_key(i, t): tensors[block_key(j, t)] for t in BLOCK_TENSORS})
-    head = (tensors["head.weight"], tensors["head.bias"]) if "head.weight" in tensors else None
+        state.update({block_key(i, t): tensors[block_key(j, t)] for t in block_tensors(spec)})
     return assemble(state, spec, seed, head, fresh, inherited_blocks=inherited,
                     ancestry_blocks=list(learngene.meta["indices"]))

@@ -30,10 +30,12 @@ import torch
 from engine.costs import preference_key, state_shapes
 from engine.methods import weight_selection
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import FrontSpec, SpecError, ViTSpec, validate_structure
+from engine.spec import FrontSpec, SpecError, ViTSpec, require_features, validate_structure
 from engine.vit import BLOCK_TENSORS, STEM_TENSORS, as_float32, assemble, block_key, build_model, check_layout
 
 name = "pool"
+#: None of the ViT family features: a stitched descendant (engine.stitched) is built of plain timm blocks.
+FEATURES: frozenset[str] = frozenset()
 
 #: Fields every student shares, so that any front fits any back.
 SHARED_FIELDS = ("img_size", "patch_size", "in_chans", "class_token", "global_pool", "num_classes")
@@ -174,6 +176,7 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
     unknown = set(params) - {"students", "batch", "seed"}
     if unknown:
         raise LearngeneError(f"pool fit takes students, batch, seed; got {sorted(unknown)}")
+    require_features(ancestry_spec, FEATURES, name)
     a = ancestry_spec
     wanted = params.get("students", [
         {"embed_dim": a.embed_dim // 2, "num_heads": max(a.num_heads // 2, 1), "depth": max(a.depth // 2, 2)},

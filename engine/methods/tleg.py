@@ -28,12 +28,21 @@ from typing import Any
 
 import torch
 
-from engine.costs import block_shapes, state_shapes
+from engine.costs import spec_block_shapes, state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import ViTSpec, merge_request
-from engine.vit import BLOCK_TENSORS, as_float32, assemble, block_key, check_layout, stack_blocks
+from engine.spec import FAMILY_DEFAULTS, ViTSpec, merge_request, require_features
+from engine.vit import as_float32, assemble, block_key, block_tensors, check_layout, head_state, pos_prefix, stack_blocks
 
 name = "tleg"
+#: Every block tensor of the family (layer-scale gammas too) gets its (A, B) pair; registers, pre-norm and the
+#: activation are kept; the class and distillation tokens are dropped, as TLEG's descendants pool by average.
+FEATURES = frozenset(FAMILY_DEFAULTS)
+
+
+def aux_spec(ancestry_spec: ViTSpec) -> ViTSpec:
+    """The learngene's spec for an ancestry: no class (nor distillation) token, average pooling with the final
+    norm after pooling (the reference descendants' form)."""
+    return ancestry_spec.replace(class_token=False, global_pool="avg", distilled=False, fc_norm=None)
 
 
 def coefficients(depth: int) -> torch.Tensor:
@@ -43,7 +52,7 @@ def coefficients(depth: int) -> torch.Tensor:
 
 def layout(spec: ViTSpec) -> dict[str, tuple[int, ...]]:
     """Learngene tensor names and shapes for an auxiliary network of ``spec``."""
-    blocks = block_shapes(spec.embed_dim, spec.mlp_hidden)
+    blocks = spec_block_shapes(spec)
     outside = {k: v for k, v in state_shapes(spec.replace(depth=1)).items() if not k.startswith("blocks.")}
     return {
         **{f"blocks.{part}.{k}": v for part in ("A", "B") for k, v in blocks.items()},
@@ -53,8 +62,8 @@ def layout(spec: ViTSpec) -> dict[str, tuple[int, ...]]:
 
 def make_learngene(tensors: StateDict, spec: ViTSpec, **meta: Any) -> Learngene:
     """Package (A, B) and the shared tensors (named as in the module docstring) as a TLEG learngene."""
-    if spec.class_token or spec.global_pool != "avg":
-        raise LearngeneError("a TLEG learngene has no class token and average pooling")
+    if spec != aux_spec(spec):
+        raise LearngeneError("a TLEG learngene has no class token and average pooling into fc_norm")
     tensors = as_float32(tensors)
     check_layout(tensors, layout(spec), "TLEG learngene")
     return Learngene(method=name, tensors=tensors, meta={"spec": spec.to_dict(), "aux_depth": spec.depth, **meta})
@@ -68,6 +77,7 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
     """
     if params:
         raise LearngeneError(f"tleg fit takes no parameters, got {sorted(params)}")
+    require_features(ancestry_spec, FEATURES, name)
     check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
     state = as_float32(ancestry)
     depth = ancestry_spec.depth
@@ -76,7 +86,7 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
     coeff = coefficients(depth)
     tensors: StateDict = {}
     residual = total = 0.0
-    for tensor_name in BLOCK_TENSORS:
+    for tensor_name in block_tensors(ancestry_spec):
         stack = stack_blocks(state, depth, tensor_name)
         a, b = torch.tensordot(solve, stack, dims=1)
         fitted = a + coeff.view((-1,) + (1,) * a.ndim) * b
@@ -84,16 +94,16 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
         total += float(stack.square().sum())
         tensors[f"blocks.A.{tensor_name}"] = a
         tensors[f"blocks.B.{tensor_name}"] = b
-    spec = ancestry_spec.replace(class_token=False, global_pool="avg")
-    # Descendants have no class token: keep the patch positions only.
-    tensors["pos_embed"] = state["pos_embed"][:, 1:] if ancestry_spec.class_token else state["pos_embed"]
-    tensors["patch_embed.proj.weight"] = state["patch_embed.proj.weight"]
-    tensors["patch_embed.proj.bias"] = state["patch_embed.proj.bias"]
+    spec = aux_spec(ancestry_spec)
+    # Descendants have no class (nor distillation) token: keep the positions of the registers and patches only.
+    prefix = pos_prefix(ancestry_spec)
+    kept = [i for i, token in enumerate(prefix) if token not in ("cls", "dist")]
+    tensors["pos_embed"] = torch.cat([state["pos_embed"][:, kept], state["pos_embed"][:, len(prefix):]], dim=1)
+    for key in layout(spec):
+        if not key.startswith(("blocks.", "fc_norm.", "pos_embed")):
+            tensors[key] = state[key]  # the stem (patch embedding, registers, pre-norm) and the head
     tensors["fc_norm.weight"] = state[f"{ancestry_spec.final_norm}.weight"]
     tensors["fc_norm.bias"] = state[f"{ancestry_spec.final_norm}.bias"]
-    if ancestry_spec.num_classes > 0:
-        tensors["head.weight"] = state["head.weight"]
-        tensors["head.bias"] = state["head.bias"]
     return make_learngene(tensors, spec, fit={"relative_residual": (residual / max(total, 1e-30)) ** 0.5})
 
 
@@ -114,9 +124,9 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     tensors = learngene.tensors
     check_layout(tensors, layout(base), "TLEG learngene")
     coeff = coefficients(spec.depth)
-    state: StateDict = {k: tensors[k] for k in ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed",
-                                                "fc_norm.weight", "fc_norm.bias")}
-    for tensor_name in BLOCK_TENSORS:
+    head = head_state(tensors)
+    state: StateDict = {k: v for k, v in tensors.items() if not k.startswith("blocks.") and k not in head}
+    for tensor_name in block_tensors(spec):
         a, b = tensors[f"blocks.A.{tensor_name}"], tensors[f"blocks.B.{tensor_name}"]
         # All blocks of one tensor at once, (i/L) * B then + A in place: the same bits as A + (i/L) * B without a
         # second stack-sized temporary. Each block is a contiguous view of the result.
@@ -124,5 +134,4 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         stack += a
         for i in range(spec.depth):
             state[block_key(i, tensor_name)] = stack[i]
-    head = (tensors["head.weight"], tensors["head.bias"]) if base.num_classes else None
     return assemble(state, spec, seed, head)

@@ -39,16 +39,25 @@ import torch
 
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import SpecError, ViTSpec, merge_request
-from engine.vit import (BLOCK_TENSORS, as_float32, assemble, block_key, check_layout, resample_depth, resize_dim,
-                        resize_segments, stack_blocks)
+from engine.spec import FAMILY_DEFAULTS, SpecError, ViTSpec, merge_request, require_features
+from engine.vit import (as_float32, assemble, block_key, block_tensors, check_layout, head_state, resample_depth,
+                        resize_dim, resize_segments, stack_blocks)
 
 name = "wave"
 
 #: Weight kind -> the block tensor it builds.
 KINDS = {"qkv": "attn.qkv.weight", "proj": "attn.proj.weight", "fc1": "mlp.fc1.weight", "fc2": "mlp.fc2.weight"}
-#: Block tensors outside the template scheme: the norms and the biases.
-_OUTSIDE = [t for t in BLOCK_TENSORS if t not in KINDS.values()]
+#: Every family feature but DeiT's distillation token: the auxiliary network that condensing trains is a plain
+#: timm ViT. Layer-scale gammas are per-block vectors outside the scheme, like the norms.
+FEATURES = frozenset(FAMILY_DEFAULTS) - {"distilled"}
+#: Where the width is in each tensor outside the blocks (resized by :func:`at_size`).
+_STEM_WIDTH_DIM = {"patch_embed.proj.weight": 0, "patch_embed.proj.bias": 0, "norm_pre.weight": 0,
+                   "norm_pre.bias": 0, "pos_embed": 2, "cls_token": 2, "reg_token": 2}
+
+
+def _outside(spec: ViTSpec) -> list[str]:
+    """Block tensors outside the template scheme: the norms, the biases, the layer-scale gammas."""
+    return [t for t in block_tensors(spec) if t not in KINDS.values()]
 DEFAULT_COUNT = 64
 DEFAULT_TILE = 32
 COMPOSE_GROUPS = 4  # expansion composes each kind's blocks in this many groups
@@ -159,6 +168,7 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
     unknown = set(params) - {"tile", "counts"}
     if unknown:
         raise LearngeneError(f"wave fit takes tile, counts; got {sorted(unknown)}")
+    require_features(ancestry_spec, FEATURES, name)
     check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
     w1, w2 = (int(x) for x in params.get("tile", [_default_tile(ancestry_spec)] * 2))
     try:
@@ -249,25 +259,22 @@ def at_size(learngene: Learngene, spec: ViTSpec) -> Learngene:
     check_layout(tensors, _learngene_layout(learngene), "WAVE learngene")
     width = spec.embed_dim
     out: StateDict = {
-        "patch_embed.proj.weight": resize_dim(tensors["patch_embed.proj.weight"], 0, width),
-        "patch_embed.proj.bias": resize_dim(tensors["patch_embed.proj.bias"], 0, width),
-        "pos_embed": resize_dim(tensors["pos_embed"], 2, width),
         f"{spec.final_norm}.weight": resize_dim(tensors[f"{base.final_norm}.weight"], 0, width),
         f"{spec.final_norm}.bias": resize_dim(tensors[f"{base.final_norm}.bias"], 0, width),
     }
-    if spec.class_token:
-        out["cls_token"] = resize_dim(tensors["cls_token"], 2, width)
+    for key in state_shapes(spec.replace(depth=0)):
+        if key in _STEM_WIDTH_DIM:
+            out[key] = resize_dim(tensors[key], _STEM_WIDTH_DIM[key], width)
     for kind, scalers in resample_scalers(learngene, spec).items():
         out[f"templates.{kind}"] = tensors[f"templates.{kind}"]
         out[f"scalers.{kind}"] = scalers
-    for tensor_name in _OUTSIDE:
+    for tensor_name in _outside(spec):
         stack = resample_depth(stack_blocks(tensors, base.depth, tensor_name), spec.depth)
         stack = _resize_outside(tensor_name, stack, spec)
         for i in range(spec.depth):
             out[block_key(i, tensor_name)] = stack[i]
-    if base.num_classes:
-        out["head.weight"] = resize_dim(tensors["head.weight"], 1, width)
-        out["head.bias"] = tensors["head.bias"]
+    for key, tensor in head_state(tensors).items():
+        out[key] = resize_dim(tensor, 1, width) if key.endswith(".weight") else tensor
     return Learngene(method=name, tensors=out, meta={"spec": spec.to_dict(), "tile": list(_tile(learngene)),
                                                      "counts": dict(learngene.meta["counts"])})
 
@@ -277,7 +284,8 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     spec = resolve_spec(learngene, spec.to_dict())
     base = learngene.base_spec
     sized = at_size(learngene, spec.replace(num_classes=base.num_classes)).tensors
-    state: StateDict = {k: v for k, v in sized.items() if not k.startswith(("templates.", "scalers.", "head."))}
+    head = head_state(sized)
+    state: StateDict = {k: v for k, v in sized.items() if not k.startswith(("templates.", "scalers.")) and k not in head}
     for kind in KINDS:
         # Each kind's blocks are composed in a few groups straight into one preallocated stack: few large ops beat
         # many small ones on a busy CPU, and the only transient is a group's tiles (a whole kind at once would
@@ -289,7 +297,6 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
             compose(scalers[start:start + step], sized[f"templates.{kind}"], out=stack[start:start + step])
         for i in range(spec.depth):
             state[block_key(i, KINDS[kind])] = stack[i]
-    head = (sized["head.weight"], sized["head.bias"]) if base.num_classes else None
     return assemble(state, spec, seed, head)
 
 

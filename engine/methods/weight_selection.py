@@ -17,6 +17,11 @@ The descendant takes the first L blocks, and in every dimension the evenly space
   smaller image keeps a regular grid of positions;
 - the patch embedding conv: output channels by the embedding width; input channels and kernel untouched (the
   patch size and input channels are fixed).
+
+Every ViT family feature is carried (:data:`FEATURES`): layer-scale gammas, the register, class and distillation
+tokens and ``norm_pre`` are selected along the embedding width like any tensor of the stream, the distillation
+head like the head; the prefix tokens' positions (when the position embedding has them) keep theirs. A same-size,
+same-depth descendant is the ancestry, bit for bit.
 """
 from __future__ import annotations
 
@@ -24,20 +29,23 @@ from typing import Any
 
 import torch
 
-from engine.costs import state_shapes
+from engine.costs import head_modules, state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import SpecError, ViTSpec, merge_request
-from engine.vit import as_float32, assemble, block_key, check_layout, select_indices
+from engine.spec import FAMILY_DEFAULTS, SpecError, ViTSpec, merge_request, require_features
+from engine.vit import as_float32, assemble, block_key, block_tensors, check_layout, pos_prefix, select_indices
 
 name = "weight-selection"
 
 FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
                "global_pool"}
+#: The ViT family features this method carries: all of them.
+FEATURES = frozenset(FAMILY_DEFAULTS)
 
 
 def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
     if params:
         raise LearngeneError(f"weight-selection fit takes no parameters, got {sorted(params)}")
+    require_features(ancestry_spec, FEATURES, name)
     check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
     return Learngene(method=name, tensors=as_float32(ancestry), meta={"spec": ancestry_spec.to_dict()})
 
@@ -84,34 +92,42 @@ def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec) -> StateD
     heads = select_indices(a.num_heads, s.num_heads)
     inner = (heads[:, None] * a.head_dim + select_indices(a.head_dim, s.head_dim)).reshape(-1)
     qkv = torch.cat([inner + part * a.embed_dim for part in range(3)])
-    block_indices = {
+    all_indices = {
         "norm1.weight": (emb,),
         "norm1.bias": (emb,),
         "attn.qkv.weight": (qkv, emb),
         "attn.qkv.bias": (qkv,),
         "attn.proj.weight": (emb, inner),
         "attn.proj.bias": (emb,),
+        "ls1.gamma": (emb,),
         "norm2.weight": (emb,),
         "norm2.bias": (emb,),
         "mlp.fc1.weight": (hidden, emb),
         "mlp.fc1.bias": (hidden,),
         "mlp.fc2.weight": (emb, hidden),
         "mlp.fc2.bias": (emb,),
+        "ls2.gamma": (emb,),
     }
+    block_indices = {t: all_indices[t] for t in block_tensors(s)}
     grid_a, grid = a.img_size // a.patch_size, s.img_size // s.patch_size
     cells = select_indices(grid_a, grid)
-    tokens = (cells[:, None] * grid_a + cells[None, :]).reshape(-1) + (1 if a.class_token else 0)
-    if s.class_token:
-        tokens = torch.cat([torch.zeros(1, dtype=torch.long), tokens])
+    prefix_a = pos_prefix(a)
+    tokens = (cells[:, None] * grid_a + cells[None, :]).reshape(-1) + len(prefix_a)
+    prefix = torch.tensor([prefix_a.index(token) for token in pos_prefix(s)], dtype=torch.long)
+    tokens = torch.cat([prefix, tokens])
     state: StateDict = {
         "patch_embed.proj.weight": _take(ancestry["patch_embed.proj.weight"], emb),
-        "patch_embed.proj.bias": _take(ancestry["patch_embed.proj.bias"], emb),
         "pos_embed": _take(ancestry["pos_embed"], None, tokens, emb),
         f"{s.final_norm}.weight": _take(ancestry[f"{a.final_norm}.weight"], emb),
         f"{s.final_norm}.bias": _take(ancestry[f"{a.final_norm}.bias"], emb),
     }
-    if s.class_token:
-        state["cls_token"] = _take(ancestry["cls_token"], None, None, emb)
+    wanted = state_shapes(s.replace(depth=0))
+    for key in ("patch_embed.proj.bias", "norm_pre.weight", "norm_pre.bias"):
+        if key in wanted:
+            state[key] = _take(ancestry[key], emb)
+    for key in ("cls_token", "reg_token", "dist_token"):
+        if key in wanted:
+            state[key] = _take(ancestry[key], None, None, emb)
     for i in range(s.depth):
         for tensor_name, indices in block_indices.items():
             state[block_key(i, tensor_name)] = _take(ancestry[block_key(i, tensor_name)], *indices)
@@ -124,9 +140,10 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     base = learngene.base_spec
     check_layout(learngene.tensors, state_shapes(base), "weight-selection learngene")
     tensors = learngene.tensors
-    head = None
-    if base.num_classes:
-        head = (_take(tensors["head.weight"], None, select_indices(base.embed_dim, spec.embed_dim)).float(),
-                tensors["head.bias"].float())
+    emb = select_indices(base.embed_dim, spec.embed_dim)
+    head = {}
+    for module in head_modules(base):
+        head[f"{module}.weight"] = _take(tensors[f"{module}.weight"], None, emb).float()
+        head[f"{module}.bias"] = tensors[f"{module}.bias"].float()
     # An ancestry read as stored may be half precision; descendants are float32 (no copy when already).
     return assemble(as_float32(select(tensors, base, spec)), spec, seed, head)

@@ -9,7 +9,10 @@ gradients flow straight into them.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.func import functional_call
@@ -21,10 +24,12 @@ from engine.vit import vit_block
 
 class AuxiliaryViT(VisionTransformer):
     def __init__(self, spec: ViTSpec) -> None:
-        super().__init__(**spec.replace(depth=0).timm_model_args())
+        if spec.distilled:
+            raise ValueError("an auxiliary network has no distillation token")
+        super().__init__(**spec.replace(depth=0).timm_model_args(), norm_layer=partial(LayerNorm, eps=spec.norm_eps))
         self.aux_spec = spec
         # A list hides the template from nn.Module registration: it must not appear in state_dict or parameters().
-        self._template = [vit_block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, device="meta")]
+        self._template = [vit_block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec, device="meta")]
 
     def block_weights(self) -> list[dict[str, torch.Tensor]]:
         """For every block, each of its tensors by its timm name inside the block (``attn.qkv.weight``...);

@@ -30,11 +30,11 @@ class LinearExpansionViT(AuxiliaryViT):
 
     def __init__(self, spec: ViTSpec) -> None:
         super().__init__(spec)
-        self.blocks = nn.ModuleDict({part: vit_block(spec.embed_dim, spec.num_heads, spec.mlp_ratio)
+        self.blocks = nn.ModuleDict({part: vit_block(spec.embed_dim, spec.num_heads, spec.mlp_ratio, spec)
                                      for part in ("A", "B")})
         named_apply(init_weights_vit_timm, self.blocks)  # trunc normal 0.02 linear weights, zero biases
         for name, p in self.blocks["B"].named_parameters():
-            if name.startswith("norm"):
+            if name.startswith(("norm", "ls")):  # B adds nothing to A's norms and layer scale at first
                 nn.init.zeros_(p)
         # The expansion's own coefficients, so expanding to depth L_aux reproduces this network exactly.
         self.register_buffer("coefficients", tleg.coefficients(spec.depth), persistent=False)
@@ -48,7 +48,7 @@ class LinearExpansionViT(AuxiliaryViT):
 
 def train_tleg(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
-    spec = ancestry_spec.replace(class_token=False, global_pool="avg", depth=params["aux_depth"])
+    spec = tleg.aux_spec(ancestry_spec).replace(depth=params["aux_depth"])
     torch.manual_seed(params["seed"])
     model = LinearExpansionViT(spec)
     meta: dict[str, Any] = {"init": params["init"]}

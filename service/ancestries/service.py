@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
+from service.descendants.sizing import limits_of
 from service.errors import InvalidRequest, NotFound
 from service.models import Ancestry
 
@@ -47,7 +48,7 @@ def register_upload(
 
     try:
         try:
-            state, spec = load_ancestry(path, architecture, model_args)
+            state, spec = load_ancestry(path, architecture, model_args, limits_of(ctx.settings))
         except AncestryError as exc:
             raise InvalidRequest(str(exc), field=exc.field) from exc
         param_count = sum(t.numel() for t in state.values())

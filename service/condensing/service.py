@@ -79,6 +79,20 @@ def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any
     return source
 
 
+def check_family(method: str, ancestry_spec: dict[str, Any]) -> None:
+    """Refuse, before queuing, an ancestry using a ViT family feature the method does not handle (a method module
+    lists those it handles in ``FEATURES``; one that lists none handles plain ViTs only)."""
+    from engine.methods import get_method
+    from engine.spec import SpecError, ViTSpec, require_features
+
+    try:
+        require_features(ViTSpec.from_dict(ancestry_spec), getattr(get_method(method), "FEATURES", frozenset()),
+                         method)
+    except SpecError as exc:
+        raise InvalidRequest(f"the ancestry cannot be condensed by {method}: {exc}",
+                             field=f"ancestry.{exc.field}") from exc
+
+
 def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
     from engine.methods import get_entry
     from engine.methods.params import ParamError
@@ -101,6 +115,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
     if req.evaluate and dataset is None:
         raise InvalidRequest("the evaluation card needs a dataset (or leave evaluate out)", field="evaluate")
     evaluate = dataset is not None if req.evaluate is None else req.evaluate
+    check_family(req.method, ancestry.spec)
     try:
         params = entry.validate_params(req.params, mode)
     except ParamError as exc:

@@ -62,7 +62,8 @@ def test_bad_uploads_are_4xx_and_leave_nothing(case: str, client: TestClient, ct
         r = upload_ancestry(client, path, args, arch, filename)
     assert r.status_code == 422, r.text
     err = r.json()["error"]
-    assert err["details"] and err["details"][0]["field"] in {"file", "architecture", "model_args"}
+    assert err["details"] and err["details"][0]["field"] in {"file", "architecture", "model_args",
+                                                             "model_args.no_such_argument"}
     assert client.get("/v1/ancestries").json()["items"] == []
     assert _stored_blobs(ctx) == []
     assert list((ctx.settings.artifact_root / "tmp").iterdir()) == []

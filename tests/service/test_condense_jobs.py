@@ -67,7 +67,7 @@ def test_training_each_method_on_digits_gives_a_ready_learngene(
     desc = client.post("/v1/descendants", params={"wait": 60}, json={"learngene": f"t-{method}"})
     assert desc.status_code == 201, desc.text
     config = client.get(desc.json()["config_url"]).json()
-    model = timm.create_model(config["architecture"], **config["model_args"])
+    model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     model.load_state_dict(load(client.get(desc.json()["weights_url"]).content), strict=True)
     assert model.eval()(torch.randn(2, 1, 16, 16)).shape[0] == 2
 

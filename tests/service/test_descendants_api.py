@@ -38,7 +38,7 @@ def _load_timm(client: TestClient, desc: dict[str, Any]) -> torch.nn.Module:
     config = client.get(desc["config_url"]).json()
     weights = client.get(desc["weights_url"])
     assert weights.status_code == 200
-    model = timm.create_model(config["architecture"], **config["model_args"])
+    model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     model.load_state_dict(load(weights.content), strict=True)
     return model
 

@@ -1,0 +1,167 @@
+"""The ViT family users have: each family, made by timm at a small size, is read into a spec, expanded by every
+method that handles it (or refused naming the feature), and every descendant loads strictly into the timm
+architecture its config.json names. Copying methods at the ancestry's own size compute exactly its outputs."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import timm
+import torch
+
+from engine.ancestry import AncestryError, check_weights, inspect_architecture
+from engine.artifacts import descendant_config
+from engine.methods import get_method
+from engine.methods.base import Descendant, StateDict
+from engine.spec import SpecError, ViTSpec
+from engine.vit import seeded
+
+SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2, "num_classes": 5}
+#: name -> (timm architecture, model_args, the family features it must show)
+FAMILIES: dict[str, tuple[str, dict[str, Any], set[str]]] = {
+    "deit": ("deit_tiny_patch16_224", {}, set()),
+    "deit-distilled": ("deit_tiny_distilled_patch16_224", {}, {"distilled"}),
+    "vit-384": ("vit_small_patch16_384", {}, set()),
+    "dinov2": ("vit_small_patch14_dinov2", {}, {"init_values"}),
+    "dinov2-reg": ("vit_small_patch14_reg4_dinov2", {}, {"init_values", "reg_tokens", "no_embed_class"}),
+    "medium-gap": ("vit_medium_patch16_gap_256", {}, {"init_values", "qkv_bias", "fc_norm"}),
+    "clip": ("vit_base_patch16_clip_quickgelu_224", {}, {"pre_norm", "act_layer", "norm_eps"}),
+    "no-qkv-bias": ("vit_base_patch16_224", {"qkv_bias": False, "act_layer": "gelu_tanh"},
+                    {"qkv_bias", "act_layer"}),
+}
+
+
+def make_family(name: str) -> tuple[StateDict, ViTSpec, torch.nn.Module]:
+    """A timm model of the family with every tensor moved off its init (layer-scale gammas of 1e-5 would hide
+    the blocks), its state dict and the spec read off it."""
+    architecture, extra, _ = FAMILIES[name]
+    args = {**SMALL, **extra}
+    spec, shapes, _ = inspect_architecture(architecture, args)
+    with seeded(0):
+        model = timm.create_model(architecture, pretrained=False, **args)
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                tensor.add_(torch.randn_like(tensor) * 0.1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    check_weights(state, shapes, architecture)
+    return state, spec, model.eval()
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> tuple[str, StateDict, ViTSpec, torch.nn.Module]:
+    return (request.param, *make_family(request.param))
+
+
+def rebuilt(descendant: Descendant, spec: ViTSpec) -> torch.nn.Module:
+    """The descendant as a user rebuilds it from config.json: architecture, num_classes, model_args, strict."""
+    config = descendant_config(descendant, spec)
+    assert "num_classes" not in config["model_args"]
+    model = timm.create_model(config["architecture"], pretrained=False, num_classes=config["num_classes"],
+                              **config["model_args"])
+    model.load_state_dict(descendant.state_dict, strict=True)
+    return model.eval()
+
+
+def images(spec: ViTSpec) -> torch.Tensor:
+    return torch.randn(2, spec.in_chans, spec.img_size, spec.img_size, generator=torch.Generator().manual_seed(1))
+
+
+def test_the_spec_names_the_family_features(family: tuple) -> None:
+    name, _, spec, model = family
+    assert set(spec.features) == FAMILIES[name][2]
+    assert spec.base_architecture == FAMILIES[name][0] and spec.architecture == FAMILIES[name][0]
+
+
+@pytest.mark.parametrize("method, params", [("weight-selection", {}), ("layers", {"count": 4})])
+def test_same_size_copies_compute_the_ancestry_outputs(family: tuple, method: str, params: dict) -> None:
+    _, state, spec, model = family
+    learngene = get_method(method).fit(state, spec, params)
+    descendant = get_method(method).expand(learngene, spec, seed=0)
+    assert descendant.architecture == spec.base_architecture
+    x = images(spec)
+    with torch.inference_mode():
+        assert torch.equal(rebuilt(descendant, spec)(x), model(x))
+
+
+def test_weight_selection_at_half_width_and_depth_loads_strictly(family: tuple) -> None:
+    _, state, spec, _ = family
+    method = get_method("weight-selection")
+    half = method.resolve_spec(method.fit(state, spec, {}), {"depth": 2, "embed_dim": 16, "num_classes": 3})
+    assert half.features == spec.features and half.num_heads == 1
+    descendant = method.expand(method.fit(state, spec, {}), half, seed=0)
+    with torch.inference_mode():
+        out = rebuilt(descendant, half)(images(half))
+    assert out.shape == (2, 3) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("method, params", [("tleg", {}), ("wave", {"tile": [8, 8], "counts": 4}),
+                                            ("layers", {"count": 2}), ("random", {})])
+def test_every_method_expands_the_family_or_names_the_feature(family: tuple, method: str, params: dict) -> None:
+    _, state, spec, _ = family
+    module = get_method(method)
+    unsupported = [f for f in spec.features if f not in module.FEATURES]
+    if unsupported:
+        with pytest.raises(SpecError) as caught:
+            module.fit(state, spec, params)
+        assert caught.value.field == unsupported[0]
+        return
+    learngene = module.fit(state, spec, params)
+    target = module.resolve_spec(learngene, {"depth": 6, "num_classes": 7})
+    descendant = module.expand(learngene, target, seed=3)
+    with torch.inference_mode():
+        out = rebuilt(descendant, target)(images(target))
+    assert out.shape == (2, 7) and bool(torch.isfinite(out).all())
+
+
+def test_the_pool_refuses_what_stitching_cannot_carry(family: tuple) -> None:
+    _, state, spec, _ = family
+    if not spec.features:
+        pytest.skip("a plain ViT: the pool's own tests cover it")
+    with pytest.raises(SpecError) as caught:
+        get_method("pool").fit(state, spec, {})
+    assert caught.value.field == spec.features[0]
+
+
+def test_config_json_carries_the_family_and_a_fine_tuning_head() -> None:
+    state, spec, _ = make_family("clip")
+    method = get_method("weight-selection")
+    descendant = method.expand(method.fit(state, spec, {}), spec, seed=0)
+    pre = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "interpolation": "bilinear", "crop_pct": 0.875,
+           "crop_mode": "center"}
+    config = descendant_config(descendant, spec, pre)
+    assert config["pretrained_cfg"]["mean"] == pre["mean"] and config["pretrained_cfg"]["interpolation"] == "bilinear"
+    model = timm.create_model(config["architecture"], num_classes=11, **config["model_args"])
+    assert model.head.out_features == 11 and model.norm_pre.eps == 1e-5
+    assert type(model.blocks[0].mlp.act).__name__ == "QuickGELU"
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"depth": 10**9}, "model_args.depth"),
+    ({"checkpoint_path": "/etc/passwd"}, "model_args.checkpoint_path"),
+    ({"embed_dim": 2.5}, "model_args.embed_dim"),
+    ({"act_layer": "relu"}, "model_args.act_layer"),
+    ({"init_values": math.nan}, "model_args.init_values"),
+    ({"global_pool": "map"}, "model_args.global_pool"),
+])
+def test_model_args_are_refused_before_anything_is_built(args: dict, field: str) -> None:
+    with pytest.raises(AncestryError) as caught:
+        inspect_architecture("vit_base_patch16_224", args)
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("architecture", ["swin_tiny_patch4_window7_224", "beit_base_patch16_224",
+                                          "eva02_tiny_patch14_224", "vit_giant_patch14_dinov2"])
+def test_other_families_are_refused_with_the_supported_list(architecture: str) -> None:
+    with pytest.raises(AncestryError) as caught:
+        inspect_architecture(architecture, {"num_classes": 5})
+    assert caught.value.field == "architecture" and "DINOv2" in str(caught.value)
+
+
+def test_non_finite_weights_are_refused() -> None:
+    state, spec, _ = make_family("deit")
+    _, shapes, _ = inspect_architecture("deit_tiny_patch16_224", SMALL)
+    state["blocks.0.attn.qkv.weight"][0, 0] = math.inf
+    with pytest.raises(AncestryError) as caught:
+        check_weights(state, shapes, "deit_tiny_patch16_224")
+    assert caught.value.field == "file" and "blocks.0.attn.qkv.weight" in str(caught.value)
