@@ -4,11 +4,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.context import AppContext, build_context
 from service.docs_ui import install_docs
+from service.deps import require_reader
 from service.errors import install_error_handlers
+from service.limits.counters import make_counters
+from service.limits.middleware import GuardMiddleware
+from service.openapi import install_common_responses
 from service.settings import Settings, get_settings
 
 API_DESCRIPTION = """
@@ -25,6 +29,7 @@ TAGS = [
     {"name": "condensing", "description": "Turn an ancestry into a new learngene version (a background job)."},
     {"name": "datasets", "description": "Uploaded ImageFolder archives for condensing."},
     {"name": "jobs", "description": "Background work (expansions, condensing): state, progress, cancellation."},
+    {"name": "keys", "description": "API keys (admin): who may write, and the limits each caller gets."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -38,6 +43,8 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         yield
         if owns_ctx:
             app.state.ctx.close()
+        if app.state.ctx.counters is not None:
+            app.state.ctx.counters.close()
 
     app = FastAPI(
         title="Learngene Service",
@@ -49,7 +56,10 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         lifespan=lifespan,
     )
     app.state.ctx = ctx or build_context(settings)
+    if app.state.ctx.counters is None:
+        app.state.ctx.counters = make_counters(settings.broker_url)
     install_error_handlers(app)
+    app.add_middleware(GuardMiddleware)
 
     from service import health, hub
     from service.ancestries import endpoints as ancestries
@@ -57,16 +67,16 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
     from service.datasets import endpoints as datasets
     from service.descendants import endpoints as descendants
     from service.jobs import endpoints as jobs
+    from service.keys import endpoints as keys
     from service.learngenes import endpoints as learngenes
 
     app.include_router(health.router)
-    app.include_router(learngenes.router)
-    app.include_router(descendants.router)
-    app.include_router(ancestries.router)
-    app.include_router(condensing.router)
-    app.include_router(datasets.router)
-    app.include_router(jobs.router)
-    app.include_router(hub.router)
+    # Every registry route checks the caller's key when one is sent (or when reads need one); writes also check
+    # the write scope in their own dependency.
+    for router in (learngenes.router, descendants.router, ancestries.router, condensing.router, datasets.router,
+                   jobs.router, keys.router, hub.router):
+        app.include_router(router, dependencies=[Depends(require_reader)])
 
     install_docs(app, title="Learngene Service")
+    install_common_responses(app)
     return app

@@ -111,6 +111,56 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_bytes(text: str) -> int:
+    """``10G``, ``500M``, ``123`` (powers of 1024)."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    text = text.strip().upper().removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Keys are managed on the registry directly, so the first one needs no running server or other key."""
+    from pydantic import ValidationError
+
+    from service.context import build_context
+    from service.db import unit_of_work
+    from service.errors import ServiceError
+    from service.keys import service as keys
+    from service.keys.schemas import KeyCreate, KeyOut
+
+    _migrate()
+    ctx = build_context(get_settings(), with_dispatcher=False)
+    try:
+        with unit_of_work(ctx.sessions) as uow:
+            if args.action == "create":
+                req = KeyCreate(owner=args.owner, scopes=args.scopes.split(","), rate_per_s=args.rate,
+                                burst=args.burst, max_concurrent_jobs=args.jobs,
+                                descendant_bytes_per_day=args.descendant_bytes_per_day,
+                                upload_bytes_per_day=args.upload_bytes_per_day)
+                row, key = keys.create_key(uow.session, req)
+                print(f"key {row.id} for {row.owner} ({row.scopes}); shown once, keep it:", file=sys.stderr)
+                print(key)
+            elif args.action == "revoke":
+                row = keys.revoke(uow.session, keys.find_key(uow.session, args.key))
+                print(f"key {row.id} ({row.prefix}..., {row.owner}) revoked")
+            else:
+                for row in keys.list_keys(uow.session, 10_000, None, args.owner):
+                    out = KeyOut.model_validate(row)
+                    state = f"revoked {out.revoked_at:%Y-%m-%d %H:%M}" if out.revoked_at else "active"
+                    print(f"{out.id}\t{out.prefix}...\t{out.owner}\t{','.join(out.scopes)}\t{state}")
+    except ValidationError as exc:
+        print(f"learngene keys: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    except ServiceError as exc:
+        print(f"learngene keys: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        ctx.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learngene", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed", help="seed the registry with the built-in learngenes")
     seed.add_argument("--force", action="store_true", help="seed even when learngenes exist")
     seed.set_defaults(func=cmd_seed)
+
+    keys = sub.add_parser("keys", help="API keys: create (printed once), revoke, list")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (only its hash is stored)")
+    create.add_argument("--owner", required=True, help="who the key and what it creates belong to")
+    create.add_argument("--scopes", default="read,write", help="comma-separated: read, write, admin")
+    create.add_argument("--rate", type=float, help="requests per second (default LEARNGENE_RATE_LIMIT_PER_S)")
+    create.add_argument("--burst", type=int, help="requests at once (default LEARNGENE_RATE_LIMIT_BURST)")
+    create.add_argument("--jobs", type=int, help="queued + running jobs (default LEARNGENE_MAX_CONCURRENT_JOBS)")
+    create.add_argument("--descendant-bytes-per-day", type=_parse_bytes, help="e.g. 50G")
+    create.add_argument("--upload-bytes-per-day", type=_parse_bytes, help="e.g. 5G")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key, by id or prefix")
+    revoke.add_argument("key")
+    listing = keys_sub.add_parser("list", help="every key (prefix, owner, scopes, state), never the key itself")
+    listing.add_argument("--owner")
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
+from service.limits.counters import Counters
 from service.settings import Settings
 from service.storage import ArtifactStore, make_store
 
@@ -22,6 +23,8 @@ class AppContext:
     sessions: sessionmaker[Session]
     store: ArtifactStore
     dispatcher: Dispatcher | None = field(default=None)
+    #: Rate-limit and quota counters; set by the API (``service.app``), None in workers.
+    counters: Counters | None = field(default=None)
 
     def close(self) -> None:
         if self.dispatcher is not None:

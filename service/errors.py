@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,29 @@ class NotPermitted(ServiceError):
     code = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """The key is valid but lacks the scope, or the resource belongs to another owner."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequests(ServiceError):
+    """A rate limit or quota of the caller is spent; ``retry_after`` says when to come back (seconds)."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    # Retry-After takes whole seconds; rounding up so that a client that waits exactly that long gets through.
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 class AlreadyExists(ServiceError):
     status_code = 409
     code = "already_exists"
@@ -88,9 +113,12 @@ class Unavailable(ServiceError):
 _DESCRIPTIONS = {
     400: "Bad request",
     401: "Missing or wrong bearer token",
+    403: "The key lacks the scope, or the resource belongs to another owner",
     404: "Not found",
     409: "Conflict",
+    411: "Uploads must declare their Content-Length",
     413: "Payload too large",
+    429: "Rate limit or quota spent (see Retry-After)",
     500: "The job behind the request failed (not the client's fault)",
     422: "Invalid request (the field is named in details)",
     503: "A dependency is unavailable",
@@ -110,13 +138,43 @@ def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+               413: "payload_too_large"}
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every documented method of the request's path. Starlette's own 405 names only the first route that matched
+    the path, so a path served by a GET route and a POST route answered OPTIONS with ``allow: POST``. None for a
+    path the OpenAPI document does not list."""
+    from starlette.routing import compile_path
+
+    app = request.app
+    if not hasattr(app.state, "allowed_methods"):
+        app.state.allowed_methods = [
+            (compile_path(path)[0], {m.upper() for m in ops if m.upper() in _METHODS})
+            for path, ops in app.openapi().get("paths", {}).items()
+        ]
+    methods = set().union(*(m for regex, m in app.state.allowed_methods if regex.match(request.url.path)))
+    return ", ".join(sorted(methods)) or None
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _body(exc.status_code, exc.code, exc.message, exc.details)
+        response = _body(exc.status_code, exc.code, exc.message, exc.details)
+        if isinstance(exc, TooManyRequests):
+            response.headers.update(retry_after_header(exc.retry_after))
+        return response
+
+    @app.exception_handler(DataError)
+    async def _out_of_range(_: Request, exc: DataError) -> JSONResponse:
+        # The last line of defence: inputs are bounded before they reach the database (ids < 2^31, names by
+        # pattern), but a value the database still refuses is the client's, not a server error.
+        log.warning("database refused a value: %s", exc.orig)
+        return _body(422, "invalid_request", "a value is outside what the registry can store")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,11 +183,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return _body(422, "validation_error", f"invalid request: {fields}", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         response = _body(exc.status_code, code, str(exc.detail))
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            response.headers["allow"] = allowed
         return response
 
     @app.exception_handler(Exception)

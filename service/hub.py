@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse
 
 from service.context import AppContext
 from service.db import UnitOfWork
-from service.deps import CtxDep, UowDep
+from service.deps import CtxDep, UowDep, Writer
 from service.descendants import service as descendants
 from service.descendants.endpoints import wait_for
 from service.files import serve_blob
 from service.descendants.schemas import DescendantRequest, SpecIn
-from service.errors import NotFound, ServiceError
+from service.errors import Forbidden, NotFound, NotPermitted, ServiceError, TooManyRequests
+from service.keys.auth import Principal
 from service.models import Descendant
 
 router = APIRouter(prefix="/hub", tags=["hub"], include_in_schema=False)
@@ -44,10 +45,13 @@ def _request_for(namespace: str, slug: str, revision: str) -> DescendantRequest:
     return DescendantRequest(learngene=f"{namespace}:{ref}", spec=SpecIn(**spec), seed=seed)
 
 
-def _descendant(ctx: AppContext, uow: UnitOfWork, namespace: str, slug: str, revision: str) -> Descendant:
+def _descendant(ctx: AppContext, uow: UnitOfWork, namespace: str, slug: str, revision: str,
+                caller: Principal) -> Descendant:
     try:
         req = _request_for(namespace, slug, revision)
-        row, _ = descendants.request_descendant(uow, ctx, req)
+        row, _ = descendants.request_descendant(uow, ctx, req, caller)
+    except (NotPermitted, Forbidden, TooManyRequests):
+        raise  # the caller's rights and quotas, not the repository's existence
     except ServiceError as exc:
         raise NotFound(f"repository {namespace}/{slug}: {exc.message}") from exc
     except ValueError as exc:  # pydantic validation of the slug's numbers
@@ -78,10 +82,10 @@ def commit_of(row: Descendant) -> str:
 
 @router.api_route("/{namespace}/{slug}/resolve/{revision}/{filename}", methods=["GET", "HEAD"])
 def resolve_file(namespace: str, slug: str, revision: str, filename: str, request: Request, ctx: CtxDep,
-                 uow: UowDep) -> Response:
+                 uow: UowDep, caller: Writer) -> Response:
     if filename not in FILES:
         return _not_found(f"{filename} is not in this repository (it has {', '.join(FILES)})")
-    row = _descendant(ctx, uow, namespace, slug, revision)
+    row = _descendant(ctx, uow, namespace, slug, revision, caller)
     headers = {"X-Repo-Commit": commit_of(row)}
     if filename == "model.safetensors":
         assert row.storage_key is not None and row.sha256 is not None
@@ -97,8 +101,9 @@ def resolve_file(namespace: str, slug: str, revision: str, filename: str, reques
 
 @router.get("/api/models/{namespace}/{slug}")
 @router.get("/api/models/{namespace}/{slug}/revision/{revision}")
-def model_info(namespace: str, slug: str, ctx: CtxDep, uow: UowDep, revision: str = "main") -> JSONResponse:
-    row = _descendant(ctx, uow, namespace, slug, revision)
+def model_info(namespace: str, slug: str, ctx: CtxDep, uow: UowDep, caller: Writer,
+               revision: str = "main") -> JSONResponse:
+    row = _descendant(ctx, uow, namespace, slug, revision, caller)
     return JSONResponse({
         "id": f"{namespace}/{slug}",
         "modelId": f"{namespace}/{slug}",

@@ -73,6 +73,8 @@ class Ancestry(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(300))
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The API key owner who uploaded it (None: seeded, or uploaded while keys were not required).
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -182,6 +184,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     checkpoint_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    #: Who asked for the work (an API key's owner; None: anonymous or internal). Quotas count by it.
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
@@ -213,4 +217,27 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(300))
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A client's key. Only its sha256 is stored: the key itself is shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The key's first characters, so that people can tell keys apart in listings and logs.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    #: Comma-separated, from read, write, admin.
+    scopes: Mapped[str] = mapped_column(String(100))
+    #: Per-key limits; None means the configured default (LEARNGENE_RATE_LIMIT_PER_S and friends).
+    rate_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    descendant_bytes_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    upload_bytes_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

@@ -30,8 +30,25 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     #: With S3 storage, the most the cache keeps (least recently used blobs go first; 0: no bound).
     cache_max_bytes: int = Field(0, ge=0)
-    #: When set, every write (POST) needs ``Authorization: Bearer <api_token>``.
+    #: The bootstrap admin key. When it is set, or once any API key exists, every write (uploads, jobs, producing
+    #: a descendant, /hub included) needs ``Authorization: Bearer <key>``.
     api_token: str = ""
+    #: Reads of the registry need a key with the read scope too (default: the public registry is open).
+    require_key_for_reads: bool = False
+
+    # --- rate limits and quotas (per key; defaults for keys that set none; anonymous callers share one bucket) ---
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    anonymous_rate_per_s: float = Field(20.0, gt=0)
+    anonymous_burst: int = Field(50, ge=1)
+    #: Queued plus running jobs one owner may have (anonymous callers count as one owner).
+    max_concurrent_jobs: int = Field(8, ge=1)
+    #: Bytes of new descendants (estimated from their parameter count at request time) per owner and UTC day.
+    descendant_bytes_per_day: int = Field(200 * 1024**3, ge=1)
+    #: Bytes of uploads (ancestries and datasets) per owner and UTC day.
+    upload_bytes_per_day: int = Field(20 * 1024**3, ge=1)
+    #: The largest request body of every route that is not an upload (JSON bodies).
+    max_body_bytes: int = Field(1024**2, ge=1024)
 
     # --- jobs --------------------------------------------------------------------------------------
     inprocess_workers: int = Field(2, ge=1, le=32)
@@ -55,6 +72,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
     default_wait_s: float = Field(5.0, ge=0)
     max_wait_s: float = Field(60.0, ge=0)
+    #: Dataset archives: most files, most bytes once unpacked (each file counted as at least one 4 KiB block).
+    dataset_max_files: int = Field(100_000, ge=1)
+    dataset_max_bytes: int = Field(16 * 1024**3, ge=1)
     #: Roots under which ``imagefolder:`` dataset paths may lie (empty list: none allowed).
     allowed_dataset_roots: list[Path] = Field(default_factory=list)
 

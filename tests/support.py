@@ -56,8 +56,9 @@ def service_env(settings: Settings) -> dict[str, str]:
     )
     if settings.cache_dir is not None:
         env["LEARNGENE_CACHE_DIR"] = str(settings.cache_dir)
-    if settings.api_token:
-        env["LEARNGENE_API_TOKEN"] = settings.api_token
+    # Keys and rate limits, so that a test can start a server with its own.
+    for name in ("api_token", "rate_limit_per_s", "rate_limit_burst", "anonymous_rate_per_s", "anonymous_burst"):
+        env[f"LEARNGENE_{name.upper()}"] = str(getattr(settings, name))
     return env
 
 

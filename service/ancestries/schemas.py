@@ -18,4 +18,5 @@ class AncestryOut(BaseModel):
     sha256: str
     size_bytes: int
     metrics: dict[str, Any]
+    owner: str | None = None
     created_at: dt.datetime

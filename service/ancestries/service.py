@@ -41,7 +41,7 @@ def parse_model_args(raw: str) -> dict[str, Any]:
 
 def register_upload(
     session: Session, ctx: AppContext, path: Path, *, name: str, architecture: str, model_args: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None, owner: str | None = None,
 ) -> Ancestry:
     """Validate ``path`` (strict timm load), move it into storage and add the row. ``path`` is consumed."""
     from engine.ancestry import AncestryError, load_ancestry  # torch stays out of the API's import time
@@ -66,6 +66,7 @@ def register_upload(
         size_bytes=stored.size,
         storage_key=stored.key,
         metrics=metrics or {},
+        owner=owner,
     )
     session.add(row)
     session.flush()

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 
 from service.condensing import service
 from service.condensing.schemas import CondenseRequest, MethodOut, MethodParam
-from service.deps import CtxDep, UowDep, WriterDep
+from service.deps import CtxDep, UowDep, Writer
 from service.errors import error_responses
 from service.jobs.schemas import JobOut
 
@@ -18,13 +18,12 @@ router = APIRouter(tags=["condensing"])
     operation_id="create_condense_job",
     status_code=202,
     response_model=JobOut,
-    dependencies=[WriterDep],
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 429),
 )
-def create_condense_job(body: CondenseRequest, ctx: CtxDep, uow: UowDep) -> JSONResponse:
+def create_condense_job(body: CondenseRequest, ctx: CtxDep, uow: UowDep, caller: Writer) -> JSONResponse:
     """Queue condensing; follow it at `/v1/jobs/{id}` or `/v1/jobs/{id}/events`. On success the learngene
     gets a new version (and `latest` moves to it); a cancelled or failed job leaves no version behind."""
-    job = service.submit(uow, ctx, body)
+    job = service.submit(uow, ctx, body, caller)
     uow.commit()
     return JSONResponse(status_code=202, content=JobOut.model_validate(job).model_dump(mode="json"),
                         headers={"location": f"/v1/jobs/{job.id}"})

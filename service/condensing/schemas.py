@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.bounds import MAX_ID
 from engine.methods import CONDENSING_NAMES, MODES
 
 # The registry is the one list of methods and modes; the OpenAPI enums follow it.
@@ -25,7 +26,7 @@ class CondenseRequest(BaseModel):
         },
     )
 
-    ancestry: int = Field(description="Ancestry id (see POST /v1/ancestries)")
+    ancestry: int = Field(ge=1, le=MAX_ID, description="Ancestry id (see POST /v1/ancestries)")
     method: CondenseMethod
     learngene: str = Field(max_length=100, description="Name of the learngene the new version is added to")
     dataset: str | None = Field(

@@ -9,12 +9,15 @@ from sqlalchemy.orm import Session
 from engine.data_uri import BUILTIN_PREFIX, check_available, parse_builtin
 from service.ancestries import service as ancestries
 from service.condensing.schemas import CondenseRequest
+from service.bounds import MAX_ID, parse_id
 from service.context import AppContext
 from service.datasets import service as datasets
 from service.db import UnitOfWork
 from service.errors import InvalidRequest
 from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
 from service.jobs.service import create_job
+from service.keys.auth import Principal, check_owner
+from service.limits import quotas
 from service.learngenes import repository as learngene_repo
 from service.learngenes.service import LATEST, check_name
 from service.models import Job, LearngeneVersion
@@ -22,8 +25,9 @@ from service.models import Job, LearngeneVersion
 CONDENSE_JOB = "condense"
 
 
-def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
-    """Normalize a dataset URI and make sure a worker may read it."""
+def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal | None = None) -> str:
+    """Normalize a dataset URI and make sure a worker may read it (and the caller: an uploaded dataset is its
+    owner's, or an admin's to use)."""
     if uri.startswith(BUILTIN_PREFIX):
         try:
             parsed = parse_builtin(uri)
@@ -47,10 +51,12 @@ def check_dataset(session: Session, ctx: AppContext, uri: str) -> str:
             raise InvalidRequest(f"{path} is not a directory", field="dataset")
         return f"imagefolder:{real}"
     if uri.startswith("dataset:"):
-        ident = uri.removeprefix("dataset:")
-        if not ident.isdigit():
-            raise InvalidRequest("dataset:<id> needs a numeric id", field="dataset")
-        datasets.get_dataset(session, int(ident), field="dataset")
+        ident = parse_id(uri.removeprefix("dataset:"))
+        if ident is None:
+            raise InvalidRequest(f"dataset:<id> needs an id from 1 to {MAX_ID}", field="dataset")
+        row = datasets.get_dataset(session, ident, field="dataset")
+        if caller is not None:
+            check_owner(caller, row.owner, f"dataset {ident}", field="dataset")
         return uri
     raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[?classes=0-4], imagefolder:<path> "
                          "or dataset:<id>", field="dataset")
@@ -93,7 +99,7 @@ def check_family(method: str, ancestry_spec: dict[str, Any]) -> None:
                              field=f"ancestry.{exc.field}") from exc
 
 
-def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
+def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Principal | None = None) -> Job:
     from engine.methods import get_entry
     from engine.methods.params import ParamError
 
@@ -109,7 +115,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
     mode = req.mode or ("train" if req.dataset and entry.offers("train") else "fit")
     if not entry.offers(mode):
         raise InvalidRequest(f"{req.method} has no {mode} mode; it offers {list(entry.modes)}", field="mode")
-    dataset = check_dataset(session, ctx, req.dataset) if req.dataset else None
+    dataset = check_dataset(session, ctx, req.dataset, caller) if req.dataset else None
     if mode in ("train", "refine") and dataset is None:
         raise InvalidRequest(f"mode {mode} needs a dataset", field="dataset")
     if req.evaluate and dataset is None:
@@ -134,5 +140,8 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest) -> Job:
         "description": req.description,
         "source_version_id": source.id if source else None,
     }
+    if caller is not None:
+        quotas.check_job_slot(session, caller)
     # Fitting is seconds of linear algebra; training wants the GPU queue.
-    return create_job(uow, ctx, CONDENSE_JOB, QUEUE_CPU if mode == "fit" else QUEUE_GPU, payload)
+    return create_job(uow, ctx, CONDENSE_JOB, QUEUE_CPU if mode == "fit" else QUEUE_GPU, payload,
+                      owner=caller.owner if caller else None)

@@ -15,4 +15,5 @@ class DatasetOut(BaseModel):
     num_images: int
     sha256: str
     size_bytes: int
+    owner: str | None = None
     created_at: dt.datetime

@@ -5,6 +5,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -18,9 +19,20 @@ from service.models import Dataset
 from service.storage import sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MAX_MEMBERS = 200_000
 #: Unpacked size may be at most this many times the archive (zip bombs).
 MAX_EXPANSION = 50
+#: A small archive of many tiny images may unpack to more than MAX_EXPANSION times its size; this much is fine.
+SMALL_ARCHIVE_ALLOWANCE = 64 * 1024**2
+#: Every file costs at least one filesystem block: 100,000 empty files in a 787 KB tar.gz wrote 450 MB.
+BLOCK = 4096
+#: What Linux filesystems accept: 255 bytes a path component; the whole path kept well under PATH_MAX.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+#: Images larger than this are refused unread (decompression bombs); ImageFolder images are small.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+#: What a corrupt, truncated, encrypted or lying archive raises while it is read.
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error,
+                   NotImplementedError, RuntimeError, ValueError)
 
 
 def get_dataset(session: Session, dataset_id: int, field: str | None = None) -> Dataset:
@@ -46,7 +58,29 @@ def _safe_member(name: str) -> PurePosixPath:
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or not p.parts:
         raise InvalidRequest(f"archive member {name!r} escapes the archive", field="file")
+    if "\x00" in name or len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES or any(
+        len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in p.parts
+    ):
+        raise InvalidRequest(f"archive member {name[:80]!r}... has a name longer than a filesystem allows "
+                             f"({MAX_NAME_BYTES} bytes a part, {MAX_PATH_BYTES} in all)", field="file")
     return p
+
+
+class _Layout:
+    """The files and folders an archive makes, so that a member that would be both (``c`` then ``c/1.png``) or
+    that comes twice is refused before anything is written over."""
+
+    def __init__(self) -> None:
+        self.files: set[PurePosixPath] = set()
+        self.dirs: set[PurePosixPath] = set()
+
+    def add(self, rel: PurePosixPath) -> None:
+        parents = [p for p in rel.parents if p.parts]
+        if rel in self.files or rel in self.dirs or any(p in self.files for p in parents):
+            raise InvalidRequest(f"archive member {str(rel)!r} clashes with another member (a file and a folder "
+                                 "of one name, or the same name twice)", field="file")
+        self.files.add(rel)
+        self.dirs.update(parents)
 
 
 def _members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]]:
@@ -68,27 +102,57 @@ def _members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]
         raise InvalidRequest("dataset upload must be a .zip or .tar(.gz) archive", field="file")
 
 
-def unpack(archive: Path, dest: Path) -> None:
-    """Unpack regular files only (no links, devices or paths outside ``dest``), within size and count caps (at
-    most ``MAX_EXPANSION`` times the archive's size)."""
-    limit_bytes = max(archive.stat().st_size, 1) * MAX_EXPANSION
-    total = count = 0
+def _copy_capped(src: IO[bytes], out: IO[bytes], budget: int) -> int:
+    """Copy at most ``budget`` bytes; the bytes actually read count, not the sizes the archive claims."""
+    written = 0
+    while chunk := src.read(1024 * 1024):
+        written += len(chunk)
+        if written > budget:
+            raise InvalidRequest("archive unpacks to too much data", field="file")
+        out.write(chunk)
+    return written
+
+
+def _check_listing(archive: Path, max_files: int, limit_bytes: int) -> list[PurePosixPath]:
+    """Every member's path, once names, count and claimed sizes are all within bounds: read before anything is
+    written, so that a refused archive leaves nothing behind and costs no disk."""
+    layout = _Layout()
+    paths: list[PurePosixPath] = []
+    total = 0
+    for name, size, _ in _members(archive):
+        rel = _safe_member(name)
+        layout.add(rel)
+        paths.append(rel)
+        total += max(size, BLOCK)
+        if len(paths) > max_files:
+            raise InvalidRequest(f"archive has more than {max_files} files", field="file")
+        if total > limit_bytes:
+            raise InvalidRequest("archive unpacks to too much data", field="file")
+    return paths
+
+
+def unpack(archive: Path, dest: Path, max_files: int, max_bytes: int) -> None:
+    """Unpack regular files only (no links, devices or paths outside ``dest``), within caps: ``max_files`` files,
+    ``max_bytes`` and at most ``MAX_EXPANSION`` times the archive's size, each file counted as a block at least."""
+    limit_bytes = min(max_bytes, max(archive.stat().st_size * MAX_EXPANSION, SMALL_ARCHIVE_ALLOWANCE))
+    try:
+        members = _check_listing(archive, max_files, limit_bytes)
+    except _ARCHIVE_ERRORS as exc:
+        raise InvalidRequest(f"the archive cannot be read: {exc}", field="file") from exc
     dest.parent.mkdir(parents=True, exist_ok=True)
     # A folder of its own per unpacking: two processes may unpack the same dataset at once; the first rename wins.
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".partial-"))
+    total = 0
     try:
-        for name, size, opener in _members(archive):
-            rel = _safe_member(name)
-            count += 1
-            total += size
-            if count > MAX_MEMBERS:
-                raise InvalidRequest(f"archive has more than {MAX_MEMBERS} files", field="file")
-            if total > limit_bytes:
-                raise InvalidRequest("archive unpacks to too much data", field="file")
-            target = tmp.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with opener() as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+        try:
+            for (_, _, opener), rel in zip(_members(archive), members, strict=True):
+                target = tmp.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with opener() as src, open(target, "wb") as out:
+                    # The sizes were checked as the archive claims them; a lying archive is stopped here.
+                    total += max(_copy_capped(src, out, limit_bytes - total), BLOCK)
+        except _ARCHIVE_ERRORS as exc:
+            raise InvalidRequest(f"the archive cannot be read: {exc}", field="file") from exc
         try:
             tmp.rename(dest)
         except OSError:
@@ -116,25 +180,48 @@ def count_images(root: Path) -> tuple[int, int]:
     return len([c for c in counts if c]), sum(counts)
 
 
-def register_upload(session: Session, ctx: AppContext, archive: Path, name: str) -> Dataset:
+def check_images(root: Path) -> None:
+    """Every file named as an image must be one: random bytes named ``.png`` would fail the condensing job
+    later, after the upload was accepted."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        rel = path.relative_to(root)
+        try:
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise InvalidRequest(f"{rel} is {img.width}x{img.height} pixels; at most {MAX_IMAGE_PIXELS}",
+                                         field="file")
+                img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidRequest(f"{rel} is not a readable image: {exc}", field="file") from exc
+
+
+def register_upload(session: Session, ctx: AppContext, archive: Path, name: str, owner: str | None = None) -> Dataset:
     """Validate and unpack ``archive`` (consumed), then store it and add the row; on error nothing stays."""
     created: Path | None = None
     try:
         digest = sha256_file(archive)
-        existing = session.scalar(select(Dataset).where(Dataset.sha256 == digest))
+        # The same archive uploaded again by the same owner is the same dataset; another owner gets a row of
+        # their own (datasets belong to their owner), sharing the unpacked files.
+        same_owner = Dataset.owner == owner if owner is not None else Dataset.owner.is_(None)
+        existing = session.scalar(select(Dataset).where(Dataset.sha256 == digest, same_owner))
         if existing is not None:
             return existing
         dest = dataset_dir(ctx, digest)
         if not dest.exists():
-            unpack(archive, dest)
+            unpack(archive, dest, ctx.settings.dataset_max_files, ctx.settings.dataset_max_bytes)
             created = dest
+            check_images(dest)
         num_classes, num_images = count_images(image_folder_root(dest))
         if num_classes < 2:
             raise InvalidRequest("an ImageFolder needs at least two class folders with images", field="file")
         stored = ctx.store.put_file(archive, move=True)
         row = Dataset(
             name=name, uri=f"dataset:pending-{digest[:12]}", num_classes=num_classes, num_images=num_images,
-            sha256=digest, size_bytes=stored.size, storage_key=stored.key,
+            sha256=digest, size_bytes=stored.size, storage_key=stored.key, owner=owner,
         )
         session.add(row)
         session.flush()
@@ -153,5 +240,5 @@ def resolve_path(ctx: AppContext, row: Dataset) -> Path:
     dest = dataset_dir(ctx, row.sha256)
     if not dest.is_dir():
         archive = ctx.store.local_path(row.storage_key)
-        unpack(archive, dest)
+        unpack(archive, dest, ctx.settings.dataset_max_files, ctx.settings.dataset_max_bytes)
     return image_folder_root(dest)

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.bounds import MAX_ID, IdPath, IdQuery
 from service.context import AppContext
-from service.deps import CtxDep, UowDep, WriterDep
+from service.deps import CtxDep, UowDep, Writer
 from service.descendants import repository, service
 from service.files import safetensors_header, serve_blob
 from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
@@ -42,18 +43,18 @@ def wait_for(ctx: AppContext, descendant_id: int, job_id: str | None, timeout: f
     operation_id="create_descendant",
     response_model=DescendantOut,
     status_code=201,
-    dependencies=[WriterDep],
     responses={
         200: {"model": DescendantOut, "description": "Already in the registry (same source, spec and seed)"},
         201: {"model": DescendantOut, "description": "Produced within `wait` seconds"},
         202: {"model": DescendantOut, "description": "Queued or still running: follow `job_id` or poll the descendant"},
     }
-    | error_responses(401, 404, 422, 500),
+    | error_responses(401, 403, 404, 422, 429, 500),
 )
 def create_descendant(
     body: DescendantRequest,
     ctx: CtxDep,
     uow: UowDep,
+    caller: Writer,
     wait: Annotated[float | None, Query(ge=0, description="Seconds to wait for the weights (default from settings)")] = None,
 ) -> JSONResponse:
     """Expand a learngene (or use an ancestry directly) into a descendant of the requested size or budget.
@@ -62,7 +63,7 @@ def create_descendant(
     wait_s = ctx.settings.default_wait_s if wait is None else wait
     if wait_s > ctx.settings.max_wait_s:
         raise InvalidRequest(f"wait may be at most {ctx.settings.max_wait_s} s", field="wait")
-    row, created = service.request_descendant(uow, ctx, body)
+    row, created = service.request_descendant(uow, ctx, body, caller)
     uow.commit()  # the job is published only now
     descendant_id, job_id, was_ready = row.id, row.job_id, row.status == "ready"
     if not was_ready and wait_s > 0:
@@ -85,8 +86,8 @@ def list_descendants(
     uow: UowDep,
     page: Annotated[PageParams, Depends(page_params)],
     learngene: str | None = None,
-    version: Annotated[int | None, Query(ge=1)] = None,
-    ancestry: int | None = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    ancestry: IdQuery = None,
 ) -> Page[DescendantOut]:
     version_ids: list[int] | None = None
     if learngene is not None:
@@ -94,14 +95,14 @@ def list_descendants(
         version_ids = [v.id for v in lg.versions if version is None or v.version == version]
     elif version is not None:
         raise InvalidRequest("filtering by version needs a learngene", field="version")
-    after = page.after if isinstance(page.after, int) else None
+    after = page.after_id()
     rows = repository.list_page(uow.session, page.limit, after, version_ids, ancestry)
     return paginate(rows, page, lambda r: service.descendant_out(uow.session, r), lambda r: r.id)
 
 
 @router.get("/{descendant_id}", operation_id="get_descendant", response_model=DescendantOut,
             responses=error_responses(404))
-def get_descendant(descendant_id: int, uow: UowDep) -> DescendantOut:
+def get_descendant(descendant_id: IdPath, uow: UowDep) -> DescendantOut:
     return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id))
 
 
@@ -116,7 +117,7 @@ def get_descendant(descendant_id: int, uow: UowDep) -> DescendantOut:
     }
     | error_responses(404),
 )
-def download_weights(descendant_id: int, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
+def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
     """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges."""
     row = service.get_ready(uow.session, descendant_id)
     assert row.storage_key is not None and row.sha256 is not None
@@ -125,7 +126,7 @@ def download_weights(descendant_id: int, request: Request, ctx: CtxDep, uow: Uow
 
 
 @router.get("/{descendant_id}/config", operation_id="get_descendant_config", responses=error_responses(404))
-def get_config(descendant_id: int, uow: UowDep) -> JSONResponse:
+def get_config(descendant_id: IdPath, uow: UowDep) -> JSONResponse:
     """timm ``config.json`` (architecture, num_classes, model_args, pretrained_cfg)."""
     row = service.get_ready(uow.session, descendant_id)
     return JSONResponse(row.config or {}, headers={"content-disposition": 'attachment; filename="config.json"'})
@@ -133,7 +134,7 @@ def get_config(descendant_id: int, uow: UowDep) -> JSONResponse:
 
 @router.get("/{descendant_id}/metadata", operation_id="get_descendant_metadata", response_model=WeightsMetadata,
             responses=error_responses(404))
-def get_metadata(descendant_id: int, ctx: CtxDep, uow: UowDep) -> WeightsMetadata:
+def get_metadata(descendant_id: IdPath, ctx: CtxDep, uow: UowDep) -> WeightsMetadata:
     """Tensor names, shapes, dtypes and provenance from the safetensors header, without the weights."""
     row = service.get_ready(uow.session, descendant_id)
     assert row.storage_key is not None

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.bounds import MAX_ID
 from engine.methods import BASELINE_NAMES, METHOD_NAMES
 
 # The registry is the one list of methods; the OpenAPI enum follows it.
@@ -54,7 +55,8 @@ class DescendantRequest(BaseModel):
     )
 
     learngene: str | None = Field(None, description="`name` or `name:version-or-alias`", max_length=200)
-    ancestry: int | None = Field(None, description="An ancestry id (with a baseline method: weight-selection or random)")
+    ancestry: int | None = Field(None, ge=1, le=MAX_ID,
+                                 description="An ancestry id (with a baseline method: weight-selection or random)")
     method: MethodName | None = None
     spec: SpecIn | None = None
     budget: BudgetIn | None = None

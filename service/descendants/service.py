@@ -18,10 +18,14 @@ from service.descendants.schemas import DescendantOut, DescendantRequest, Descen
 from service.errors import InvalidRequest, NotFound
 from service.jobs.dispatch import QUEUE_CPU
 from service.jobs.service import create_job
+from service.keys.auth import Principal
+from service.limits import quotas
 from service.learngenes import service as learngenes
 from service.models import Ancestry, Descendant, Job, LearngeneVersion
 
 EXPAND_JOB = "expand"
+#: Descendants are stored as float32: what a request will cost in bytes, known before it runs.
+FLOAT32_BYTES = 4
 
 
 @dataclass
@@ -65,11 +69,13 @@ def cache_key(source: Source, spec: dict[str, Any], seed: int) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest) -> tuple[Descendant, bool]:
+def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
+                       caller: Principal | None = None) -> tuple[Descendant, bool]:
     """The descendant for this request: the registered one when it exists, else a new row and its job.
 
     Identical requests racing each other meet at the unique cache key: one inserts, the others read its row,
-    so the expansion runs once. Returns (row, created).
+    so the expansion runs once. A new expansion counts against the ``caller``'s job slots and daily descendant
+    bytes (an existing descendant costs nothing). Returns (row, created).
     """
     session = uow.session
     source = resolve_source(session, req)
@@ -78,6 +84,9 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest)
     existing = repository.by_cache_key(session, key)
     if existing is not None and existing.status != "failed":
         return existing, False
+    if caller is not None:
+        quotas.check_job_slot(session, caller)
+        quotas.charge_descendant(ctx, caller, plan.param_count * FLOAT32_BYTES)
     if existing is not None:  # a failed earlier attempt: try again with a new job
         row = existing
         row.status = "pending"
@@ -102,7 +111,8 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest)
             if winner is None:
                 raise
             return winner, False
-    job = create_job(uow, ctx, EXPAND_JOB, QUEUE_CPU, {"descendant_id": row.id})
+    job = create_job(uow, ctx, EXPAND_JOB, QUEUE_CPU, {"descendant_id": row.id},
+                     owner=caller.owner if caller else None)
     row.job_id = job.id
     return row, True
 

@@ -12,10 +12,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from service.context import AppContext
-from service.deps import CtxDep, UowDep, WriterDep
+from service.deps import CtxDep, UowDep, Writer
 from service.errors import error_responses
 from service.jobs import repository, service
 from service.jobs.schemas import JobOut, JobState
+from service.keys.auth import check_owner
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -26,9 +27,9 @@ def list_jobs(
     uow: UowDep,
     page: Annotated[PageParams, Depends(page_params)],
     state: JobState | None = None,
-    kind: str | None = None,
+    kind: Annotated[str | None, Query(max_length=30)] = None,
 ) -> Page[JobOut]:
-    rows = repository.list_page(uow.session, page.limit, page.after, state, kind)
+    rows = repository.list_page(uow.session, page.limit, page.after_text(32), state, kind)
     return paginate(rows, page, JobOut.model_validate, lambda r: r.id)
 
 
@@ -41,10 +42,10 @@ def get_job(job_id: str, uow: UowDep) -> JobOut:
     "/{job_id}/cancel",
     operation_id="cancel_job",
     response_model=JobOut,
-    dependencies=[WriterDep],
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 403, 404, 409),
 )
-def cancel_job(job_id: str, uow: UowDep) -> JobOut:
+def cancel_job(job_id: str, uow: UowDep, caller: Writer) -> JobOut:
+    check_owner(caller, service.get_job(uow.session, job_id).owner, f"job {job_id}")
     return JobOut.model_validate(service.request_cancel(uow.session, job_id))
 
 

@@ -22,6 +22,7 @@ class JobOut(BaseModel):
     max_attempts: int
     cancel_requested: bool
     worker: str | None
+    owner: str | None = None
     created_at: dt.datetime
     started_at: dt.datetime | None
     heartbeat_at: dt.datetime | None

@@ -12,8 +12,9 @@ from service.jobs import repository
 from service.models import Job, utcnow
 
 
-def create_job(uow: UnitOfWork, ctx: AppContext, kind: str, queue: str, payload: dict[str, Any]) -> Job:
-    job = Job(kind=kind, queue=queue, payload=payload, max_attempts=ctx.settings.max_attempts)
+def create_job(uow: UnitOfWork, ctx: AppContext, kind: str, queue: str, payload: dict[str, Any],
+               owner: str | None = None) -> Job:
+    job = Job(kind=kind, queue=queue, payload=payload, max_attempts=ctx.settings.max_attempts, owner=owner)
     uow.session.add(job)
     uow.session.flush()
     job_id = job.id

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.deps import CtxDep, UowDep
 from service.errors import NotFound, error_responses
@@ -17,9 +17,10 @@ router = APIRouter(prefix="/v1/learngenes", tags=["learngenes"])
 
 @router.get("", operation_id="list_learngenes", response_model=Page[LearngeneOut], responses=error_responses(422))
 def list_learngenes(
-    uow: UowDep, page: Annotated[PageParams, Depends(page_params)], method: str | None = None
+    uow: UowDep, page: Annotated[PageParams, Depends(page_params)],
+    method: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Page[LearngeneOut]:
-    rows = repository.list_page(uow.session, page.limit, page.after, method)
+    rows = repository.list_page(uow.session, page.limit, page.after_text(), method)
     outs = service.learngene_outs(uow.session, rows[: page.limit])
     return paginate(rows, page, lambda r: outs[r.id], lambda r: r.name)
 
@@ -39,7 +40,7 @@ def list_versions(
     name: str, uow: UowDep, page: Annotated[PageParams, Depends(page_params)]
 ) -> Page[LearngeneVersionOut]:
     lg = service.get_learngene(uow.session, name)
-    after = page.after if isinstance(page.after, int) else None
+    after = page.after_id()
     rows = repository.versions_page(uow.session, lg.id, page.limit, after)
     outs = service.version_outs(uow.session, rows[: page.limit])
     return paginate(rows, page, lambda r: outs[r.id], lambda r: r.version)

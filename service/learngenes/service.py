@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.bounds import parse_id
 from service.errors import InvalidRequest, NotFound
 from service.learngenes import repository
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut, Lineage
@@ -26,7 +27,7 @@ def check_name(name: str, field: str = "learngene") -> str:
 
 
 def get_learngene(session: Session, name: str) -> Learngene:
-    lg = repository.by_name(session, name)
+    lg = repository.by_name(session, name) if NAME_RE.match(name) else None
     if lg is None:
         raise NotFound(f"learngene {name!r} not found")
     return lg
@@ -34,10 +35,11 @@ def get_learngene(session: Session, name: str) -> Learngene:
 
 def get_version(session: Session, lg: Learngene, ref: str) -> LearngeneVersion:
     """``ref`` is a version number or an alias (``latest``...)."""
-    if ref.isdigit():
-        v = repository.version(session, lg.id, int(ref))
+    if ref.isascii() and ref.isdigit():
+        number = parse_id(ref)
+        v = repository.version(session, lg.id, number) if number is not None else None
     else:
-        v = repository.version_by_alias(session, lg.id, ref)
+        v = repository.version_by_alias(session, lg.id, ref) if ALIAS_RE.match(ref) else None
     if v is None:
         raise NotFound(f"learngene {lg.name!r} has no version {ref!r}")
     return v
