@@ -215,6 +215,15 @@ def assemble(state: StateDict, spec: ViTSpec, seed: int,
     return make_descendant(state, spec, **details)
 
 
+def refresh_head(descendant: Descendant, spec: ViTSpec, seed: int) -> None:
+    """Replace an inherited head with timm's fresh init: for fine-tuning on a new task that happens to have the
+    learngene's number of classes, where the old head's class order means nothing."""
+    if descendant.details.get("head") != "inherited":
+        return
+    descendant.state_dict.update(timm_random_init(spec, ["head"], seed))
+    descendant.details["head"] = "fresh"
+
+
 def build_model(spec: ViTSpec) -> nn.Module:
     """The descendant architecture with timm's default initialization (from the global RNG)."""
     import engine.stitched  # noqa: F401  (registers the stitched architecture with timm)

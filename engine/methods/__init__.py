@@ -31,10 +31,13 @@ from engine.methods.params import (
 )
 
 if TYPE_CHECKING:
-    from engine.methods.base import Method
+    from engine.methods.base import Descendant, Learngene, Method
+    from engine.spec import ViTSpec
 
 FIT, TRAIN, REFINE = "fit", "train", "refine"
 MODES = (FIT, TRAIN, REFINE)
+#: What a descendant's head is when its classes are the learngene's: kept, or drawn fresh (a new task).
+HEADS = ("inherit", "fresh")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,15 @@ class MethodEntry:
 
     def load(self) -> Method:
         return cast("Method", importlib.import_module(self.module))
+
+    def expand(self, learngene: Learngene, spec: ViTSpec, seed: int, head: str = "inherit") -> Descendant:
+        """The method's expansion; ``head="fresh"`` draws a new head even where the learngene's would fit."""
+        descendant = self.load().expand(learngene, spec, seed)
+        if head == "fresh":
+            from engine.vit import refresh_head
+
+            refresh_head(descendant, spec, seed)
+        return descendant
 
     def runner(self, mode: str) -> Callable[..., Any]:
         target = self.modes[mode].runner

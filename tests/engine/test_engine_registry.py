@@ -52,3 +52,20 @@ def test_engine_imports_no_service_code() -> None:
 def test_specs_and_costs_import_without_torch() -> None:
     script = "import sys, engine.spec, engine.costs, engine.methods\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_a_fresh_head_replaces_only_an_inherited_one(learngenes: dict) -> None:
+    """`head: fresh` gives a descendant with the learngene's classes a new head, the rest unchanged."""
+    import torch
+
+    entry = REGISTRY["tleg"]
+    learngene = learngenes["tleg"]
+    spec = entry.load().resolve_spec(learngene, {"depth": 3})
+    kept = entry.expand(learngene, spec, seed=5)
+    fresh = entry.expand(learngene, spec, seed=5, head="fresh")
+    assert kept.details["head"] == "inherited" and fresh.details["head"] == "fresh"
+    assert not torch.equal(kept.state_dict["head.weight"], fresh.state_dict["head.weight"])
+    assert fresh.state_dict["head.bias"].abs().sum() == 0
+    for key in kept.state_dict.keys() - {"head.weight", "head.bias"}:
+        assert torch.equal(kept.state_dict[key], fresh.state_dict[key]), key
+    assert torch.equal(fresh.state_dict["head.weight"], entry.expand(learngene, spec, 5, head="fresh").state_dict["head.weight"])
