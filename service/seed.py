@@ -1,12 +1,15 @@
-"""The first start of a fresh install: a small ancestry trained on scikit-learn's digits, condensed by the
-service's own condensing jobs into one ready learngene per method, so a newcomer's first request works.
+"""The first start of a fresh install: small ancestries shipped with the code (service/seed_data/, made by
+scripts/train_seed_ancestry.py) are registered and condensed by the service's own condensing jobs into one ready
+learngene per method, so a newcomer's first request works.
 
-Reproducible (fixed seeds, data shipped with scikit-learn, nothing downloaded) and a few minutes on a 2-core CPU.
-Later starts find the learngenes and do nothing.
+Nothing is trained: each ancestry is a checkpoint checked against the sha256 recorded beside it, and every
+learngene is a data-free fit (seconds each). Later starts find the learngenes and do nothing.
 """
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,15 +26,22 @@ from service.db import unit_of_work
 from service.jobs.repository import FINISHED
 from service.models import Ancestry, Job, Learngene
 
-SEED_ANCESTRY = "digits-vit"
-DATASET = "builtin:digits"
-#: (method, mode, params): fit where the math allows it; small training runs otherwise.
-SEED_LEARNGENES: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("tleg", "fit", {}),
-    ("wave", "fit", {}),
-    ("layers", "train", {}),
-    ("pool", "train", {"steps": 300}),
+SEED_DATA = Path(__file__).resolve().parent / "seed_data"
+#: Each shipped ancestry (its entry in seed_data/ancestries.json) and the prefix of its learngenes' names:
+#: fashion-tleg, ..., digits-tleg, ... The quick start uses the Fashion-MNIST ones; digits' stay for the tests.
+SEED_ANCESTRIES = {"fashion-vit": "fashion", "digits-vit": "digits"}
+#: (method, params) of every seeded learngene: each method's data-free fit, so the first start trains nothing.
+SEED_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("tleg", {}),
+    ("wave", {}),
+    ("layers", {}),
+    ("pool", {}),
 )
+
+
+def seed_manifest() -> dict[str, dict[str, Any]]:
+    """The shipped ancestries: file, sha256, dataset, timm model arguments, recipe and accuracies."""
+    return json.loads((SEED_DATA / "ancestries.json").read_text())
 
 
 def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bool = False,
@@ -40,16 +50,22 @@ def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bo
     with ctx.sessions() as session:
         if not force and session.scalar(select(func.count()).select_from(Learngene)):
             return []
-    ancestry_id = _seed_ancestry(ctx, log)
+    manifest = seed_manifest()
     job_ids: dict[str, str] = {}
-    for method, mode, params in SEED_LEARNGENES:
-        name = f"digits-{method}"
-        req = CondenseRequest(ancestry=ancestry_id, method=method, learngene=name, dataset=DATASET, mode=mode,
-                              params=params, evaluate=True,
-                              description=f"Seeded: {method} condensed ({mode}) from {SEED_ANCESTRY} on digits.")
-        with unit_of_work(ctx.sessions) as uow:
-            job_ids[name] = submit(uow, ctx, req).id
-        log(f"condensing {name} ({mode}) as job {job_ids[name]}")
+    for ancestry_name, prefix in SEED_ANCESTRIES.items():
+        entry = manifest[ancestry_name]
+        ancestry_id = _seed_ancestry(ctx, ancestry_name, entry)
+        for method, params in SEED_METHODS:
+            name = f"{prefix}-{method}"
+            # The dataset is the ancestry's, recorded as lineage; a fit reads no data, and the evaluation card
+            # (minutes of fine-tuning) is left to POST /v1/condense-jobs: docs/quality.md measures these methods.
+            req = CondenseRequest(ancestry=ancestry_id, method=method, learngene=name, dataset=entry["dataset"],
+                                  mode="fit", params=params, evaluate=False,
+                                  description=f"Seeded: {method} fit (data-free) from {ancestry_name}, a ViT "
+                                              f"trained on {entry['dataset']}.")
+            with unit_of_work(ctx.sessions) as uow:
+                job_ids[name] = submit(uow, ctx, req).id
+            log(f"condensing {name} as job {job_ids[name]}")
     deadline = time.monotonic() + timeout_s
     pending = dict(job_ids)
     while pending and time.monotonic() < deadline:
@@ -68,28 +84,24 @@ def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bo
     return done
 
 
-def _seed_ancestry(ctx: AppContext, log: Callable[[str], None]) -> int:
+def _seed_ancestry(ctx: AppContext, name: str, entry: dict[str, Any]) -> int:
     with ctx.sessions() as session:
-        existing = session.scalar(select(Ancestry.id).where(Ancestry.name == SEED_ANCESTRY).order_by(Ancestry.id))
+        existing = session.scalar(select(Ancestry.id).where(Ancestry.name == name).order_by(Ancestry.id))
     if existing is not None:
         return existing
-    from safetensors.torch import save_file
-
     from engine.spec import TIMM_ARCHITECTURE
-    from engine.train.ancestry import train_ancestry
-    from worker.runner import configure_torch
 
-    configure_torch(ctx)  # the same thread budget as the jobs that follow
-
-    log("training the seed ancestry (a small ViT on scikit-learn's digits)...")
-    started = time.perf_counter()
-    state, spec, metrics = train_ancestry(DATASET)
-    metrics.pop("loss_history", None)
-    log(f"ancestry trained in {time.perf_counter() - started:.0f}s, val accuracy {metrics['val_accuracy']:.3f}")
-    fd, name = tempfile.mkstemp(dir=ctx.store.scratch_dir(), suffix=".safetensors")
-    os.close(fd)
-    save_file(state, name, metadata={"source": "learngene-service seed", "dataset": DATASET})
+    shipped = SEED_DATA / entry["file"]
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise RuntimeError(f"{shipped} has sha256 {digest}, ancestries.json records {entry['sha256']}: "
+                           "rerun scripts/train_seed_ancestry.py or restore the file")
+    # register_upload consumes its file; the shipped one stays.
+    with tempfile.NamedTemporaryFile(dir=ctx.store.scratch_dir(), suffix=".safetensors", delete=False) as copy:
+        with shipped.open("rb") as source:
+            shutil.copyfileobj(source, copy)
+    metrics = {**entry["metrics"], "recipe": entry["recipe"], "made_by": "scripts/train_seed_ancestry.py"}
     with unit_of_work(ctx.sessions) as uow:
-        row = register_upload(uow.session, ctx, Path(name), name=SEED_ANCESTRY, architecture=TIMM_ARCHITECTURE,
-                              model_args=spec.timm_model_args(), metrics=metrics)
+        row = register_upload(uow.session, ctx, Path(copy.name), name=name, architecture=TIMM_ARCHITECTURE,
+                              model_args=entry["model_args"], metrics=metrics)
         return row.id

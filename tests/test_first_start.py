@@ -1,5 +1,6 @@
-"""A fresh install: the first `learngene serve` seeds one ready learngene per method, a newcomer's first request
-works, and later starts reuse what the first one made."""
+"""A fresh install: the first `learngene serve` registers the shipped seed ancestries and condenses one ready
+learngene per method from each, training nothing; a newcomer's first request works, and later starts reuse what
+the first one made. (How long a first start takes is measured, not asserted: README, "Quick start".)"""
 from __future__ import annotations
 
 import time
@@ -9,37 +10,55 @@ import httpx
 import torch
 from safetensors.torch import load
 
+from service.seed import SEED_ANCESTRIES, SEED_METHODS, seed_manifest
 from tests.support import make_settings, start_server
 
-METHODS = ("layers", "pool", "tleg", "wave")
 
-
-def test_first_start_seeds_one_ready_learngene_per_method(seeded_server: str) -> None:
-    items = httpx.get(f"{seeded_server}/v1/learngenes").json()["items"]
-    assert sorted(i["method"] for i in items) == sorted(METHODS)
+def test_first_start_seeds_one_ready_learngene_per_method_and_ancestry(seeded_server: str) -> None:
+    items = httpx.get(f"{seeded_server}/v1/learngenes", params={"limit": 100}).json()["items"]
+    expected = {f"{prefix}-{method}": (ancestry, method)
+                for ancestry, prefix in SEED_ANCESTRIES.items() for method, _ in SEED_METHODS}
+    assert {i["name"]: i["method"] for i in items} == {name: method for name, (_, method) in expected.items()}
+    assert "fashion-tleg" in expected and "digits-tleg" in expected
+    manifest = seed_manifest()
     for item in items:
+        ancestry = expected[item["name"]][0]
         v = httpx.get(f"{seeded_server}/v1/learngenes/{item['name']}/versions/latest").json()
-        assert v["status"] == "ready" and v["lineage"]["ancestry_name"] == "digits-vit"
-        assert v["lineage"]["dataset"] == "builtin:digits" and v["lineage"]["job_id"]
-        card = v["metrics"]["evaluation_card"]
-        assert card, v["metrics"]
+        assert v["status"] == "ready" and v["lineage"]["ancestry_name"] == ancestry
+        assert v["lineage"]["dataset"] == manifest[ancestry]["dataset"] and v["lineage"]["job_id"]
+        # Trains nothing: every learngene is a data-free fit on the CPU queue, with no fine-tuned card.
+        assert v["metrics"]["mode"] == "fit" and not v["metrics"].get("evaluation_card"), v["metrics"]
+        job = httpx.get(f"{seeded_server}/v1/jobs/{v['lineage']['job_id']}").json()
+        assert job["queue"] == "cpu" and job["state"] == "succeeded"
+
+
+def test_the_seed_ancestries_are_the_shipped_checkpoints(seeded_server: str) -> None:
+    ancestries = httpx.get(f"{seeded_server}/v1/ancestries").json()["items"]
+    manifest = seed_manifest()
+    assert sorted(a["name"] for a in ancestries) == sorted(SEED_ANCESTRIES)
+    for a in ancestries:
+        assert a["sha256"] == manifest[a["name"]]["sha256"]  # registered as shipped, not trained here
+    fashion = manifest["fashion-vit"]
+    assert fashion["dataset"] == "builtin:fashion-mnist?classes=0-4"
+    assert fashion["metrics"]["val_accuracy"] > 0.85 and fashion["metrics"]["test_accuracy"] > 0.85
 
 
 def test_a_newcomers_first_request_works(seeded_server: str) -> None:
+    """The README's quick start: a descendant of the Fashion-MNIST TLEG learngene classifies clothes."""
     import timm
-    from sklearn.datasets import load_digits
+
+    from engine.data import load_dataset
 
     r = httpx.post(f"{seeded_server}/v1/descendants", params={"wait": 60},
-                   json={"learngene": "digits-tleg", "spec": {"depth": 4}}, timeout=90)
+                   json={"learngene": "fashion-tleg", "spec": {"depth": 4}}, timeout=90)
     assert r.status_code == 201, r.text
     desc = r.json()
     config = httpx.get(seeded_server + desc["config_url"]).json()
     model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     model.load_state_dict(load(httpx.get(seeded_server + desc["weights_url"]).content), strict=True)
-    digits = load_digits()
-    x = torch.tensor(digits.images[:8], dtype=torch.float32)[:, None]
-    x = torch.nn.functional.interpolate(x / 16.0, size=config["model_args"]["img_size"], mode="bilinear")
-    assert model.eval()(x).shape == (8, 10)
+    args = config["model_args"]
+    clothes = load_dataset("builtin:fashion-mnist?classes=0-4", args["img_size"], args["in_chans"]).val
+    assert model.eval()(clothes.images[:8]).shape == (8, 5)
 
 
 def test_a_later_start_reuses_the_seed(seeded_server: str, tmp_path_factory) -> None:
@@ -52,6 +71,6 @@ def test_a_later_start_reuses_the_seed(seeded_server: str, tmp_path_factory) -> 
         after = httpx.get(f"{url}/v1/learngenes").json()["items"]
         assert [(i["name"], i["version_count"]) for i in after] == [(i["name"], i["version_count"]) for i in before]
         ancestries = httpx.get(f"{url}/v1/ancestries").json()["items"]
-        assert [a["name"] for a in ancestries] == ["digits-vit"]
+        assert sorted(a["name"] for a in ancestries) == sorted(SEED_ANCESTRIES)
     finally:
         server.stop()
