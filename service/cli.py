@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 
@@ -49,17 +50,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _prepare_storage()
     ctx = build_context(settings)
     if not settings.uses_celery:
-        # The in-process worker picks up what a previous run left queued or orphaned.
-        from worker.runner import requeue_stale, start_reaper
+        # The in-process worker picks up what a previous run left queued or orphaned, and keeps doing so.
         from service.jobs import repository
+        from service.jobs.runner import requeue_stale, start_maintenance
+        from service.jobs.service import publish
 
         with ctx.sessions() as session:
             pending = [(j.id, j.queue) for j in repository.queued(session)]
         for job_id, queue in pending:
-            assert ctx.dispatcher is not None
-            ctx.dispatcher.publish(job_id, queue)
+            publish(ctx, job_id, queue)
         requeue_stale(ctx)
-        start_reaper(ctx, threading.Event())
+        start_maintenance(ctx, threading.Event())
     if settings.seed_on_start and not args.no_seed:
         from service.seed import seed_if_empty
 
@@ -80,15 +81,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     _migrate()
     _prepare_storage()
-    from worker.tasks import app
-
-    argv = ["worker", f"--queues={args.queues}", f"--loglevel={args.log_level}", f"--pool={args.pool}"]
+    argv = [f"--queues={args.queues}", f"--loglevel={args.log_level}", f"--pool={args.pool}"]
     if args.concurrency:
         argv.append(f"--concurrency={args.concurrency}")
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
-    app.worker_main(argv)
-    return 0
+    # The Celery adapter (``worker/``) sits above the service, which never imports it: become it instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "worker", *argv])
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -1,10 +1,11 @@
-"""Process-wide wiring: settings, database, storage and the job dispatcher, built once per process.
+"""Process-wide wiring: settings, database, storage, the job kinds and the job dispatcher, built once per process.
 
 The API and the workers build the same context; only the dispatcher differs (Celery or in-process threads).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,9 @@ from service.limits.counters import Counters
 from service.settings import Settings
 from service.storage import ArtifactStore, make_store
 
+if TYPE_CHECKING:
+    from service.jobs.kinds import JobKind
+
 
 @dataclass
 class AppContext:
@@ -22,6 +26,8 @@ class AppContext:
     engine: Engine
     sessions: sessionmaker[Session]
     store: ArtifactStore
+    #: The job kinds this process can run, by name (every domain's, see ``service/job_kinds.py``).
+    kinds: dict[str, JobKind[Any]] = field(default_factory=dict)
     dispatcher: Dispatcher | None = field(default=None)
     #: Rate-limit and quota counters; set by the API (``service.app``), None in workers.
     counters: Counters | None = field(default=None)
@@ -33,6 +39,8 @@ class AppContext:
 
 
 def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppContext:
+    from service.job_kinds import all_kinds  # the domains import this module
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     ctx = AppContext(
@@ -40,6 +48,7 @@ def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppCon
         engine=engine,
         sessions=make_sessionmaker(engine),
         store=make_store(settings),
+        kinds=all_kinds(),
     )
     if with_dispatcher:
         ctx.dispatcher = make_dispatcher(ctx)
@@ -48,10 +57,8 @@ def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppCon
 
 def make_dispatcher(ctx: AppContext) -> Dispatcher:
     if ctx.settings.uses_celery:
-        from worker.celery_app import make_celery
-
-        return CeleryDispatcher(ctx.settings.broker_url, lambda url: make_celery(url, ctx.settings))
+        return CeleryDispatcher(ctx.settings.broker_url)
     # The embedded default runs the very same job code a Celery worker runs, in this process.
-    from worker.runner import run_job
+    from service.jobs.runner import run_job  # the runner needs this module
 
     return InProcessDispatcher(lambda job_id: run_job(ctx, job_id), ctx.settings.inprocess_workers)

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,19 @@ class JobFailedError(ServiceError):
 
 
 class Unavailable(ServiceError):
+    """Try again later (``Retry-After`` says when): a dependency is down, or the answer is not ready yet."""
+
     status_code = 503
     code = "unavailable"
+
+
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER_S = 5
+
+#: SQLAlchemy's errors for a database that cannot be reached or dropped the connection (also a pool with no
+#: connection to give): the request was fine, the database is not, so 503 rather than 500. The pool checks each
+#: connection before use, so requests succeed again as soon as the database is back.
+DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
 
 
 #: For OpenAPI: ``responses=error_responses(404, 422)`` documents the shape on each operation.
@@ -131,7 +143,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def _body(status: int, code: str, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
     payload = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or []))
-    return JSONResponse(status_code=status, content=payload.model_dump())
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(status_code=status, content=payload.model_dump(), headers=headers)
 
 
 def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -191,6 +204,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405 and (allowed := _allowed_methods(request)):
             response.headers["allow"] = allowed
         return response
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return _body(503, Unavailable.code, "the database is unavailable; try again shortly")
+
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

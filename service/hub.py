@@ -16,15 +16,17 @@ from fastapi import APIRouter, Request, Response
 
 from engine.methods import BASELINE_NAMES
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
-from service.db import UnitOfWork
-from service.deps import CtxDep, UowDep, Writer
+from service.db import unit_of_work
+from service.deps import CtxDep, Writer
 from service.descendants import service as descendants
-from service.descendants.endpoints import wait_for
+from service.descendants.endpoints import is_settled
 from service.files import serve_blob
 from service.descendants.schemas import DescendantRequest, SpecIn
-from service.errors import Forbidden, NotFound, NotPermitted, ServiceError, TooManyRequests
+from service.errors import Forbidden, NotFound, NotPermitted, ServiceError, TooManyRequests, Unavailable
+from service.jobs import waiting
 from service.keys.auth import Principal
 from service.models import Descendant
 
@@ -45,23 +47,30 @@ def _request_for(namespace: str, slug: str, revision: str) -> DescendantRequest:
     return DescendantRequest(learngene=f"{namespace}:{ref}", spec=SpecIn(**spec), seed=seed)
 
 
-def _descendant(ctx: AppContext, uow: UnitOfWork, namespace: str, slug: str, revision: str,
-                caller: Principal) -> Descendant:
+def _request(ctx: AppContext, namespace: str, slug: str, revision: str, caller: Principal) -> int:
     try:
         req = _request_for(namespace, slug, revision)
-        row, _ = descendants.request_descendant(uow, ctx, req, caller)
+        with unit_of_work(ctx.sessions) as uow:
+            row, _ = descendants.request_descendant(uow, ctx, req, caller)
+            return row.id
     except (NotPermitted, Forbidden, TooManyRequests):
         raise  # the caller's rights and quotas, not the repository's existence
     except ServiceError as exc:
         raise NotFound(f"repository {namespace}/{slug}: {exc.message}") from exc
     except ValueError as exc:  # pydantic validation of the slug's numbers
         raise NotFound(f"repository {namespace}/{slug}: {exc}") from exc
-    uow.commit()
+
+
+async def _descendant(ctx: AppContext, namespace: str, slug: str, revision: str, caller: Principal) -> Descendant:
+    """The repository's descendant, produced on first request; waits for it on the event loop, not a thread."""
+    descendant_id = await run_in_threadpool(_request, ctx, namespace, slug, revision, caller)
+    await waiting.wait_until(ctx, is_settled(descendant_id), ctx.settings.max_wait_s)
+    row = await waiting.read(ctx, lambda session: session.get(Descendant, descendant_id))
+    assert isinstance(row, Descendant)
     if row.status == "pending":
-        wait_for(ctx, row.id, row.job_id, ctx.settings.max_wait_s)
-        uow.session.refresh(row)
+        raise Unavailable(f"repository {namespace}/{slug} is still being produced; try again shortly")
     if row.status != "ready":
-        raise NotFound(f"repository {namespace}/{slug} is {row.status}")
+        raise NotFound(f"repository {namespace}/{slug} is {row.status} (a new request tries again)")
     return row
 
 
@@ -81,16 +90,17 @@ def commit_of(row: Descendant) -> str:
 
 
 @router.api_route("/{namespace}/{slug}/resolve/{revision}/{filename}", methods=["GET", "HEAD"])
-def resolve_file(namespace: str, slug: str, revision: str, filename: str, request: Request, ctx: CtxDep,
-                 uow: UowDep, caller: Writer) -> Response:
+async def resolve_file(namespace: str, slug: str, revision: str, filename: str, request: Request,
+                       ctx: CtxDep, caller: Writer) -> Response:
     if filename not in FILES:
         return _not_found(f"{filename} is not in this repository (it has {', '.join(FILES)})")
-    row = _descendant(ctx, uow, namespace, slug, revision, caller)
+    row = await _descendant(ctx, namespace, slug, revision, caller)
     headers = {"X-Repo-Commit": commit_of(row)}
     if filename == "model.safetensors":
         assert row.storage_key is not None and row.sha256 is not None
-        return serve_blob(request, ctx, row.storage_key, row.sha256, filename=filename,
-                          media_type="application/octet-stream", extra_headers=headers)
+        # In a thread: with S3 storage, finding the local file may mean downloading it into the cache.
+        return await run_in_threadpool(serve_blob, request, ctx, row.storage_key, row.sha256, filename=filename,
+                                       media_type="application/octet-stream", extra_headers=headers)
     body = _config_bytes(row)
     etag = f'"{hashlib.sha256(body).hexdigest()}"'
     headers |= {"ETag": etag, "Content-Length": str(len(body))}
@@ -101,9 +111,9 @@ def resolve_file(namespace: str, slug: str, revision: str, filename: str, reques
 
 @router.get("/api/models/{namespace}/{slug}")
 @router.get("/api/models/{namespace}/{slug}/revision/{revision}")
-def model_info(namespace: str, slug: str, ctx: CtxDep, uow: UowDep, caller: Writer,
-               revision: str = "main") -> JSONResponse:
-    row = _descendant(ctx, uow, namespace, slug, revision, caller)
+async def model_info(namespace: str, slug: str, ctx: CtxDep, caller: Writer,
+                     revision: str = "main") -> JSONResponse:
+    row = await _descendant(ctx, namespace, slug, revision, caller)
     return JSONResponse({
         "id": f"{namespace}/{slug}",
         "modelId": f"{namespace}/{slug}",

@@ -178,15 +178,19 @@ class Job(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: A message for people; tracebacks go to the log of the process that ran the job.
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: A stable code for programs (``service.jobs.kinds.ERROR_*``).
+    error_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    checkpoint_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
     #: Who asked for the work (an API key's owner; None: anonymous or internal). Quotas count by it.
     owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: When its message was last handed to the broker: a job queued long after that is published again.
+    published_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

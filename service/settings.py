@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     #: redelivered while its worker is alive.
     max_job_seconds: int = Field(6 * 3600, gt=0)
     max_attempts: int = Field(3, ge=1)
+    #: A job still queued this long after its message was published is published again (the broker may have
+    #: lost it); the wait doubles for each further publication.
+    republish_after_s: float = Field(60.0, gt=0)
     checkpoint_every_s: float = Field(120.0, gt=0)
 
     # --- request limits -----------------------------------------------------------------------------

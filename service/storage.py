@@ -41,6 +41,7 @@ class ArtifactStore(Protocol):
     def size(self, key: str) -> int: ...
     def put_named(self, name: str, data: bytes) -> str: ...
     def get_named(self, name: str) -> bytes | None: ...
+    def delete_named(self, name: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def ping(self) -> None: ...
     def scratch_dir(self) -> Path: ...
@@ -142,6 +143,9 @@ class LocalArtifactStore:
     def get_named(self, name: str) -> bytes | None:
         path = self._path(f"named/{name}")
         return path.read_bytes() if path.is_file() else None
+
+    def delete_named(self, name: str) -> None:
+        self.delete(f"named/{name}")
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -298,6 +302,9 @@ class S3ArtifactStore:
             raise
         with body:
             return body.read()  # type: ignore[no-any-return]
+
+    def delete_named(self, name: str) -> None:
+        self.delete(f"named/{name}")
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key(key))

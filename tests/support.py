@@ -1,10 +1,13 @@
 """Helpers for tests that run real servers and workers (not fixtures: plain functions)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,25 +43,21 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 
 
 def service_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process these settings (every field set explicitly, or by
+    ``make_settings``, travels; the rest keep their defaults)."""
     env = dict(os.environ)
-    env.update(
-        LEARNGENE_DATA_DIR=str(settings.data_dir),
-        LEARNGENE_DATABASE_URL=settings.database_url,
-        LEARNGENE_BROKER_URL=settings.broker_url,
-        LEARNGENE_SEED_ON_START=str(settings.seed_on_start).lower(),
-        LEARNGENE_HEARTBEAT_INTERVAL_S=str(settings.heartbeat_interval_s),
-        LEARNGENE_STALE_AFTER_S=str(settings.stale_after_s),
-        LEARNGENE_CHECKPOINT_EVERY_S=str(settings.checkpoint_every_s),
-        PYTHONUNBUFFERED="1",
-        LEARNGENE_STORAGE_URL=settings.storage_url,
-        LEARNGENE_S3_ENDPOINT_URL=settings.s3_endpoint_url,
-        LEARNGENE_S3_REGION=settings.s3_region,
-    )
-    if settings.cache_dir is not None:
-        env["LEARNGENE_CACHE_DIR"] = str(settings.cache_dir)
-    # Keys and rate limits, so that a test can start a server with its own.
-    for name in ("api_token", "rate_limit_per_s", "rate_limit_burst", "anonymous_rate_per_s", "anonymous_burst"):
-        env[f"LEARNGENE_{name.upper()}"] = str(getattr(settings, name))
+    env["PYTHONUNBUFFERED"] = "1"
+    fields = settings.model_fields_set | {"data_dir", "database_url", "broker_url", "seed_on_start"}
+    for name, value in settings.model_dump(include=fields).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, (list, dict)):
+            text = json.dumps(value, default=str)
+        else:
+            text = str(value)
+        env[f"LEARNGENE_{name.upper()}"] = text
     return env
 
 
@@ -114,3 +113,64 @@ def start_worker(settings: Settings, tmp: Path, name: str, queues: str = "cpu,gp
     if proc.popen.poll() is not None:
         raise AssertionError(f"worker exited early:\n{proc.log()}")
     return proc
+
+
+class RedisServer:
+    """A redis-server of a test's own on a free port, without persistence: killing it loses every message."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Proc | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.tmp)]
+        self.proc = Proc(args, dict(os.environ), self.tmp / f"redis-{self.port}-{time.monotonic_ns()}.log")
+        wait_until(lambda: b"Ready to accept connections" in self.proc.log_path.read_bytes(), 20, 0.05,  # type: ignore[union-attr]
+                   "redis-server to start")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no save."""
+        assert self.proc is not None
+        self.proc.popen.kill()
+        self.proc.popen.wait()
+        self.proc.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of a test's own (initdb + pg_ctl, as user postgres when run as root) on a free port,
+    so that the test may stop and start it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="lg-pg-"))
+        self.data = self.dir / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "--no-instructions"])
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def _run(self, args: list[str]) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(prefix + args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(["pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start"])
+
+    def stop(self) -> None:
+        """Immediate shutdown: every connection is cut, as when the database machine goes away."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Celery tasks. A task carries only a job id; the job row holds everything else."""
+"""The Celery adapter: one task that hands a job id to the kernel, and the signals that wire a worker process.
+A task carries only a job id; the job row holds everything else."""
 from __future__ import annotations
 
 import threading
@@ -8,15 +9,15 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.context import AppContext, build_context
 from service.jobs.dispatch import TASK_RUN_JOB
+from service.jobs.runner import run_job, start_maintenance
 from service.settings import get_settings
 from worker.celery_app import make_celery
-from worker.runner import run_job, start_reaper
 
 settings = get_settings()
 app = make_celery(settings.broker_url or "redis://127.0.0.1:6379/0", settings)
 
 _ctx: AppContext | None = None
-_reaper_stop = threading.Event()
+_maintenance_stop = threading.Event()
 
 
 def worker_context() -> AppContext:
@@ -38,13 +39,13 @@ def _reset_after_fork(**_: object) -> None:
 
 
 @worker_ready.connect
-def _start_reaper(**_: object) -> None:
-    start_reaper(worker_context(), _reaper_stop)
+def _start_maintenance(**_: object) -> None:
+    start_maintenance(worker_context(), _maintenance_stop)
 
 
 @worker_shutdown.connect
-def _stop_reaper(**_: object) -> None:
-    _reaper_stop.set()
+def _stop_maintenance(**_: object) -> None:
+    _maintenance_stop.set()
 
 
 @app.task(name=TASK_RUN_JOB, bind=True)

@@ -10,19 +10,17 @@ from engine.data_uri import BUILTIN_PREFIX, check_available, parse_builtin
 from service.ancestries import service as ancestries
 from service.condensing.schemas import CondenseRequest
 from service.bounds import MAX_ID, parse_id
+from service.condensing.tasks import CONDENSE, CondensePayload
 from service.context import AppContext
 from service.datasets import service as datasets
 from service.db import UnitOfWork
 from service.errors import InvalidRequest
-from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
-from service.jobs.service import create_job
+from service.jobs import service as jobs
 from service.keys.auth import Principal, check_owner
 from service.limits import quotas
 from service.learngenes import repository as learngene_repo
 from service.learngenes.service import LATEST, check_name
 from service.models import Job, LearngeneVersion
-
-CONDENSE_JOB = "condense"
 
 
 def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal | None = None) -> str:
@@ -129,19 +127,9 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
     except ValueError as exc:
         raise InvalidRequest(str(exc), field="params") from exc
     source = _refine_source(session, req, params) if mode == "refine" else None
-    payload = {
-        "ancestry_id": ancestry.id,
-        "method": req.method,
-        "mode": mode,
-        "dataset": dataset,
-        "learngene": req.learngene,
-        "params": params,
-        "evaluate": evaluate,
-        "description": req.description,
-        "source_version_id": source.id if source else None,
-    }
+    payload = CondensePayload(ancestry_id=ancestry.id, method=req.method, mode=mode, dataset=dataset,
+                              learngene=req.learngene, params=params, evaluate=evaluate,
+                              description=req.description, source_version_id=source.id if source else None)
     if caller is not None:
         quotas.check_job_slot(session, caller)
-    # Fitting is seconds of linear algebra; training wants the GPU queue.
-    return create_job(uow, ctx, CONDENSE_JOB, QUEUE_CPU if mode == "fit" else QUEUE_GPU, payload,
-                      owner=caller.owner if caller else None)
+    return jobs.submit(uow, ctx, CONDENSE, payload, owner=caller.owner if caller else None)

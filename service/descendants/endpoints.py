@@ -1,20 +1,24 @@
 """HTTP for descendants: ask for a size or a budget, get timm-loadable weights."""
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.bounds import MAX_ID, IdPath, IdQuery
 from service.context import AppContext
+from service.db import unit_of_work
 from service.deps import CtxDep, UowDep, Writer
 from service.descendants import repository, service
 from service.files import safetensors_header, serve_blob
 from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
 from service.errors import InvalidRequest, JobFailedError, error_responses
-from service.jobs.dispatch import InProcessDispatcher
+from service.jobs import waiting
+from service.keys.auth import Principal
 from service.learngenes import service as learngenes
 from service.models import Descendant
 from service.pagination import Page, PageParams, page_params, paginate
@@ -22,20 +26,25 @@ from service.pagination import Page, PageParams, page_params, paginate
 router = APIRouter(prefix="/v1/descendants", tags=["descendants"])
 
 
-def wait_for(ctx: AppContext, descendant_id: int, job_id: str | None, timeout: float) -> None:
-    """Block until the descendant leaves ``pending`` or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    dispatcher = ctx.dispatcher
-    if job_id and isinstance(dispatcher, InProcessDispatcher) and dispatcher.wait(job_id, timeout):
-        return
-    delay = 0.01
-    while time.monotonic() < deadline:
-        with ctx.sessions() as session:
-            row = session.get(Descendant, descendant_id)
-            if row is None or row.status != "pending":
-                return
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.1)
+def is_settled(descendant_id: int) -> Callable[[Session], bool]:
+    """Whether the descendant has left ``pending`` (or is gone)."""
+    def settled(session: Session) -> bool:
+        row = session.get(Descendant, descendant_id)
+        return row is None or row.status != "pending"
+
+    return settled
+
+
+def _request(ctx: AppContext, body: DescendantRequest, caller: Principal) -> tuple[int, bool, bool]:
+    with unit_of_work(ctx.sessions) as uow:
+        row, created = service.request_descendant(uow, ctx, body, caller)
+        descendant_id, was_ready = row.id, row.status == "ready"
+    return descendant_id, created, was_ready  # committed, and the job published, by now
+
+
+def _out(ctx: AppContext, descendant_id: int) -> DescendantOut:
+    with ctx.sessions() as session:
+        return service.descendant_out(session, service.get_descendant(session, descendant_id))
 
 
 @router.post(
@@ -50,27 +59,23 @@ def wait_for(ctx: AppContext, descendant_id: int, job_id: str | None, timeout: f
     }
     | error_responses(401, 403, 404, 422, 429, 500),
 )
-def create_descendant(
+async def create_descendant(
     body: DescendantRequest,
     ctx: CtxDep,
-    uow: UowDep,
     caller: Writer,
     wait: Annotated[float | None, Query(ge=0, description="Seconds to wait for the weights (default from settings)")] = None,
 ) -> JSONResponse:
     """Expand a learngene (or use an ancestry directly) into a descendant of the requested size or budget.
 
-    Everything is validated before any work is queued; identical requests share one computation."""
+    Everything is validated before any work is queued; identical requests share one computation. The wait
+    holds no thread: it polls the registry from the event loop."""
     wait_s = ctx.settings.default_wait_s if wait is None else wait
     if wait_s > ctx.settings.max_wait_s:
         raise InvalidRequest(f"wait may be at most {ctx.settings.max_wait_s} s", field="wait")
-    row, created = service.request_descendant(uow, ctx, body, caller)
-    uow.commit()  # the job is published only now
-    descendant_id, job_id, was_ready = row.id, row.job_id, row.status == "ready"
+    descendant_id, created, was_ready = await run_in_threadpool(_request, ctx, body, caller)
     if not was_ready and wait_s > 0:
-        wait_for(ctx, descendant_id, job_id, wait_s)
-    with ctx.sessions() as session:
-        fresh = service.get_descendant(session, descendant_id)
-        out = service.descendant_out(session, fresh)
+        await waiting.wait_until(ctx, is_settled(descendant_id), wait_s)
+    out = await run_in_threadpool(_out, ctx, descendant_id)
     if out.status == "failed":
         raise JobFailedError(f"expanding descendant {descendant_id} failed: {out.error}; the same request retries")
     if was_ready and not created:

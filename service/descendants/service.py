@@ -16,14 +16,14 @@ from service.db import UnitOfWork
 from service.descendants import repository, sizing
 from service.descendants.schemas import DescendantOut, DescendantRequest, DescendantSource
 from service.errors import InvalidRequest, NotFound
-from service.jobs.dispatch import QUEUE_CPU
-from service.jobs.service import create_job
+from service.descendants.tasks import EXPAND, ExpandPayload
+from service.jobs import service as jobs
+from service.jobs.kinds import FINISHED
 from service.keys.auth import Principal
 from service.limits import quotas
 from service.learngenes import service as learngenes
 from service.models import Ancestry, Descendant, Job, LearngeneVersion
 
-EXPAND_JOB = "expand"
 #: Descendants are stored as float32: what a request will cost in bytes, known before it runs.
 FLOAT32_BYTES = 4
 
@@ -82,12 +82,12 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     plan = sizing.plan(ctx.settings, source.method, source.meta, req.spec, req.budget)
     key = cache_key(source, plan.spec, req.seed)
     existing = repository.by_cache_key(session, key)
-    if existing is not None and existing.status != "failed":
+    if existing is not None and not _needs_new_job(session, existing):
         return existing, False
     if caller is not None:
         quotas.check_job_slot(session, caller)
         quotas.charge_descendant(ctx, caller, plan.param_count * FLOAT32_BYTES)
-    if existing is not None:  # a failed earlier attempt: try again with a new job
+    if existing is not None:  # an earlier job failed, gave up or was cancelled: try again with a new one
         row = existing
         row.status = "pending"
     else:
@@ -111,10 +111,18 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
             if winner is None:
                 raise
             return winner, False
-    job = create_job(uow, ctx, EXPAND_JOB, QUEUE_CPU, {"descendant_id": row.id},
-                     owner=caller.owner if caller else None)
+    job = jobs.submit(uow, ctx, EXPAND, ExpandPayload(descendant_id=row.id),
+                      owner=caller.owner if caller else None)
     row.job_id = job.id
     return row, True
+
+
+def _needs_new_job(session: Session, row: Descendant) -> bool:
+    if row.status != "pending":
+        return row.status == "failed"
+    # Pending with a job that has ended: rows left behind before job endings settled descendants.
+    job = session.get(Job, row.job_id) if row.job_id else None
+    return job is None or job.state in FINISHED
 
 
 def get_descendant(session: Session, descendant_id: int) -> Descendant:
@@ -166,7 +174,7 @@ def descendant_out(session: Session, row: Descendant) -> DescendantOut:
     error = None
     if row.status == "failed" and row.job_id:
         job = session.get(Job, row.job_id)
-        error = job.error.splitlines()[0] if job and job.error else None
+        error = (job.error or f"its job was {job.state}") if job else None
     return DescendantOut(
         id=row.id,
         status=row.status,  # type: ignore[arg-type]

@@ -5,9 +5,8 @@ Task and queue names are stable constants, not module paths, so API and workers 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -25,14 +24,22 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    def __init__(self, broker_url: str, make_app: Callable[[str], object]) -> None:
-        self.app = make_app(broker_url)
+    """Publishes to Celery workers. Only a publisher: the app that consumes is ``worker/``'s."""
+
+    def __init__(self, broker_url: str) -> None:
+        from celery import Celery
+
+        self.app = Celery("learngene-publisher", broker=broker_url)
+        # A broker that is down must not hold the request that publishes: the job is committed already, and
+        # the sweeper publishes it again later.
+        self.app.conf.update(broker_connection_timeout=2, task_serializer="json")
 
     def publish(self, job_id: str, queue: str) -> None:
-        self.app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)  # type: ignore[attr-defined]
+        self.app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue, retry=True,
+                           retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2})
 
     def ping(self) -> None:
-        with self.app.connection_for_write() as conn:  # type: ignore[attr-defined]
+        with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
 
     def close(self) -> None:
@@ -51,14 +58,9 @@ class InProcessDispatcher:
             QUEUE_CPU: ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lg-cpu"),
             QUEUE_GPU: ThreadPoolExecutor(max_workers=1, thread_name_prefix="lg-gpu"),
         }
-        self._futures: dict[str, Future[object]] = {}
-        self._lock = threading.Lock()
 
     def publish(self, job_id: str, queue: str) -> None:
-        future = self._pools[queue].submit(self._run_logged, job_id)
-        with self._lock:
-            self._futures[job_id] = future
-        future.add_done_callback(lambda _f: self._forget(job_id, _f))
+        self._pools[queue].submit(self._run_logged, job_id)
 
     def _run_logged(self, job_id: str) -> object:
         try:
@@ -66,23 +68,6 @@ class InProcessDispatcher:
         except Exception:  # the runner records failures on the job row; this only keeps the pool alive
             log.exception("in-process job %s crashed", job_id)
             return None
-
-    def _forget(self, job_id: str, future: Future[object]) -> None:
-        with self._lock:
-            if self._futures.get(job_id) is future:
-                del self._futures[job_id]
-
-    def wait(self, job_id: str, timeout: float) -> bool:
-        """Block until the job's run returns or ``timeout`` passes; False when it was not running here."""
-        with self._lock:
-            future = self._futures.get(job_id)
-        if future is None:
-            return False
-        try:
-            future.result(timeout=timeout)
-        except TimeoutError:
-            pass
-        return True
 
     def ping(self) -> None:
         pass

@@ -10,12 +10,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
 from service.deps import CtxDep, UowDep, Writer
 from service.errors import error_responses
-from service.jobs import repository, service
-from service.jobs.schemas import JobOut, JobState
+from service.jobs import repository, service, waiting
+from service.jobs.kinds import FINISHED, JobState
+from service.jobs.schemas import JobOut
 from service.keys.auth import check_owner
 from service.pagination import Page, PageParams, page_params, paginate
 
@@ -44,9 +46,11 @@ def get_job(job_id: str, uow: UowDep) -> JobOut:
     response_model=JobOut,
     responses=error_responses(401, 403, 404, 409),
 )
-def cancel_job(job_id: str, uow: UowDep, caller: Writer) -> JobOut:
+def cancel_job(job_id: str, ctx: CtxDep, uow: UowDep, caller: Writer) -> JobOut:
+    """A queued job is cancelled at once (state `cancelled`); a running one gets `cancel_requested` and ends
+    `cancelled` at its next check; it can no longer succeed. 409 once the job has ended."""
     check_owner(caller, service.get_job(uow.session, job_id).owner, f"job {job_id}")
-    return JobOut.model_validate(service.request_cancel(uow.session, job_id))
+    return JobOut.model_validate(service.request_cancel(uow, ctx, job_id))
 
 
 @router.get(
@@ -63,24 +67,25 @@ async def stream_job_events(
     timeout_s: Annotated[float, Query(ge=1, le=3600)] = 600,
 ) -> StreamingResponse:
     """Every progress event of the job, then a final ``state`` event when it ends (or at ``timeout_s``)."""
-    with ctx.sessions() as session:
-        service.get_job(session, job_id)
+    await waiting.read(ctx, lambda session: service.get_job(session, job_id))
+
+    def poll(after: int) -> tuple[list[tuple[int, str, str]], str, str]:
+        with ctx.sessions() as session:
+            rows = [(ev.id, ev.kind, json.dumps(ev.data)) for ev in repository.events_after(session, job_id, after)]
+            job = service.get_job(session, job_id)
+            return rows, job.state, json.dumps(JobOut.model_validate(job).model_dump(mode="json"))
 
     async def events() -> AsyncIterator[str]:
         last = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            with ctx.sessions() as session:
-                rows = repository.events_after(session, job_id, last)
-                job = service.get_job(session, job_id)
-                state = job.state
-                final = JobOut.model_validate(job).model_dump(mode="json")
-            for ev in rows:
-                last = ev.id
-                yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(ev.data)}\n\n"
-            if state in repository.FINISHED or loop.time() > deadline:
-                yield f"event: state\ndata: {json.dumps(final)}\n\n"
+            rows, state, final = await run_in_threadpool(poll, last)
+            for event_id, kind, data in rows:
+                last = event_id
+                yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
+            if state in FINISHED or loop.time() > deadline:
+                yield f"event: state\ndata: {final}\n\n"
                 return
             await asyncio.sleep(poll_s)
 

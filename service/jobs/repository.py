@@ -5,12 +5,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.jobs.kinds import FINISHED
 from service.models import Job, JobEvent, utcnow
 
-FINISHED = ("succeeded", "failed", "cancelled")
+__all__ = ["FINISHED"]
 
 
 def get(session: Session, job_id: str) -> Job | None:
@@ -40,7 +41,7 @@ def claim(session: Session, job_id: str, worker: str, stale_before: dt.datetime)
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(Job.state == "queued", and_(Job.state == "running", Job.heartbeat_at < stale_before)),
+            or_(Job.state == "queued", stale(stale_before)),
         )
         .values(
             state="running",
@@ -65,18 +66,35 @@ def heartbeat(session: Session, job_id: str, worker: str) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def finish(
-    session: Session, job_id: str, worker: str, state: str, *, result: dict[str, Any] | None = None,
-    error: str | None = None,
+def end(
+    session: Session, job_id: str, only_if: ColumnElement[bool], state: str, *, result: dict[str, Any] | None,
+    error: str | None, error_code: str | None,
 ) -> bool:
-    """Move a job this worker holds to a final state; False when someone else took it over meanwhile."""
+    """Move a job to a final state if ``only_if`` holds on its row; False when it no longer did."""
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == "running", Job.worker == worker)
-        .values(state=state, result=result, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
+        .where(Job.id == job_id, only_if)
+        .values(state=state, result=result, error=error, error_code=error_code, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return res.rowcount == 1
+
+
+def request_cancel(session: Session, job_id: str) -> bool:
+    """Flag a running job for cancellation; False when it is not running (any more)."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.state == "running").values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def held_by(worker: str) -> ColumnElement[bool]:
+    return and_(Job.state == "running", Job.worker == worker)
+
+
+def stale(stale_before: dt.datetime) -> ColumnElement[bool]:
+    return and_(Job.state == "running", Job.heartbeat_at < stale_before)
 
 
 def set_progress(session: Session, job_id: str, progress: dict[str, Any]) -> None:
@@ -95,15 +113,31 @@ def events_after(session: Session, job_id: str, after_id: int, limit: int = 500)
 
 
 def stale_running(session: Session, stale_before: dt.datetime) -> Sequence[Job]:
-    q = select(Job).where(Job.state == "running", Job.heartbeat_at < stale_before)
-    return session.scalars(q).all()
+    return session.scalars(select(Job).where(stale(stale_before))).all()
 
 
 def requeue_if_stale(session: Session, job_id: str, stale_before: dt.datetime) -> bool:
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == "running", Job.heartbeat_at < stale_before)
-        .values(state="queued", worker=None)
+        .where(Job.id == job_id, stale(stale_before))
+        .values(state="queued", worker=None, published_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def queued_before(session: Session, published_before: dt.datetime) -> Sequence[Job]:
+    """Queued jobs last published before ``published_before``: their message may be lost."""
+    q = select(Job).where(Job.state == "queued", Job.published_at < published_before).order_by(Job.created_at)
+    return session.scalars(q).all()
+
+
+def mark_published(session: Session, job_id: str, was: dt.datetime, now: dt.datetime) -> bool:
+    """Claim the right to publish a queued job again (one sweeper wins when several look at once)."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued", Job.published_at == was)
+        .values(published_at=now)
         .execution_options(synchronize_session=False)
     )
     return res.rowcount == 1

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from service.jobs.kinds import JobState
 
 
 class JobOut(BaseModel):
@@ -17,7 +17,9 @@ class JobOut(BaseModel):
     state: JobState
     progress: dict[str, Any]
     result: dict[str, Any] | None
-    error: str | None
+    error: str | None = Field(description="Why it failed, for people (tracebacks stay in the server log)")
+    error_code: str | None = Field(
+        description="Why it failed, for programs: job_error, worker_lost, recording_failed or unknown_kind")
     attempts: int
     max_attempts: int
     cancel_requested: bool

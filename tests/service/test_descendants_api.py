@@ -229,7 +229,7 @@ def test_a_failed_expansion_is_a_500_and_the_same_request_retries(client: TestCl
     assert path is not None
     saved = path.read_bytes()
     path.write_bytes(b"corrupted")  # storage lost the learngene's bytes
-    from worker.handlers import expand
+    from service.descendants import tasks as expand
 
     expand._cache.clear()  # workers keep recently used learngenes in memory; this one must be read again
     r = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 7}, "seed": 5})

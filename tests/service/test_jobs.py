@@ -8,25 +8,31 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from service.context import AppContext
 from service.db import unit_of_work
 from service.jobs import repository
-from service.jobs.dispatch import InProcessDispatcher
-from service.jobs.service import create_job, request_cancel
+from service.jobs.kinds import FinalState, JobKind
+from service.jobs.runner import JobContext, requeue_stale, run_job
+from service.jobs.service import request_cancel, submit
 from service.models import Job, utcnow
 from tests.support import wait_until
-from worker import handlers
-from worker.runner import JobContext, requeue_stale, run_job
 
 
-def _sum_squares(jctx: JobContext) -> dict[str, Any]:
-    n = int(jctx.payload["n"])
-    jctx.progress({"step": n, "total_steps": n})
-    return {"value": sum(i * i for i in range(n))}
+class Numbers(BaseModel):
+    n: int
 
 
-def _wait_for_cancel(jctx: JobContext) -> dict[str, Any]:
+def _sum_squares(jctx: JobContext, p: Numbers) -> dict[str, Any]:
+    jctx.progress({"step": p.n, "total_steps": p.n})
+    if p.n < 0:
+        raise ValueError(f"cannot sum {p.n} squares")
+    return {"value": sum(i * i for i in range(p.n))}
+
+
+def _wait_for_cancel(jctx: JobContext, p: Numbers) -> dict[str, Any]:
     started.set()
     for _ in range(400):
         jctx.check_cancelled()
@@ -35,18 +41,30 @@ def _wait_for_cancel(jctx: JobContext) -> dict[str, Any]:
 
 
 started = threading.Event()
+#: (job id, final state) of every ``on_finished`` call, in order.
+endings: list[tuple[str, str]] = []
+
+
+def _record_ending(session: Session, job: Job, state: FinalState) -> None:
+    endings.append((job.id, state))
+
+
+SUM_SQUARES = JobKind(name="sum-squares", payload=Numbers, run=_sum_squares, queue=lambda _: "cpu",
+                      on_finished=_record_ending)
+WAIT_FOR_CANCEL = JobKind(name="wait-for-cancel", payload=Numbers, run=_wait_for_cancel, queue=lambda _: "cpu",
+                          on_finished=_record_ending)
 
 
 @pytest.fixture(autouse=True)
-def test_handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setitem(handlers.HANDLERS, "sum-squares", _sum_squares)
-    monkeypatch.setitem(handlers.HANDLERS, "wait-for-cancel", _wait_for_cancel)
+def test_kinds(ctx: AppContext) -> Iterator[None]:
+    ctx.kinds |= {SUM_SQUARES.name: SUM_SQUARES, WAIT_FOR_CANCEL.name: WAIT_FOR_CANCEL}
+    endings.clear()
     yield
 
 
-def _new_job(ctx: AppContext, kind: str, payload: dict[str, Any]) -> str:
+def _new_job(ctx: AppContext, kind: JobKind[Any], n: int = 0) -> str:
     with unit_of_work(ctx.sessions) as uow:
-        return create_job(uow, ctx, kind, "cpu", payload).id
+        return submit(uow, ctx, kind, Numbers(n=n)).id
 
 
 def _job(ctx: AppContext, job_id: str) -> Job:
@@ -57,7 +75,7 @@ def _job(ctx: AppContext, job_id: str) -> Job:
 
 
 def test_a_job_runs_once_and_its_result_is_visible_over_http(ctx: AppContext, client: TestClient) -> None:
-    job_id = _new_job(ctx, "sum-squares", {"n": 10})
+    job_id = _new_job(ctx, SUM_SQUARES, 10)
     wait_until(lambda: _job(ctx, job_id).state == "succeeded", 30, what="the in-process worker")
     body = client.get(f"/v1/jobs/{job_id}").json()
     assert body["result"] == {"value": 285}
@@ -65,6 +83,7 @@ def test_a_job_runs_once_and_its_result_is_visible_over_http(ctx: AppContext, cl
     # A redelivered message for a finished job does nothing.
     assert run_job(ctx, job_id) == "skipped"
     assert _job(ctx, job_id).attempts == 1
+    assert endings == [(job_id, "succeeded")]
 
 
 def test_jobs_are_published_only_after_commit(ctx: AppContext) -> None:
@@ -72,12 +91,12 @@ def test_jobs_are_published_only_after_commit(ctx: AppContext) -> None:
     ctx.dispatcher = _Recorder(published)
     with pytest.raises(RuntimeError):
         with unit_of_work(ctx.sessions) as uow:
-            create_job(uow, ctx, "sum-squares", "cpu", {"n": 1})
+            submit(uow, ctx, SUM_SQUARES, Numbers(n=1))
             assert published == []
             raise RuntimeError("rolled back")
     assert published == []
     with unit_of_work(ctx.sessions) as uow:
-        job = create_job(uow, ctx, "sum-squares", "cpu", {"n": 1})
+        job = submit(uow, ctx, SUM_SQUARES, Numbers(n=1))
         assert published == []
     assert published == [job.id]
 
@@ -98,7 +117,7 @@ class _Recorder:
 
 def test_concurrent_claims_have_exactly_one_winner(ctx: AppContext) -> None:
     ctx.dispatcher = _Recorder([])
-    job_id = _new_job(ctx, "sum-squares", {"n": 3})
+    job_id = _new_job(ctx, SUM_SQUARES, 3)
     wins: list[bool] = []
     barrier = threading.Barrier(4)
 
@@ -115,33 +134,34 @@ def test_concurrent_claims_have_exactly_one_winner(ctx: AppContext) -> None:
 
 def test_cancelling_a_queued_job_means_it_never_runs(ctx: AppContext, client: TestClient) -> None:
     ctx.dispatcher = _Recorder([])
-    job_id = _new_job(ctx, "sum-squares", {"n": 3})
+    job_id = _new_job(ctx, SUM_SQUARES, 3)
     r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     assert run_job(ctx, job_id) == "skipped"
     assert _job(ctx, job_id).result is None
+    assert endings == [(job_id, "cancelled")]
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
 
 
 def test_cancelling_a_running_job_stops_it_at_the_next_step(ctx: AppContext) -> None:
     started.clear()
     ctx.dispatcher = _Recorder([])
-    job_id = _new_job(ctx, "wait-for-cancel", {})
+    job_id = _new_job(ctx, WAIT_FOR_CANCEL)
     outcome: list[str] = []
     t = threading.Thread(target=lambda: outcome.append(run_job(ctx, job_id)))
     t.start()
     assert started.wait(10)
     with unit_of_work(ctx.sessions) as uow:
-        request_cancel(uow.session, job_id)
+        assert request_cancel(uow, ctx, job_id).cancel_requested
     t.join(30)
     assert outcome == ["cancelled"]
-    assert _job(ctx, job_id).state == "cancelled"
+    assert _job(ctx, job_id).state == "cancelled" and endings == [(job_id, "cancelled")]
 
 
 def test_orphaned_running_job_is_requeued_and_finishes_once(ctx: AppContext) -> None:
     published: list[str] = []
     ctx.dispatcher = _Recorder(published)
-    job_id = _new_job(ctx, "sum-squares", {"n": 4})
+    job_id = _new_job(ctx, SUM_SQUARES, 4)
     published.clear()
     # A worker claimed it, then died: its heartbeat stops.
     with ctx.sessions.begin() as s:
@@ -157,27 +177,103 @@ def test_orphaned_running_job_is_requeued_and_finishes_once(ctx: AppContext) -> 
     assert job.attempts == 2 and job.result == {"value": 14}
     # The dead worker cannot overwrite the outcome if it comes back.
     with ctx.sessions.begin() as s:
-        assert not repository.finish(s, job_id, "dead-worker", "failed", error="late")
+        assert not repository.end(s, job_id, repository.held_by("dead-worker"), "failed", result=None,
+                                  error="late", error_code=None)
     assert _job(ctx, job_id).state == "succeeded"
 
 
-def test_a_handler_error_fails_the_job_with_the_message(ctx: AppContext, client: TestClient) -> None:
-    job_id = _new_job(ctx, "sum-squares", {"n": "not a number"})
+def test_a_handler_error_fails_the_job_with_a_message_and_a_code_and_no_traceback(
+    ctx: AppContext, client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = _new_job(ctx, SUM_SQUARES, -3)
     wait_until(lambda: _job(ctx, job_id).state == "failed", 30, what="the job to fail")
-    assert "ValueError" in client.get(f"/v1/jobs/{job_id}").json()["error"]
+    body = client.get(f"/v1/jobs/{job_id}").json()
+    assert body["error"] == "ValueError: cannot sum -3 squares" and body["error_code"] == "job_error"
+    assert endings == [(job_id, "failed")]
+    # The traceback went to the log, with the job's id.
+    logged = [r for r in caplog.records if job_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
 
 
-def test_in_process_dispatcher_wait_returns_when_done(ctx: AppContext) -> None:
-    assert isinstance(ctx.dispatcher, InProcessDispatcher)
-    job_id = _new_job(ctx, "sum-squares", {"n": 5})
-    ctx.dispatcher.wait(job_id, 30)
-    assert _job(ctx, job_id).state == "succeeded"
+def test_a_payload_of_the_wrong_type_is_refused_at_submission(ctx: AppContext) -> None:
+    with pytest.raises(TypeError, match="takes a Numbers"):
+        with unit_of_work(ctx.sessions) as uow:
+            submit(uow, ctx, SUM_SQUARES, Job())  # type: ignore[arg-type]
 
 
 def test_job_events_stream_ends_with_final_state(ctx: AppContext, client: TestClient) -> None:
-    job_id = _new_job(ctx, "sum-squares", {"n": 6})
+    job_id = _new_job(ctx, SUM_SQUARES, 6)
     wait_until(lambda: _job(ctx, job_id).state == "succeeded", 30)
     with client.stream("GET", f"/v1/jobs/{job_id}/events", params={"poll_s": 0.05}) as r:
         text = "".join(r.iter_text())
     assert "event: progress" in text and "event: state" in text
     assert text.rstrip().endswith("}") and '"state": "succeeded"' in text
+
+
+def _cancel_then_finish(jctx: JobContext, p: Numbers) -> dict[str, Any]:
+    # The cancellation arrives after the handler's last check, while it publishes its result.
+    with unit_of_work(jctx.app.sessions) as uow:
+        request_cancel(uow, jctx.app, jctx.job_id)
+    return {"value": "too late"}
+
+
+def test_a_cancel_requested_while_a_job_runs_wins_over_its_success(ctx: AppContext) -> None:
+    kind = JobKind(name="cancel-then-finish", payload=Numbers, run=_cancel_then_finish, queue=lambda _: "cpu",
+                   on_finished=_record_ending)
+    ctx.kinds[kind.name] = kind
+    ctx.dispatcher = _Recorder([])
+    job_id = _new_job(ctx, kind)
+    assert run_job(ctx, job_id) == "cancelled"
+    job = _job(ctx, job_id)
+    assert job.state == "cancelled" and job.result is None and endings == [(job_id, "cancelled")]
+
+
+def _orphan(ctx: AppContext, job_id: str) -> None:
+    """A worker claims the job and dies at once: its heartbeat is already stale."""
+    with ctx.sessions.begin() as s:
+        assert repository.claim(s, job_id, "dead-worker", utcnow())
+        s.get(Job, job_id).heartbeat_at = utcnow() - dt.timedelta(seconds=ctx.settings.stale_after_s + 1)  # type: ignore[union-attr]
+
+
+def test_a_job_whose_workers_keep_dying_gives_up_and_tells_its_domain(ctx: AppContext) -> None:
+    published: list[str] = []
+    ctx.dispatcher = _Recorder(published)
+    job_id = _new_job(ctx, SUM_SQUARES, 2)
+    for _ in range(ctx.settings.max_attempts - 1):
+        _orphan(ctx, job_id)
+        assert requeue_stale(ctx) == [job_id]
+    _orphan(ctx, job_id)
+    assert requeue_stale(ctx) == []  # the last attempt's worker died too: no more tries
+    job = _job(ctx, job_id)
+    assert job.state == "failed" and job.error_code == "worker_lost"
+    assert job.error == f"gave up after {ctx.settings.max_attempts} attempts: the worker running it was lost each time"
+    assert endings == [(job_id, "failed")]
+
+
+def test_a_running_job_cancelled_while_its_worker_is_dead_ends_cancelled(ctx: AppContext) -> None:
+    ctx.dispatcher = _Recorder([])
+    job_id = _new_job(ctx, SUM_SQUARES, 2)
+    _orphan(ctx, job_id)
+    with unit_of_work(ctx.sessions) as uow:
+        request_cancel(uow, ctx, job_id)
+    assert requeue_stale(ctx) == []
+    assert _job(ctx, job_id).state == "cancelled" and endings == [(job_id, "cancelled")]
+
+
+def test_the_sweeper_publishes_again_a_queued_job_whose_message_was_lost(ctx: AppContext) -> None:
+    from service.jobs.runner import republish_lost
+
+    published: list[str] = []
+    ctx.dispatcher = _Recorder(published)
+    job_id = _new_job(ctx, SUM_SQUARES, 2)
+    assert published == [job_id] and republish_lost(ctx) == []  # just published: its message is in flight
+    waited = dt.timedelta(seconds=ctx.settings.republish_after_s + 1)
+    with ctx.sessions.begin() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.created_at = job.published_at = utcnow() - waited
+    assert republish_lost(ctx) == [job_id] and published == [job_id, job_id]
+    # Published again just now: the next publication waits at least as long as the job had waited.
+    assert republish_lost(ctx) == []
+    assert run_job(ctx, job_id) == "succeeded"
+    assert run_job(ctx, job_id) == "skipped"  # the duplicate message does nothing

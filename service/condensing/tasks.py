@@ -1,19 +1,37 @@
-"""Condensing job: ancestry (+ dataset) -> a new learngene version, with its lineage and evaluation card."""
+"""The condensing job kind: ancestry (+ dataset) -> a new learngene version, with its lineage and evaluation
+card. The version is published with the job's success, in its transaction; any other ending leaves none."""
 from __future__ import annotations
 
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
 from service.datasets.service import get_dataset, resolve_path
+from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
+from service.jobs.kinds import JobCancelled, JobFailed, JobKind
+from service.jobs.runner import JobContext
 from service.learngenes.service import publish_version
 from service.models import Ancestry, LearngeneVersion
-from worker.runner import Cancelled, JobContext, JobFailed
+
+
+class CondensePayload(BaseModel):
+    """A condensing request after every check of ``service.condensing.service.submit``."""
+
+    ancestry_id: int
+    method: str
+    mode: Literal["fit", "train", "refine"]
+    dataset: str | None
+    learngene: str
+    params: dict[str, Any]
+    evaluate: bool
+    description: str
+    source_version_id: int | None
 
 
 class _JobHooks:
@@ -44,42 +62,42 @@ def dataset_uri_for_engine(app: AppContext, uri: str | None) -> str | None:
         return f"imagefolder:{resolve_path(app, row)}"
 
 
-def run(jctx: JobContext) -> dict[str, Any]:
+def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
     from engine.ancestry import load_ancestry
     from engine.artifacts import load_learngene, save_learngene
-    from engine.train import condense, evaluate_card, refine
-    from engine.train.loop import Cancelled as TrainingCancelled
+    from engine.train import Cancelled as TrainingCancelled
+    from engine.train import condense as condense_ancestry
+    from engine.train import evaluate_card, refine
 
-    p = jctx.payload
     app = jctx.app
     with app.sessions() as session:
-        ancestry = session.get(Ancestry, p["ancestry_id"])
+        ancestry = session.get(Ancestry, p.ancestry_id)
         if ancestry is None:
-            raise JobFailed(f"ancestry {p['ancestry_id']} no longer exists")
+            raise JobFailed(f"ancestry {p.ancestry_id} no longer exists")
         path = app.store.local_path(ancestry.storage_key)
         architecture, model_args = ancestry.architecture, ancestry.model_args
         source_path, source_number = None, None
-        if p.get("source_version_id") is not None:
-            source = session.get(LearngeneVersion, p["source_version_id"])
+        if p.source_version_id is not None:
+            source = session.get(LearngeneVersion, p.source_version_id)
             if source is None or source.storage_key is None:
-                raise JobFailed(f"learngene version {p['source_version_id']} to refine no longer exists")
+                raise JobFailed(f"learngene version {p.source_version_id} to refine no longer exists")
             source_path, source_number = app.store.local_path(source.storage_key), source.version
     state, spec = load_ancestry(path, architecture, model_args)
-    dataset = dataset_uri_for_engine(app, p["dataset"])
+    dataset = dataset_uri_for_engine(app, p.dataset)
     hooks = _JobHooks(jctx)
     started = time.perf_counter()
     try:
-        if p["mode"] == "refine":
+        if p.mode == "refine":
             assert source_path is not None and dataset is not None
-            learngene, metrics, loss_history = refine(p["method"], load_learngene(source_path), state, spec, dataset,
-                                                      p["params"], hooks)
+            learngene, metrics, loss_history = refine(p.method, load_learngene(source_path), state, spec, dataset,
+                                                      p.params, hooks)
             metrics["refined_from_version"] = source_number
         else:
-            learngene, metrics, loss_history = condense(p["method"], p["mode"], state, spec, dataset, p["params"],
-                                                        hooks)
-        card = evaluate_card(learngene, dataset, hooks=hooks) if p.get("evaluate") and dataset else None
+            learngene, metrics, loss_history = condense_ancestry(p.method, p.mode, state, spec, dataset,
+                                                                 p.params, hooks)
+        card = evaluate_card(learngene, dataset, hooks=hooks) if p.evaluate and dataset else None
     except TrainingCancelled as exc:
-        raise Cancelled() from exc
+        raise JobCancelled() from exc
     jctx.check_cancelled()
     metrics = {**metrics, "seconds": round(time.perf_counter() - started, 2)}
     if card is not None:
@@ -93,14 +111,14 @@ def run(jctx: JobContext) -> dict[str, Any]:
     def publish(session: Session) -> None:
         version = publish_version(
             session,
-            name=p["learngene"],
-            method=p["method"],
-            description=p.get("description", ""),
-            ancestry_id=p["ancestry_id"],
+            name=p.learngene,
+            method=p.method,
+            description=p.description,
+            ancestry_id=p.ancestry_id,
             job_id=jctx.job_id,
-            dataset=p["dataset"],
-            mode=p["mode"],
-            hyperparams=p["params"],
+            dataset=p.dataset,
+            mode=p.mode,
+            hyperparams=p.params,
             metrics=metrics,
             meta=learngene.meta,
             sha256=stored.sha256,
@@ -109,7 +127,15 @@ def run(jctx: JobContext) -> dict[str, Any]:
         )
         result["version"] = version.version
 
-    result: dict[str, Any] = {"learngene": p["learngene"], "sha256": stored.sha256, "size_bytes": stored.size,
+    result: dict[str, Any] = {"learngene": p.learngene, "sha256": stored.sha256, "size_bytes": stored.size,
                               "loss_history": loss_history, "metrics": metrics}
-    jctx.finalizers.append(publish)
+    jctx.on_success(publish)
     return result
+
+
+def _queue(p: CondensePayload) -> str:
+    # Fitting is seconds of linear algebra; training wants the GPU queue.
+    return QUEUE_CPU if p.mode == "fit" else QUEUE_GPU
+
+
+CONDENSE = JobKind(name="condense", payload=CondensePayload, run=condense, queue=_queue)

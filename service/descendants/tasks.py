@@ -1,4 +1,5 @@
-"""Expansion job: a learngene (or an ancestry) + a resolved spec + a seed -> model.safetensors + config.json."""
+"""The expansion job kind: a learngene (or an ancestry) + a resolved spec + a seed -> model.safetensors +
+config.json. A descendant's status follows its job: ``on_finished`` writes it, however the job ends."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
-from service.models import Ancestry, Descendant, LearngeneVersion
-from worker.runner import JobContext, JobFailed
+from service.jobs.dispatch import QUEUE_CPU
+from service.jobs.kinds import FinalState, JobFailed, JobKind
+from service.jobs.runner import JobContext
+from service.models import Ancestry, Descendant, Job, LearngeneVersion
 
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Any] = OrderedDict()
@@ -59,24 +63,16 @@ def _source(app: AppContext, row: Descendant, session: Session) -> tuple[Any, di
     return learngene, {"ancestry": str(ancestry.id), "ancestry_sha256": ancestry.sha256}
 
 
-def run(jctx: JobContext) -> dict[str, Any]:
-    app = jctx.app
-    descendant_id = int(jctx.payload["descendant_id"])
-    try:
-        return _expand(jctx, app, descendant_id)
-    except Exception:
-        with app.sessions.begin() as session:
-            row = session.get(Descendant, descendant_id)
-            if row is not None and row.status == "pending":
-                row.status = "failed"
-        raise
+class ExpandPayload(BaseModel):
+    descendant_id: int
 
 
-def _expand(jctx: JobContext, app: AppContext, descendant_id: int) -> dict[str, Any]:
+def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
     from engine.artifacts import descendant_config, save_descendant
     from engine.methods import get_method
     from engine.spec import ViTSpec
 
+    app, descendant_id = jctx.app, payload.descendant_id
     with app.sessions() as session:
         row = session.get(Descendant, descendant_id)
         if row is None:
@@ -87,6 +83,7 @@ def _expand(jctx: JobContext, app: AppContext, descendant_id: int) -> dict[str, 
         method_name, spec_dict, seed = row.method, dict(row.spec), row.seed
     spec = ViTSpec.from_dict(spec_dict)
     descendant = get_method(method_name).expand(learngene, spec, seed)
+    jctx.check_cancelled()  # before paying for the write; the kernel also refuses a success after a cancel
     metadata = {
         **provenance,
         "method": method_name,
@@ -103,7 +100,6 @@ def _expand(jctx: JobContext, app: AppContext, descendant_id: int) -> dict[str, 
     def record(session: Session) -> None:
         target = session.get(Descendant, descendant_id)
         assert target is not None
-        target.status = "ready"
         target.sha256 = stored.sha256
         target.size_bytes = stored.size
         target.storage_key = stored.key
@@ -111,5 +107,18 @@ def _expand(jctx: JobContext, app: AppContext, descendant_id: int) -> dict[str, 
         target.config = config
         target.details = {**target.details, **descendant.details}
 
-    jctx.finalizers.append(record)
+    jctx.on_success(record)
     return {"descendant_id": descendant_id, "sha256": stored.sha256, "size_bytes": stored.size}
+
+
+def settle_descendant(session: Session, job: Job, state: FinalState) -> None:
+    """The descendant's status is its job's outcome: ready with its weights, else failed (a later request for
+    it starts a new job). A descendant already handed to a newer job is left to that one."""
+    row = session.get(Descendant, ExpandPayload.model_validate(job.payload).descendant_id)
+    if row is None or row.job_id != job.id:
+        return
+    row.status = "ready" if state == "succeeded" and row.storage_key is not None else "failed"
+
+
+EXPAND = JobKind(name="expand", payload=ExpandPayload, run=expand, queue=lambda _: QUEUE_CPU,
+                 on_finished=settle_descendant)

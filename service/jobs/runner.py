@@ -1,0 +1,263 @@
+"""The job kernel's runner: claim a job in the database, beat while it runs, record how it ended; and the
+maintenance loop that requeues jobs whose worker died and publishes again jobs whose message was lost.
+
+The same code runs inside Celery workers (``worker/`` is only the adapter) and in the API's in-process pool.
+The database decides who runs a job: a claim succeeds only for a queued job or a running one whose worker
+stopped beating, so a duplicate or redelivered message never runs a finished job twice. Imports no domain: the
+kinds a process can run are in ``AppContext.kinds``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import and_
+from sqlalchemy.orm import Session
+
+from service.context import AppContext
+from service.jobs import repository
+from service.jobs.kinds import (ERROR_JOB, ERROR_RECORDING, ERROR_UNKNOWN_KIND, ERROR_WORKER_LOST, FinalState,
+                                JobCancelled, JobFailed)
+from service.jobs.service import checkpoint_name, end_job, forget_checkpoint, publish
+from service.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
+
+#: Longest a queued job waits between two publications of its message (the wait doubles up to this).
+MAX_REPUBLISH_INTERVAL_S = 3600.0
+
+
+@dataclass
+class JobContext:
+    """What a handler sees besides its payload: the stores, and the means to report, checkpoint and stop."""
+
+    app: AppContext
+    job_id: str
+    attempt: int
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _on_success: list[Callable[[Session], None]] = field(default_factory=list)
+
+    def progress(self, data: dict[str, Any], *, event: str = "progress") -> None:
+        with self.app.sessions.begin() as session:
+            repository.set_progress(session, self.job_id, data)
+            repository.add_event(session, self.job_id, event, data)
+
+    def should_stop(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def on_success(self, write: Callable[[Session], None]) -> None:
+        """Registry writes that land with the job's success, in its transaction: a job taken over by another
+        worker, or cancelled meanwhile, never publishes them."""
+        self._on_success.append(write)
+
+    def save_checkpoint(self, data: bytes) -> None:
+        """Only the newest checkpoint is kept; it is deleted when the job ends, however it ends."""
+        self.app.store.put_named(checkpoint_name(self.job_id), data)
+
+    def load_checkpoint(self) -> bytes | None:
+        return self.app.store.get_named(checkpoint_name(self.job_id))
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _stale_before(ctx: AppContext) -> dt.datetime:
+    return utcnow() - dt.timedelta(seconds=ctx.settings.stale_after_s)
+
+
+torch_configured = False
+
+
+def configure_torch(ctx: AppContext) -> None:
+    """Set torch's thread count once per process, just before the first job imports it."""
+    global torch_configured
+    if torch_configured:
+        return
+    torch_configured = True
+    threads = ctx.settings.job_torch_threads(in_process=not ctx.settings.uses_celery)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def user_message(exc: BaseException) -> str:
+    """What a job's API shows of an unexpected exception: its type and first line, never a traceback."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:500]}" if text else type(exc).__name__
+
+
+def gave_up_message(attempts: int) -> str:
+    return f"gave up after {attempts} attempts: the worker running it was lost each time"
+
+
+def run_job(ctx: AppContext, job_id: str) -> Outcome:
+    me = worker_name()
+    with ctx.sessions.begin() as session:
+        claimed = repository.claim(session, job_id, me, _stale_before(ctx))
+        job = repository.get(session, job_id)
+        if job is None:
+            log.warning("job %s does not exist; dropping its message", job_id)
+            return "skipped"
+        if not claimed:
+            # Finished or cancelled: nothing to do. Running with a fresh heartbeat: someone holds it.
+            return "busy" if job.state == "running" else "skipped"
+        kind = ctx.kinds.get(job.kind)
+        attempts, max_attempts, raw_kind, payload = job.attempts, job.max_attempts, job.kind, dict(job.payload)
+        repository.add_event(session, job_id, "started", {"attempt": attempts, "worker": me})
+        ending: tuple[str, str] | None = None
+        if attempts > max_attempts:
+            ending = gave_up_message(max_attempts), ERROR_WORKER_LOST
+        elif kind is None:
+            ending = f"no handler for job kind {raw_kind!r}", ERROR_UNKNOWN_KIND
+        if ending is not None:
+            end_job(session, ctx, job_id, "failed", only_if=repository.held_by(me), error=ending[0],
+                    error_code=ending[1])
+    if ending is not None:
+        forget_checkpoint(ctx, job_id)
+        return "failed"
+    assert kind is not None
+    jctx = JobContext(app=ctx, job_id=job_id, attempt=attempts)
+    configure_torch(ctx)
+    stop_beating = threading.Event()
+    beat = threading.Thread(target=_beat, args=(ctx, job_id, me, jctx, stop_beating), daemon=True)
+    beat.start()
+    try:
+        result = kind.run(jctx, kind.payload.model_validate(payload))
+    except JobCancelled:
+        return _finish(ctx, job_id, me, "cancelled")
+    except JobFailed as exc:
+        return _finish(ctx, job_id, me, "failed", error=str(exc), error_code=exc.code)
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job_id, raw_kind)
+        return _finish(ctx, job_id, me, "failed", error=user_message(exc), error_code=ERROR_JOB)
+    finally:
+        stop_beating.set()
+        beat.join()
+    return _finish(ctx, job_id, me, "succeeded", result=result, on_success=jctx._on_success)
+
+
+class _NotHeld(Exception):
+    """The job's row no longer allows this ending (taken over, or cancelled meanwhile)."""
+
+
+def _finish(
+    ctx: AppContext, job_id: str, me: str, state: FinalState, *, result: dict[str, Any] | None = None,
+    error: str | None = None, error_code: str | None = None, on_success: list[Callable[[Session], None]] | None = None,
+) -> Outcome:
+    mine = repository.held_by(me)
+    try:
+        with ctx.sessions.begin() as session:
+            # Success writes first (they may add to ``result``); an ending refused below rolls them back too.
+            for write in on_success or []:
+                write(session)
+            # A success must not overwrite a cancellation requested while the job ran.
+            only_if = and_(mine, Job.cancel_requested.is_(False)) if state == "succeeded" else mine
+            if end_job(session, ctx, job_id, state, only_if=only_if, result=result, error=error,
+                       error_code=error_code) is None:
+                raise _NotHeld()
+    except _NotHeld:
+        if state == "succeeded":
+            # Still ours but cancelled meanwhile: the cancellation wins and the result is dropped.
+            return _finish(ctx, job_id, me, "cancelled")
+        log.warning("job %s was taken over before it ended here; its %s is dropped", job_id, state)
+        return "skipped"
+    except Exception as exc:
+        if state != "succeeded":
+            raise
+        log.exception("job %s could not record its success", job_id)
+        return _finish(ctx, job_id, me, "failed", error=f"recording the result failed: {user_message(exc)}",
+                       error_code=ERROR_RECORDING)
+    forget_checkpoint(ctx, job_id)
+    return state
+
+
+def _beat(ctx: AppContext, job_id: str, me: str, jctx: JobContext, stop: threading.Event) -> None:
+    while not stop.wait(ctx.settings.heartbeat_interval_s):
+        try:
+            with ctx.sessions.begin() as session:
+                if repository.heartbeat(session, job_id, me):
+                    jctx._cancel.set()
+        except Exception:  # a missed beat is retried on the next tick
+            log.exception("heartbeat of job %s failed", job_id)
+
+
+def requeue_stale(ctx: AppContext) -> list[str]:
+    """The reaper: a running job whose worker stopped beating is requeued, or ended when it cannot run again
+    (cancellation requested, or every attempt used). Returns the ids published again."""
+    republished: list[str] = []
+    stale_before = _stale_before(ctx)
+    with ctx.sessions() as session:
+        candidates = [(j.id, j.queue, j.cancel_requested, j.attempts, j.max_attempts)
+                      for j in repository.stale_running(session, stale_before)]
+    for job_id, queue, cancelled, attempts, max_attempts in candidates:
+        stale = repository.stale(stale_before)
+        requeued = False
+        with ctx.sessions.begin() as session:
+            if cancelled:
+                ended = end_job(session, ctx, job_id, "cancelled", only_if=stale)
+            elif attempts >= max_attempts:
+                ended = end_job(session, ctx, job_id, "failed", only_if=stale, error=gave_up_message(max_attempts),
+                                error_code=ERROR_WORKER_LOST)
+            else:
+                ended = None
+                requeued = repository.requeue_if_stale(session, job_id, stale_before)
+        if ended is not None:
+            forget_checkpoint(ctx, job_id)
+        if requeued:
+            publish(ctx, job_id, queue)
+            republished.append(job_id)
+    return republished
+
+
+def republish_lost(ctx: AppContext) -> list[str]:
+    """The sweeper: queued jobs whose message may have been lost (a broker restarted without persistence, a
+    publish that failed after commit) are published again. A duplicate message is harmless (the claim lets one
+    run), but to keep them few, a job waits as long again as it already waited before each new publication
+    (``republish_after_s``, then doubling, at most an hour). Returns the ids published."""
+    now = utcnow()
+    first = ctx.settings.republish_after_s
+    with ctx.sessions() as session:
+        candidates = [(j.id, j.queue, j.created_at, j.published_at)
+                      for j in repository.queued_before(session, now - dt.timedelta(seconds=first))]
+    published: list[str] = []
+    for job_id, queue, created_at, published_at in candidates:
+        wait = min(max(first, (published_at - created_at).total_seconds()), MAX_REPUBLISH_INTERVAL_S)
+        if published_at > now - dt.timedelta(seconds=wait):
+            continue
+        with ctx.sessions.begin() as session:
+            won = repository.mark_published(session, job_id, published_at, now)
+        if won and publish(ctx, job_id, queue):
+            published.append(job_id)
+    return published
+
+
+def start_maintenance(ctx: AppContext, stop: threading.Event) -> threading.Thread:
+    """Reaper and sweeper, in a thread of every process that runs jobs."""
+    def loop() -> None:
+        while not stop.wait(max(0.5, min(ctx.settings.stale_after_s, ctx.settings.republish_after_s) / 3)):
+            try:
+                for job_id in requeue_stale(ctx):
+                    log.warning("requeued orphaned job %s", job_id)
+                for job_id in republish_lost(ctx):
+                    log.warning("published queued job %s again (its message may have been lost)", job_id)
+            except Exception:  # the database may be down: try again on the next tick
+                log.exception("job maintenance pass failed")
+
+    thread = threading.Thread(target=loop, name="lg-maintenance", daemon=True)
+    thread.start()
+    return thread
