@@ -20,7 +20,8 @@ from tests.support import Proc, make_settings, start_server, start_worker, wait_
 @pytest.fixture
 def distributed(pg_database: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Settings, str, Path]]:
     _reset_pg(pg_database)
-    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url)
+    # Enough attempts for a job whose worker is killed three times.
+    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url, max_attempts=5)
     engine = make_engine(pg_database)
     upgrade(engine)
     engine.dispose()
@@ -79,52 +80,59 @@ def test_a_celery_worker_takes_jobs_from_redis_and_completes_them(
         worker.stop()
 
 
-def test_a_job_whose_worker_dies_resumes_from_its_checkpoint_and_finishes_once(
+def test_a_job_whose_worker_is_killed_three_times_resumes_from_its_checkpoint_and_finishes_once(
     distributed: tuple[Settings, str, Path], tiny_ancestry_file: Path
 ) -> None:
     import os
     import signal
 
+    from service.jobs.service import checkpoint_name
+    from service.storage import make_store
+
     settings, url, tmp = distributed
+    store = make_store(settings)
     ancestry = _upload(url, tiny_ancestry_file)
-    params = {"steps": 200, "batch_size": 16, "warmup_steps": 5, "aux_depth": 4, "checkpoint_every_s": 0.2}
+    params = {"steps": 120, "batch_size": 8, "warmup_steps": 5, "aux_depth": 4, "checkpoint_every_s": 0.1}
     r = httpx.post(f"{url}/v1/condense-jobs", json={"ancestry": ancestry["id"], "method": "tleg",
                                                     "learngene": "survivor", "dataset": "builtin:digits",
                                                     "params": params, "evaluate": False})
     job_id = r.json()["id"]
-    first = start_worker(settings, tmp, "doomed")
-    try:
-        def checkpointed_progress() -> int:
-            body = httpx.get(f"{url}/v1/jobs/{job_id}").json()
-            step = body["progress"].get("step", 0)
-            return step if step >= 60 else 0
+    killed_at: list[int] = []
+    for past in (20, 50, 80):
+        doomed = start_worker(settings, tmp, f"doomed-{past}")
+        try:
+            def progressed() -> int:
+                step = httpx.get(f"{url}/v1/jobs/{job_id}").json()["progress"].get("step", 0)
+                return step if step >= past else 0
 
-        killed_at = wait_until(checkpointed_progress, 180, 0.1, "training past step 60")
-        os.killpg(first.popen.pid, signal.SIGKILL)  # no warm shutdown: the worker just vanishes
-        first.popen.wait()
-    finally:
-        first.stop()
-    assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "running"  # orphaned, heartbeat stopping
+            killed_at.append(wait_until(progressed, 300, 0.05, f"training past step {past}"))
+            os.killpg(doomed.popen.pid, signal.SIGKILL)  # no warm shutdown: the worker just vanishes
+            doomed.popen.wait()
+        finally:
+            doomed.stop()
+        assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "running"  # orphaned, heartbeat stopping
+        assert store.get_named(checkpoint_name(job_id)) is not None
 
-    second = start_worker(settings, tmp, "rescuer")
+    rescuer = start_worker(settings, tmp, "rescuer")
     try:
-        job = _wait_job(url, job_id, timeout=300)
-        assert job["state"] == "succeeded", (job["error"], second.log())
-        assert job["attempts"] == 2
-        assert job["worker"].split(":")[1] == str(second.popen.pid)
+        job = _wait_job(url, job_id, timeout=400)
+        assert job["state"] == "succeeded", (job["error"], rescuer.log())
+        assert job["attempts"] == 4
+        assert job["worker"].split(":")[1] == str(rescuer.popen.pid)
     finally:
-        second.stop()
+        rescuer.stop()
     text = httpx.get(f"{url}/v1/jobs/{job_id}/events", params={"poll_s": 0.05}, timeout=30).text
     events = [(kind.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
               for kind, data in zip(text.splitlines(), text.splitlines()[1:])
               if kind.startswith("event: ") and data.startswith("data: ")]
-    starts = [i for i, (kind, _) in enumerate(events) if kind == "started"]
-    assert [events[i][1]["attempt"] for i in starts] == [1, 2]
-    second_steps = [data["step"] for kind, data in events[starts[1]:] if kind == "progress"]
-    first_steps = [data["step"] for kind, data in events[starts[0]:starts[1]] if kind == "progress"]
-    # The second attempt picked up from a checkpoint near where the first one died, not from step 0.
-    assert max(first_steps) >= killed_at
-    assert killed_at // 2 <= second_steps[0] <= max(first_steps) + 20, (killed_at, first_steps[-3:], second_steps[:3])
-    assert second_steps[-1] == params["steps"]
+    starts = [i for i, (kind, _) in enumerate(events) if kind == "started"] + [len(events)]
+    assert [events[i][1]["attempt"] for i in starts[:-1]] == [1, 2, 3, 4]
+    steps = [[data["step"] for kind, data in events[a:b] if kind == "progress"] for a, b in zip(starts, starts[1:])]
+    for attempt, killed in enumerate(killed_at):
+        # Each attempt picked up from a checkpoint near where the previous one died, not from step 0.
+        assert max(steps[attempt]) >= killed
+        assert killed // 2 <= steps[attempt + 1][0] <= max(steps[attempt]) + 10, (killed, steps[attempt + 1][:3])
+    assert steps[-1][-1] == params["steps"]
     versions = httpx.get(f"{url}/v1/learngenes/survivor/versions").json()["items"]
     assert [v["version"] for v in versions] == [1] and versions[0]["lineage"]["job_id"] == job_id
+    assert store.get_named(checkpoint_name(job_id)) is None  # the job ended: nothing can resume from it
