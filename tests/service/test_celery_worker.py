@@ -14,14 +14,15 @@ from service.migrate import upgrade
 from service.settings import Settings
 from tests.conftest import _reset_pg
 from tests.service.conftest import TINY_ARGS
-from tests.support import Proc, make_settings, start_server, start_worker, wait_until
+from tests.support import UNTHROTTLED, Proc, make_settings, start_server, start_worker, wait_until
 
 
 @pytest.fixture
 def distributed(pg_database: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Settings, str, Path]]:
     _reset_pg(pg_database)
     # Enough attempts for a job whose worker is killed three times.
-    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url, max_attempts=5)
+    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url, max_attempts=5,
+                             **UNTHROTTLED)
     engine = make_engine(pg_database)
     upgrade(engine)
     engine.dispose()

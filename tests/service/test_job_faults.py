@@ -23,7 +23,8 @@ from service.migrate import upgrade
 from service.models import Job, utcnow
 from tests.conftest import _reset_pg
 from tests.service.conftest import upload_ancestry, wait_job
-from tests.support import PostgresServer, RedisServer, make_settings, start_server, start_worker, wait_until
+from tests.support import (UNTHROTTLED, PostgresServer, RedisServer, make_settings, start_server, start_worker,
+                           wait_until)
 
 
 class _Held:
@@ -168,7 +169,8 @@ def test_queued_jobs_survive_a_broker_that_loses_every_message_and_a_post_while_
     _reset_pg(pg_database)
     _migrated(pg_database)
     redis = RedisServer(tmp_path)
-    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis.url, republish_after_s=1.0)
+    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis.url, republish_after_s=1.0,
+                             **UNTHROTTLED)
     server, url = start_server(settings, tmp_path)
     worker = None
     try:
@@ -204,7 +206,7 @@ def test_a_database_that_stops_answers_503_with_retry_after_and_recovers_when_it
     pg = PostgresServer()
     try:
         _migrated(pg.url)
-        server, url = start_server(make_settings(tmp_path, database_url=pg.url), tmp_path)
+        server, url = start_server(make_settings(tmp_path, database_url=pg.url, **UNTHROTTLED), tmp_path)
         try:
             ancestry = _upload(url, tiny_ancestry_file)
             assert httpx.get(f"{url}/v1/learngenes").status_code == 200
@@ -234,7 +236,8 @@ def test_a_hundred_clients_waiting_on_the_hub_leave_the_server_responsive(
     # A broker but no worker: the descendant stays pending while everyone waits for it.
     _reset_pg(pg_database)
     _migrated(pg_database)
-    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url, max_wait_s=30.0)
+    settings = make_settings(tmp_path, database_url=pg_database, broker_url=redis_url, max_wait_s=30.0,
+                             **UNTHROTTLED)
     server, url = start_server(settings, tmp_path)
     try:
         ancestry = _upload(url, tiny_ancestry_file)
