@@ -149,7 +149,8 @@ class Descendant(Base):
     spec: Mapped[dict[str, Any]]
     seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    #: The job that produces it (the latest one); its ending settles ``status``.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
     param_count: Mapped[int] = mapped_column(BigInteger)
     gflops: Mapped[float] = mapped_column(Float)
     architecture: Mapped[str | None] = mapped_column(String(200), nullable=True)

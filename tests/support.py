@@ -32,8 +32,8 @@ def make_settings(tmp: Path, database_url: str = "", broker_url: str = "", **ove
     return Settings(data_dir=tmp, database_url=database_url, broker_url=broker_url, **values)  # type: ignore[arg-type]
 
 
-#: For tests whose own polling would spend the anonymous rate limit (the limit is not what they test).
-UNTHROTTLED: dict[str, object] = {"anonymous_rate_per_s": 1e6, "anonymous_burst": 10**6}
+#: For tests whose own polling and queues would spend the anonymous rate limit and job slots (not what they test).
+UNTHROTTLED: dict[str, object] = {"anonymous_rate_per_s": 1e6, "anonymous_burst": 10**6, "max_concurrent_jobs": 1000}
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):

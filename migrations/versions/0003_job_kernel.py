@@ -1,4 +1,4 @@
-"""job kernel: error codes, publish time for the sweeper, no checkpoint key
+"""job kernel: error codes, publish time for the sweeper, no checkpoint key, descendants found by their job
 
 Revision ID: 0003
 Revises: 0002
@@ -23,9 +23,13 @@ def upgrade() -> None:
     op.execute("UPDATE jobs SET published_at = created_at")
     with op.batch_alter_table("jobs") as batch:
         batch.alter_column("published_at", existing_type=sa.DateTime(timezone=True), nullable=False)
+    with op.batch_alter_table("descendants") as batch:
+        batch.create_index(batch.f("ix_descendants_job_id"), ["job_id"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("descendants") as batch:
+        batch.drop_index(batch.f("ix_descendants_job_id"))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("checkpoint_key", sa.String(length=300), nullable=True))
         batch.drop_column("published_at")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
@@ -113,11 +114,10 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
 
 def settle_descendant(session: Session, job: Job, state: FinalState) -> None:
     """The descendant's status is its job's outcome: ready with its weights, else failed (a later request for
-    it starts a new job). A descendant already handed to a newer job is left to that one."""
-    row = session.get(Descendant, ExpandPayload.model_validate(job.payload).descendant_id)
-    if row is None or row.job_id != job.id:
-        return
-    row.status = "ready" if state == "succeeded" and row.storage_key is not None else "failed"
+    it starts a new job). A descendant already handed to a newer job is the newer job's to settle."""
+    row = session.scalar(select(Descendant).where(Descendant.job_id == job.id))
+    if row is not None:
+        row.status = "ready" if state == "succeeded" and row.storage_key is not None else "failed"
 
 
 EXPAND = JobKind(name="expand", payload=ExpandPayload, run=expand, queue=lambda _: QUEUE_CPU,
