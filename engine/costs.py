@@ -11,6 +11,7 @@ This matches ``torch.utils.flop_counter.FlopCounterMode`` on the built model, an
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,10 +64,8 @@ def _parts(spec: ViTSpec) -> list[tuple[int, int, int]]:
     ]
 
 
-def state_shapes(spec: ViTSpec) -> dict[str, Shape]:
-    """Every tensor of the descendant's state dict (timm names, timm order) with its shape."""
-    parts = _parts(spec)
-    stem_dim = parts[0][0]
+def _stem_shapes(spec: ViTSpec, stem_dim: int) -> dict[str, Shape]:
+    """The tensors before the blocks: prefix tokens, position and patch embeddings, pre-norm."""
     shapes: dict[str, Shape] = {}
     if spec.class_token:
         shapes["cls_token"] = (1, 1, stem_dim)
@@ -81,12 +80,12 @@ def state_shapes(spec: ViTSpec) -> dict[str, Shape]:
     else:
         shapes["norm_pre.weight"] = (stem_dim,)
         shapes["norm_pre.bias"] = (stem_dim,)
-    index = 0
-    for dim, hidden, count in parts:
-        for _ in range(count):
-            block = spec_block_shapes(spec, dim, hidden)
-            shapes.update({f"blocks.{index}.{name}": shape for name, shape in block.items()})
-            index += 1
+    return shapes
+
+
+def _tail_shapes(spec: ViTSpec, stem_dim: int) -> dict[str, Shape]:
+    """The tensors after the blocks: a stitched descendant's stitch, the final norm, the heads."""
+    shapes: dict[str, Shape] = {}
     if stem_dim != spec.embed_dim:
         shapes["stitch.weight"] = (spec.embed_dim, stem_dim)
         shapes["stitch.bias"] = (spec.embed_dim,)
@@ -98,6 +97,21 @@ def state_shapes(spec: ViTSpec) -> dict[str, Shape]:
     return shapes
 
 
+def state_shapes(spec: ViTSpec) -> dict[str, Shape]:
+    """Every tensor of the descendant's state dict (timm names, timm order) with its shape."""
+    parts = _parts(spec)
+    stem_dim = parts[0][0]
+    shapes = _stem_shapes(spec, stem_dim)
+    index = 0
+    for dim, hidden, count in parts:
+        block = spec_block_shapes(spec, dim, hidden)
+        for _ in range(count):
+            shapes.update({f"blocks.{index}.{name}": shape for name, shape in block.items()})
+            index += 1
+    shapes.update(_tail_shapes(spec, stem_dim))
+    return shapes
+
+
 def head_modules(spec: ViTSpec) -> list[str]:
     """The classifier heads: ``head``, and DeiT's ``head_dist`` when distilled; none without classes."""
     if spec.num_classes <= 0:
@@ -105,15 +119,17 @@ def head_modules(spec: ViTSpec) -> list[str]:
     return ["head", "head_dist"] if spec.distilled else ["head"]
 
 
+def _numel(shapes: dict[str, Shape]) -> int:
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
 def param_count(spec: ViTSpec) -> int:
-    """Exactly ``sum(p.numel() for p in model.state_dict().values())`` of the built descendant."""
-    total = 0
-    for shape in state_shapes(spec).values():
-        size = 1
-        for n in shape:
-            size *= n
-        total += size
-    return total
+    """Exactly ``sum(p.numel() for p in model.state_dict().values())`` of the built descendant, without listing
+    every block: the budget planner costs thousands of candidates per request."""
+    parts = _parts(spec)
+    stem_dim = parts[0][0]
+    blocks = sum(count * _numel(spec_block_shapes(spec, dim, hidden)) for dim, hidden, count in parts)
+    return _numel(_stem_shapes(spec, stem_dim)) + blocks + _numel(_tail_shapes(spec, stem_dim))
 
 
 def gflops(spec: ViTSpec) -> float:

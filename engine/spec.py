@@ -93,7 +93,12 @@ class ViTSpec:
     distilled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Field by field rather than dataclasses.asdict, whose recursive deep copy dominated the planner's
+        # costing of thousands of candidates; every field is immutable but the front part, converted here.
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.front is not None:
+            data["front"] = dataclasses.asdict(self.front)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViTSpec":

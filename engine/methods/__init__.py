@@ -204,6 +204,16 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
             }, "engine.train.wave:refine_wave"),
         },
     ),
+    MethodEntry(
+        "front", "engine.methods.front",
+        "FRONT (ICML 2026): the low-frequency DCT corner of the ancestry's weights, any depth and width, no data",
+        {FIT: Mode({
+            "keep_ratio": Param(1.0, real(0.0, 1.0, low_open=True),
+                                "share of each weight dimension's DCT coefficients kept (1: the whole spectrum)"),
+            "keep_depth": Param(None, optional(integer(1, 4096)),
+                                "DCT coefficients kept along depth; None (or more than the ancestry's depth): all"),
+        })},
+    ),
     MethodEntry("weight-selection", "engine.methods.weight_selection",
                 "Weight selection (Xu et al., ICLR 2024): a smaller descendant copied out of the ancestry"),
     MethodEntry("random", "engine.methods.random", "timm's own random initialization"),

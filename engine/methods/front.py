@@ -36,8 +36,9 @@ from timm.layers import resample_abs_pos_embed
 
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import SpecError, SpecLimits, ViTSpec, merge_request
-from engine.vit import as_float32, assemble, block_key, check_layout, stack_blocks
+from engine.spec import FAMILY_DEFAULTS, SpecError, SpecLimits, ViTSpec, merge_request, require_features
+from engine.vit import (as_float32, assemble, block_key, block_tensors, check_layout, head_state, pos_prefix,
+                        stack_blocks)
 
 name = "front"
 supports_fit = True
@@ -74,21 +75,32 @@ KINDS: dict[str, Kind] = {
     "mlp.fc1.bias": Kind("mlp.fc1.bias", (HIDDEN,)),
     "mlp.fc2.weight": Kind("mlp.fc2.weight", (DIM, HIDDEN)),
     "mlp.fc2.bias": Kind("mlp.fc2.bias", (DIM,)),
+    "ls1.gamma": Kind("ls1.gamma", (DIM,)),
+    "ls2.gamma": Kind("ls2.gamma", (DIM,)),
 }
 #: Tensors outside the blocks, stored whole: what sets each axis (None: fixed by the family or the classes).
 #: The position embedding's token axis is resampled to the descendant's grid by timm, not here.
 OUTSIDE: dict[str, tuple[str | None, ...]] = {
     "cls_token": (None, None, DIM),
+    "reg_token": (None, None, DIM),
+    "dist_token": (None, None, DIM),
     "pos_embed": (None, None, DIM),
     "patch_embed.proj.weight": (DIM, None, None, None),
     "patch_embed.proj.bias": (DIM,),
+    "norm_pre.weight": (DIM,),
+    "norm_pre.bias": (DIM,),
     "norm.weight": (DIM,),
     "norm.bias": (DIM,),
     "fc_norm.weight": (DIM,),
     "fc_norm.bias": (DIM,),
     "head.weight": (None, DIM),
     "head.bias": (None,),
+    "head_dist.weight": (None, DIM),
+    "head_dist.bias": (None,),
 }
+#: Every ViT family feature: its tensors are in the tables above, the rest (activation, norm eps, pooling
+#: placement, position layout) only changes how timm builds the descendant.
+FEATURES = frozenset(FAMILY_DEFAULTS)
 #: Fields a request may change; the class token may be dropped, never added (there would be nothing to inherit).
 FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
                "global_pool"}
@@ -105,10 +117,9 @@ def _kept(size: int, ratio: float) -> int:
     return max(1, math.ceil(round(ratio * size, 9)))
 
 
-def _kinds(spec: ViTSpec) -> dict[str, Kind]:
+def kinds(spec: ViTSpec) -> dict[str, Kind]:
     """The kinds of ``spec``'s blocks; a block tensor no kind covers is refused, naming it."""
-    block = {k.removeprefix("blocks.0."): v for k, v in state_shapes(spec.replace(depth=1)).items()
-             if k.startswith("blocks.0.")}
+    block = block_tensors(spec)
     unknown = sorted(set(block) - {kind.tensor for kind in KINDS.values()})
     if unknown:
         raise SpecError(f"FRONT has no transform for the block tensor {unknown[0]!r}", unknown[0])
@@ -116,7 +127,7 @@ def _kinds(spec: ViTSpec) -> dict[str, Kind]:
 
 
 def _check_outside(spec: ViTSpec) -> None:
-    outside = [k for k in state_shapes(spec.replace(depth=1)) if not k.startswith("blocks.")]
+    outside = [k for k in state_shapes(spec.replace(depth=0)) if not k.startswith("blocks.")]
     unknown = [k for k in outside if k not in OUTSIDE]
     if unknown:
         raise SpecError(f"FRONT has no transform for {unknown[0]!r}", unknown[0])
@@ -138,7 +149,7 @@ def layout(learngene_spec: ViTSpec, keep_ratio: float, keep_depth: int) -> dict[
     """Learngene tensor names and shapes for an ancestry of ``learngene_spec``."""
     shapes = {k: v for k, v in state_shapes(learngene_spec).items() if not k.startswith("blocks.")}
     depth = learngene_spec.depth
-    for kind_name, kind in _kinds(learngene_spec).items():
+    for kind_name, kind in kinds(learngene_spec).items():
         corner = tuple(_kept(_size(learngene_spec, axis), keep_ratio) for axis in kind.axes)
         shapes[f"coeffs.{kind_name}"] = (keep_depth, *corner)
         shapes[f"mean.{kind_name}"] = (depth,)
@@ -254,17 +265,15 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
         raise LearngeneError(f"keep_depth must be at least 1, got {keep_depth}")
     # More depth coefficients than blocks do not exist: the whole depth spectrum is kept (as the reference does).
     keep_depth = min(keep_depth, ancestry_spec.depth)
-    try:
-        kinds = _kinds(ancestry_spec)
-        _check_outside(ancestry_spec)
-    except SpecError as exc:
-        raise LearngeneError(str(exc)) from exc
+    require_features(ancestry_spec, FEATURES, name)
+    block_kinds = kinds(ancestry_spec)
+    _check_outside(ancestry_spec)
     check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
     state = as_float32(ancestry)
     tensors: StateDict = {k: v for k, v in state.items() if not k.startswith("blocks.")}
     depth = ancestry_spec.depth
     errors: dict[str, float] = {}
-    for tensor_name, group in _by_tensor(kinds):
+    for tensor_name, group in _by_tensor(block_kinds):
         stack = stack_blocks(state, depth, tensor_name)
         for kind_name, kind in group.items():
             values = _read_kind(stack, kind)
@@ -301,8 +310,6 @@ def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
     spec = merge_request(base, partial, FREE_FIELDS, name)
     if spec.class_token and not base.class_token:
         raise SpecError("the ancestry has no class token to inherit", "class_token")
-    _kinds(spec)
-    _check_outside(spec)
     return spec
 
 
@@ -317,17 +324,20 @@ def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
 
 
 def _outside(learngene: Learngene, spec: ViTSpec) -> StateDict:
-    """The descendant's tensors outside the blocks: resized to its width, the position grid resampled."""
+    """The descendant's tensors outside the blocks (heads included): resized to its width, the position grid
+    resampled."""
     base = learngene.base_spec
-    tensors = learngene.tensors
     renamed = {f"{base.final_norm}.weight": f"{spec.final_norm}.weight",
                f"{base.final_norm}.bias": f"{spec.final_norm}.bias"}
-    wanted = {k for k in state_shapes(spec.replace(depth=1)) if not k.startswith(("blocks.", "head."))}
+    wanted = set(state_shapes(spec.replace(depth=0)))
+    heads = head_state(learngene.tensors)
     state: StateDict = {}
-    for key, tensor in tensors.items():
+    for key, tensor in learngene.tensors.items():
         target = renamed.get(key, key)
-        if target not in wanted:
-            continue  # coefficients, stats, the head (the caller's), a class token the descendant drops
+        if key in heads:
+            target = key  # kept whole or replaced by a fresh head: the caller's (assemble's) decision
+        elif target not in wanted:
+            continue  # coefficients, stats, a class token the descendant drops
         if key == "pos_embed":
             tensor = _resample_positions(tensor, base, spec)
         state[target] = _resize_whole(tensor, _outside_sizes(OUTSIDE[key], spec))
@@ -335,23 +345,25 @@ def _outside(learngene: Learngene, spec: ViTSpec) -> StateDict:
 
 
 def _resample_positions(pos_embed: torch.Tensor, base: ViTSpec, spec: ViTSpec) -> torch.Tensor:
-    prefix = 1 if base.class_token else 0
+    """The ancestry's positions on the descendant's grid, with the positions of the prefix tokens it keeps."""
+    prefix = pos_prefix(base)
     if spec.img_size != base.img_size:
         grid = spec.img_size // spec.patch_size
-        pos_embed = resample_abs_pos_embed(pos_embed, [grid, grid], num_prefix_tokens=prefix)
-    if prefix and not spec.class_token:
-        pos_embed = pos_embed[:, prefix:]
-    return pos_embed
+        pos_embed = resample_abs_pos_embed(pos_embed, [grid, grid], num_prefix_tokens=len(prefix))
+    kept = [prefix.index(token) for token in pos_prefix(spec)]
+    if len(kept) == len(prefix):
+        return pos_embed
+    return torch.cat([pos_embed[:, kept], pos_embed[:, len(prefix):]], dim=1)
 
 
 def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     learngene.require(name)
     spec = resolve_spec(learngene, spec.to_dict())
-    base = learngene.base_spec
     tensors = learngene.tensors
     check_layout(tensors, _learngene_layout(learngene), "FRONT learngene")
     state = _outside(learngene, spec)
-    for tensor_name, group in _by_tensor(_kinds(spec)):
+    head = {key: state.pop(key) for key in list(head_state(state))}
+    for tensor_name, group in _by_tensor(kinds(spec)):
         parts = [torch.from_numpy(reconstruct(tensors[f"coeffs.{k}"], tensors[f"mean.{k}"], tensors[f"std.{k}"],
                                               spec.depth, tuple(_size(spec, axis) for axis in kind.axes)))
                  for k, kind in sorted(group.items(), key=lambda item: item[1].part)]
@@ -359,9 +371,5 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         stack = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         for i in range(spec.depth):
             state[block_key(i, tensor_name)] = stack[i]
-    head = None
-    if base.num_classes:
-        head = (_resize_whole(tensors["head.weight"], _outside_sizes(OUTSIDE["head.weight"], spec)),
-                tensors["head.bias"])
     return assemble(state, spec, seed, head, keep_ratio=learngene.meta["keep_ratio"],
                     keep_depth=learngene.meta["keep_depth"])

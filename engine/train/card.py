@@ -6,8 +6,9 @@ sizes are fine-tuned for ``steps`` steps twice, once expanded from the learngene
 init, with the same steps, data, batch order, optimizer and seed, and scored on the task's validation images
 (the dataset's fixed validation split).
 
-Default sizes: from the method's own catalogue (``candidate_specs``) sorted by parameter count, the entries at the
-25th and 50th percentiles: a small and a middle descendant of what the learngene offers, for any method.
+Default sizes: from the method's own catalogue (``candidate_specs``, up to twice the learngene's depth and heads:
+:func:`catalogue`) sorted by parameter count, the entries at the 25th and 50th percentiles: a small and a middle
+descendant of what the learngene offers, for any method.
 """
 from __future__ import annotations
 
@@ -43,8 +44,20 @@ class _CardHooks(NoHooks):
         self.hooks.on_progress({**progress, "phase": f"evaluation card: {self.label}"})
 
 
-def default_sizes(learngene: Learngene) -> list[ViTSpec]:
+def catalogue(learngene: Learngene) -> list[ViTSpec]:
+    """The method's candidate sizes by parameter count, up to a model of twice the learngene's depth and heads.
+
+    That bound is where the growing methods' catalogues end (TLEG, WAVE); FRONT offers every size the limits
+    allow, and percentiles of that would have the card train models of hundreds of millions of parameters."""
+    base = learngene.base_spec
+    ceiling = param_count(base.replace(depth=2 * base.depth, embed_dim=2 * base.embed_dim,
+                                       num_heads=2 * base.num_heads))
     candidates = sorted(get_method(learngene.method).candidate_specs(learngene), key=param_count)
+    return [spec for spec in candidates if param_count(spec) <= ceiling] or candidates
+
+
+def default_sizes(learngene: Learngene) -> list[ViTSpec]:
+    candidates = catalogue(learngene)
     picks = [candidates[round(q * (len(candidates) - 1))] for q in (0.25, 0.5)]
     return list(dict.fromkeys(picks))
 

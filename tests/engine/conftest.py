@@ -22,6 +22,7 @@ FIT_PARAMS: dict[str, dict] = {
     "pool": {"students": [{"embed_dim": 32, "num_heads": 2, "depth": 3},
                           {"embed_dim": 64, "num_heads": 4, "depth": 4}]},
     "wave": {"tile": [8, 8], "counts": 6},
+    "front": {"keep_ratio": 0.5},
     "weight-selection": {},
     "random": {},
 }

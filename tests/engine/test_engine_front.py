@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from engine.artifacts import descendant_metadata, save_descendant
-from engine.methods import front
+from engine.costs import param_count
+from engine.methods import front, get_method
 from engine.methods.base import Learngene, LearngeneError, StateDict
 from engine.spec import SpecError, ViTSpec
+from engine.train.card import catalogue
 from engine.vit import block_key
 from tests.engine.conftest import load_into_timm, random_state
+from tests.engine.test_engine_families import FAMILIES, images, make_family, rebuilt
 
 AVG = ViTSpec(depth=4, embed_dim=64, num_heads=4, num_classes=10, img_size=16, patch_size=4, class_token=False,
               global_pool="avg")
@@ -41,7 +44,7 @@ def test_the_whole_spectrum_at_the_ancestrys_size_reproduces_it(case: tuple[ViTS
     for key, tensor in state.items():
         torch.testing.assert_close(descendant.state_dict[key], tensor, rtol=1e-5, atol=1e-6, msg=key)
     errors = learngene.meta["fit"]["relative_error"]
-    assert set(errors) == set(front.KINDS) and max(errors.values()) < 1e-6
+    assert set(errors) == set(front.kinds(spec)) and max(errors.values()) < 1e-6
 
 
 def test_a_truncated_spectrum_is_recorded_as_a_real_error(tiny: ViTSpec) -> None:
@@ -53,7 +56,7 @@ def test_truncation_commutes_with_expansion(tiny: ViTSpec) -> None:
     state = trained_like(tiny)
     whole = front.fit(state, tiny, {})
     small = front.fit(state, tiny, {"keep_ratio": 0.5, "keep_depth": 2})
-    for kind in front.KINDS:
+    for kind in front.kinds(tiny):
         big, corner = whole.tensors[f"coeffs.{kind}"], small.tensors[f"coeffs.{kind}"]
         assert torch.equal(big[tuple(slice(0, n) for n in corner.shape)], corner), kind
     # A target inside the kept corner (2 blocks, width 32, MLP 64) reads only kept coefficients: both agree.
@@ -63,7 +66,7 @@ def test_truncation_commutes_with_expansion(tiny: ViTSpec) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # Outside it, the small learngene is the whole one with the rest of the spectrum zeroed.
     zeroed = Learngene(front.name, dict(whole.tensors), {**whole.meta})
-    for kind in front.KINDS:
+    for kind in front.kinds(tiny):
         coeffs = torch.zeros_like(whole.tensors[f"coeffs.{kind}"])
         corner = small.tensors[f"coeffs.{kind}"]
         coeffs[tuple(slice(0, n) for n in corner.shape)] = corner
@@ -80,14 +83,14 @@ def test_stored_bytes_follow_keep_ratio_squared_times_keep_depth(tiny: ViTSpec, 
                                                                  keep_depth: int) -> None:
     state = trained_like(tiny)
     learngene = front.fit(state, tiny, {"keep_ratio": keep_ratio, "keep_depth": keep_depth})
-    for kind_name, kind in front.KINDS.items():
+    for kind_name, kind in front.kinds(tiny).items():
         stored = learngene.tensors[f"coeffs.{kind_name}"].numel()
         whole = tiny.depth * math.prod(front._size(tiny, axis) for axis in kind.axes)
         # Widths 64 and 256 times these ratios are whole numbers: the corner is exactly r^2 (or r) of each block.
         assert stored == whole * keep_ratio ** len(kind.axes) * keep_depth / tiny.depth, kind_name
     summary = learngene.meta["fit"]
     assert summary["stored_bytes"] == sum(t.numel() * t.element_size() for t in learngene.tensors.values())
-    matrices = sum(learngene.tensors[f"coeffs.{k}"].numel() * 4 for k, kind in front.KINDS.items()
+    matrices = sum(learngene.tensors[f"coeffs.{k}"].numel() * 4 for k, kind in front.kinds(tiny).items()
                    if len(kind.axes) == 2)
     all_matrices = sum(state[block_key(i, t)].numel() * 4 for i in range(tiny.depth)
                        for t in ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"))
@@ -199,3 +202,43 @@ def test_the_planner_grid_covers_every_depth_and_width_within_the_limits(case: t
     spec, _, learngene = case
     grid = {(s.depth, s.embed_dim) for s in front.candidate_specs(learngene)}
     assert (1, spec.head_dim) in grid and (48, 64 * spec.head_dim) in grid and len(grid) == 48 * 64
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> tuple[StateDict, ViTSpec, torch.nn.Module, Learngene]:
+    state, spec, model = make_family(request.param)
+    return state, spec, model, front.fit(state, spec, {})
+
+
+def test_every_family_at_its_own_size_computes_the_ancestrys_outputs(family: tuple) -> None:
+    state, spec, model, learngene = family
+    descendant = front.expand(learngene, spec, seed=0)
+    assert descendant.architecture == spec.base_architecture
+    x = images(spec)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(descendant, spec)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_every_family_grows_and_shrinks_into_timm(family: tuple) -> None:
+    _, spec, _, learngene = family
+    for request_ in ({"depth": 6, "embed_dim": 48, "num_heads": 3, "num_classes": 7},
+                     {"depth": 2, "embed_dim": 16, "num_heads": 1}):
+        target = front.resolve_spec(learngene, request_)
+        assert target.features == spec.features
+        with torch.inference_mode():
+            out = rebuilt(front.expand(learngene, target, seed=3), target)(images(target))
+        assert out.shape == (2, target.num_classes) and bool(torch.isfinite(out).all())
+
+
+def test_the_card_samples_front_within_what_the_growing_methods_offer(learngenes: dict[str, Learngene]) -> None:
+    for name, learngene in learngenes.items():
+        candidates = list(get_method(name).candidate_specs(learngene))
+        sampled = catalogue(learngene)
+        if name == "front":
+            base = learngene.base_spec
+            largest = max(param_count(s) for s in sampled)
+            assert largest == param_count(base.replace(depth=2 * base.depth, embed_dim=2 * base.embed_dim,
+                                                       num_heads=2 * base.num_heads))
+            assert len(sampled) < len(candidates)
+        else:
+            assert sorted(map(param_count, sampled)) == sorted(map(param_count, candidates)), name

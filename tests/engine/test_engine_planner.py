@@ -13,7 +13,7 @@ from engine.planner import Budget, BudgetError, Candidate, pareto_front, plan_bu
 from engine.spec import SpecLimits
 
 
-@pytest.mark.parametrize("name", ["tleg", "wave", "pool", "weight-selection"])
+@pytest.mark.parametrize("name", ["tleg", "wave", "pool", "weight-selection", "front"])
 def test_picks_the_largest_candidate_within_budget(name: str, learngenes: dict[str, Learngene]) -> None:
     method = get_method(name)
     specs = list(method.candidate_specs(learngenes[name]))

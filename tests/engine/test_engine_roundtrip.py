@@ -17,12 +17,14 @@ from engine.artifacts import (descendant_config, descendant_metadata, load_learn
 from engine.methods import METHOD_NAMES, get_method
 from engine.methods.base import Descendant, Learngene
 from engine.spec import ViTSpec
+from engine.train.card import catalogue
 
 
 def _specs(name: str, learngene: Learngene) -> list[ViTSpec]:
     """The smallest and largest candidates, and one with other classes."""
     method = get_method(name)
-    candidates = sorted(method.candidate_specs(learngene), key=lambda s: (s.depth, s.embed_dim))
+    # The card's catalogue: FRONT's whole grid would reach models of hundreds of millions of parameters.
+    candidates = sorted(catalogue(learngene), key=lambda s: (s.depth, s.embed_dim))
     return [candidates[0], candidates[-1], method.resolve_spec(learngene, {**candidates[-1].to_dict(),
                                                                            "num_classes": 3})]
 

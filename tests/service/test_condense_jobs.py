@@ -148,7 +148,7 @@ def test_a_learngene_name_keeps_its_method(client: TestClient, ancestry: int) ->
 @sqlite_only
 def test_methods_list_their_modes_and_paper_defaults(client: TestClient) -> None:
     methods = {m["name"]: m for m in client.get("/v1/methods").json()}
-    assert set(methods) == {"tleg", "wave", "pool", "layers", "weight-selection", "random"}
+    assert set(methods) == {"tleg", "wave", "pool", "layers", "front", "weight-selection", "random"}
     assert methods["random"]["condensing"] == [] and methods["tleg"]["condensing"] == ["fit", "train"]
     assert methods["random"]["baseline"] and not methods["tleg"]["baseline"]
     assert methods["wave"]["condensing"] == ["fit", "train", "refine"]

@@ -100,3 +100,15 @@ def test_hub_errors(hub_server: str) -> None:
     assert httpx.head(f"{base}/hub-tleg/not-a-spec/resolve/main/config.json").status_code == 404
     r = httpx.get(f"{base}/hub-tleg/d2/resolve/main/model.safetensors", headers={"Range": "bytes=0-7"})
     assert r.status_code == 206 and len(r.content) == 8 and r.headers["x-repo-commit"]
+
+
+def test_front_descendants_of_a_new_width_come_through_the_hub(hub_server: str, tmp_path: Path) -> None:
+    ancestry = httpx.get(f"{hub_server}/v1/ancestries").json()["items"][0]["id"]
+    job = httpx.post(f"{hub_server}/v1/condense-jobs", json={"ancestry": ancestry, "method": "front",
+                                                             "learngene": "hub-front", "mode": "fit"}, timeout=120)
+    assert job.status_code == 202, job.text
+    wait_until(lambda: httpx.get(f"{hub_server}/v1/jobs/{job.json()['id']}").json()["state"] == "succeeded", 120)
+    result = _client(hub_server, "hub-front/d6-e48-h3", tmp_path / "hf")
+    assert result["logits_shape"] == [2, 10]
+    assert {k: result["config"]["model_args"][k] for k in ("depth", "embed_dim", "num_heads")} == \
+        {"depth": 6, "embed_dim": 48, "num_heads": 3}
