@@ -1,0 +1,754 @@
+"""Report v2: initialization quality on real data (Fashion-MNIST, MNIST), robust to the fine-tuning recipe.
+
+Run through ``bench/quality_report.py`` (``--budget small|full``; ``--quick`` is the digits smoke run).
+
+Protocol (every number follows from the budget's settings and the seeds):
+
+1. **Ancestries.** ``fashion-vit``: the seed ancestry a fresh install ships (service/seed_data, made by
+   scripts/train_seed_ancestry.py): 28 px, 7x7 patches, width 64, depth 6, 4 heads, average pooling, trained on
+   Fashion-MNIST classes 0-4. ``mnist-vit``: the same architecture and recipe on all of MNIST, trained here, for
+   a cross-dataset transfer.
+2. **Condensing** through the worker's own engine entry points: ``engine.train.condense.condense`` (and
+   ``refine``) with the ancestry's dataset URI, each method's default parameters unless the budget says
+   otherwise, exactly what ``POST /v1/condense-jobs`` runs; descendants through ``get_method(m).expand``, what
+   ``POST /v1/descendants`` runs. (Not over HTTP: the service adds storage and queueing, not numbers.)
+3. **Target task**: Fashion-MNIST classes 5-9 (sandal, shirt, sneaker, bag, ankle boot), never seen by
+   ``fashion-vit``; ``shots`` training images per class drawn by the seed (or all 24,000), the fixed validation
+   split for choosing, the official test images (5,000) for reporting.
+4. **Recipe-robust fine-tuning**: for every initialization and size, each learning rate of the grid is run on
+   every seed; the rate with the best mean *validation* accuracy is chosen, and *test* accuracy at that rate is
+   reported (mean ± sample sd over seeds). Same optimizer, schedule, batch order and head init for everyone.
+
+Heads: descendants are expanded headless and get the same seeded timm head as random init (a 0-4 head would map
+onto 5-9; MNIST's has 10 classes): the comparison is between bodies.
+
+Every task runs single-threaded in a worker process; results are appended to a raw JSON as they finish, and a
+``--deadline`` stops scheduling so the report shows what was measured, with every unmeasured cell marked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+import itertools
+import json
+import multiprocessing
+import statistics
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ProcessPoolExecutor, wait, FIRST_COMPLETED
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"fashion": "builtin:fashion-mnist?classes=0-4", "mnist": "builtin:mnist"}
+TARGET = "builtin:fashion-mnist"
+TARGET_CLASSES = (5, 6, 7, 8, 9)
+BASELINES = ("random", "weight-selection")
+ANCESTRY_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...]
+    depths: tuple[int, ...]  # at the ancestry's width
+    widths: tuple[int, ...]  # at depth width_depth
+    width_depth: int
+    short_steps: int
+    long_steps: int
+    condense_steps: dict[str, int]
+    mnist_steps: int  # the MNIST ancestry's training steps
+    val_images: int  # validation images the learning rate is chosen on (and curves drawn from)
+    curve_points: int  # validation evaluations per fine-tune (steps to reach random's accuracy come from them)
+    #: Which (shots, steps) settings, at which sizes, for which inits, from which source, in priority order.
+    shots_settings: tuple[int | None, ...] = (10, 100, None)
+    batch_size: int = 25
+    #: Size-knob variants for quality-vs-bytes: init name -> (method, mode, params).
+    variants: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+
+
+VARIANTS = {
+    "wave fit (8 templates)": ("wave", "fit", {"counts": 8}),
+    "wave fit (tile 16, 32 templates)": ("wave", "fit", {"tile": [16, 16], "counts": 32}),
+    "layers fit (2 blocks)": ("layers", "fit", {"count": 2}),
+    "layers fit (5 blocks)": ("layers", "fit", {"count": 5}),
+}
+SMALL = Budget(name="small", seeds=(0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), depths=(2, 6, 12), widths=(32, 64, 96),
+               width_depth=6, short_steps=100, long_steps=1000,
+               condense_steps={"tleg": 300, "wave": 300, "pool": 150, "refine": 200}, mnist_steps=1500,
+               val_images=500, curve_points=10, variants=VARIANTS)
+FULL = Budget(name="full", seeds=(0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3), depths=(2, 4, 6, 9, 12),
+              widths=(32, 64, 96), width_depth=6, short_steps=100, long_steps=1000,
+              condense_steps={"tleg": 600, "wave": 600, "pool": 300, "refine": 600}, mnist_steps=1500,
+              val_images=2000, curve_points=20, variants=VARIANTS)
+BUDGETS = {b.name: b for b in (SMALL, FULL)}
+#: The reading of the measured report (written from its numbers; rewrite it when they change).
+FINDINGS = ""
+
+
+def method_inits() -> list[tuple[str, str, str]]:
+    """(init name, method, mode) of every learngene in the grid, FRONT included when the registry has it."""
+    from engine.methods import METHOD_NAMES
+
+    inits = [("tleg fit", "tleg", "fit"), ("tleg train", "tleg", "train"), ("wave fit", "wave", "fit"),
+             ("wave train", "wave", "train"), ("wave refined", "wave", "refine"), ("layers fit", "layers", "fit"),
+             ("layers train", "layers", "train"), ("pool fit", "pool", "fit"), ("pool train", "pool", "train")]
+    if "front" in METHOD_NAMES:
+        inits.append(("front fit", "front", "fit"))
+    return inits
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tasks (worker processes, one thread each, pure functions of their arguments).
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def ancestry_spec(source: str, num_classes: int) -> Any:
+    from engine.train.ancestry import FASHION_ANCESTRY_SPEC
+
+    return FASHION_ANCESTRY_SPEC.replace(num_classes=num_classes)
+
+
+def task_mnist_ancestry(steps: int, path: str) -> dict[str, Any]:
+    """The seed's Fashion-MNIST recipe (architecture, optimizer) on all of MNIST."""
+    from safetensors.torch import save_file
+
+    from engine.train.ancestry import FASHION_ANCESTRY_TRAINING, train_ancestry
+    from engine.train.loop import accuracy
+    from engine.vit import build_model
+    from engine.data import load_dataset
+
+    config = dataclasses.replace(FASHION_ANCESTRY_TRAINING, steps=steps, warmup_steps=max(1, steps // 20),
+                                 checkpoint_every_s=0.0, device="cpu")
+    started = time.process_time()
+    state, spec, metrics = train_ancestry(SOURCES["mnist"], ancestry_spec("mnist", 10), config)
+    model = build_model(spec)
+    model.load_state_dict(state)
+    data = load_dataset(SOURCES["mnist"], spec.img_size, spec.in_chans)
+    save_file(state, path)
+    return {"steps": steps, "val_accuracy": metrics["val_accuracy"], "test_accuracy": accuracy(model, data.test),
+            "train_images": metrics["train_images"], "cpu_s": time.process_time() - started}
+
+
+def task_condense(init: str, method: str, mode: str, ancestry_path: str, num_classes: int, dataset: str,
+                  params: dict[str, Any], out: str, source_learngene: str | None = None) -> dict[str, Any]:
+    """A learngene made by the worker's entry point, written to ``out``; its metrics and CPU seconds."""
+    from safetensors.torch import load_file
+
+    from engine.artifacts import load_learngene, save_learngene
+    from engine.train.condense import condense, refine
+
+    state = load_file(ancestry_path)
+    spec = ancestry_spec("", num_classes)
+    started = time.process_time()
+    if mode == "refine":
+        assert source_learngene is not None
+        learngene, metrics, _ = refine(method, load_learngene(Path(source_learngene)), state, spec, dataset, params)
+    else:
+        learngene, metrics, _ = condense(method, mode, state, spec, dataset, params)
+    save_learngene(learngene, Path(out))
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, dict, list))}
+    return {"init": init, "metrics": metrics, "cpu_s": time.process_time() - started,
+            "bytes": Path(out).stat().st_size}
+
+
+@functools.lru_cache(maxsize=1)
+def _target_dataset() -> Any:
+    from engine.data import load_dataset
+    from engine.train.ancestry import FASHION_ANCESTRY_SPEC
+
+    return load_dataset(TARGET, FASHION_ANCESTRY_SPEC.img_size, FASHION_ANCESTRY_SPEC.in_chans)
+
+
+@functools.lru_cache(maxsize=8)
+def _target(shots: int | None, seed: int, val_images: int) -> Any:
+    from engine.data import target_task
+
+    task = target_task(_target_dataset(), TARGET_CLASSES, shots, seed)
+    # A fixed sample of validation images (the same for every seed and init) keeps the choice cheap.
+    return task, task.val.sample(val_images, seed=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _learngene(path: str) -> Any:
+    from engine.artifacts import load_learngene
+
+    return load_learngene(Path(path))
+
+
+@dataclass(frozen=True)
+class Run:
+    source: str
+    init: str
+    learngene_path: str | None
+    spec: dict[str, Any]
+    seed: int
+    shots: int | None
+    steps: int
+    lr: float
+    batch_size: int
+    eval_every: int
+    val_images: int
+
+
+def task_finetune(run: Run) -> dict[str, Any]:
+    from engine.methods import get_method
+    from engine.spec import ViTSpec
+    from engine.train.ancestry import classification_loss
+    from engine.train.loop import NoHooks, TrainConfig, accuracy, train
+    from engine.vit import build_model, seeded
+
+    task, val = _target(run.shots, run.seed, run.val_images)
+    spec = ViTSpec.from_dict(run.spec)
+    with seeded(run.seed):
+        model = build_model(spec.replace(num_classes=task.num_classes))
+    if run.learngene_path is not None:
+        learngene = _learngene(run.learngene_path)
+        descendant = get_method(learngene.method).expand(learngene, spec, run.seed)
+        missing, unexpected = model.load_state_dict(descendant.state_dict, strict=False)
+        if set(missing) != {"head.weight", "head.bias"} or unexpected:
+            raise RuntimeError(f"{run.init}: descendant does not match its model: {missing} {unexpected}")
+    curve = [(0, accuracy(model, val))]
+
+    class EvalHooks(NoHooks):
+        def on_progress(self, progress: dict[str, Any]) -> None:
+            curve.append((progress["step"], accuracy(model, val)))
+
+    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, min_lr=run.lr / 100,
+                         warmup_steps=max(1, run.steps // 10), weight_decay=0.05, seed=run.seed,
+                         log_every=run.eval_every, checkpoint_every_s=0.0, device="cpu")
+    started = time.process_time()
+    train(model, classification_loss, task.train, config, EvalHooks())
+    assert task.test is not None
+    return {**dataclasses.asdict(run), "depth": spec.depth, "width": spec.embed_dim,
+            "params": sum(p.numel() for p in model.parameters()), "val_accuracy": curve[-1][1],
+            "test_accuracy": accuracy(model, task.test), "curve": curve, "cpu_s": time.process_time() - started}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Orchestration.
+
+
+def resolve(method: str, learngene: Any, depth: int, width: int) -> Any | None:
+    from engine.methods import get_method
+    from engine.spec import SpecError
+
+    try:
+        return get_method(method).resolve_spec(learngene, {"depth": depth, "embed_dim": width, "num_classes": 0})
+    except (SpecError, ValueError):
+        return None
+
+
+def points(budget: Budget) -> list[tuple[int, int]]:
+    grid = [(d, ANCESTRY_WIDTH) for d in budget.depths] + [(budget.width_depth, w) for w in budget.widths]
+    return list(dict.fromkeys(grid))
+
+
+#: What runs first when there is not time for everything (lower first): the learngenes of fashion-vit, every
+#: initialization at depth 6 (10 shots, short budget), the other sizes, the larger targets, the MNIST transfer,
+#: the size-knob variants, the long budget.
+STAGE = {"main": 1, "sizes": 2, "targets": 3, "mnist": 4, "variants": 5, "long": 6}
+
+
+class Runner:
+    def __init__(self, budget: Budget, work: Path, raw: Path, jobs: int, deadline: float | None) -> None:
+        self.budget, self.work, self.raw, self.deadline = budget, work, raw, deadline
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
+        self.data: dict[str, Any] = {"budget": budget.name, "ancestries": {}, "learngenes": {}, "results": [],
+                                     "skipped": [], "started": time.time()}
+        self.futures: dict[Future[Any], tuple[str, Any]] = {}
+        # Tasks wait here, not in the pool's FIFO queue, so that whatever finishes before the deadline is the most
+        # important part of the grid, whatever order the learngenes arrive in.
+        self.queue: list[tuple[int, int, str, Any, Callable[..., Any], tuple[Any, ...]]] = []
+        self.order = itertools.count()
+        self.jobs = jobs
+
+    def save(self) -> None:
+        self.raw.write_text(json.dumps(self.data))
+
+    def submit(self, priority: int, kind: str, label: Any, fn: Callable[..., Any], *args: Any) -> None:
+        heapq.heappush(self.queue, (priority, next(self.order), kind, label, fn, args))
+
+    def dispatch(self) -> None:
+        while self.queue and len(self.futures) < self.jobs:
+            _, _, kind, label, fn, args = heapq.heappop(self.queue)
+            self.futures[self.pool.submit(fn, *args)] = (kind, label)
+
+    def runs_for(self, source: str, init: str, method: str, learngene: Any, path: str | None,
+                 sizes: Sequence[tuple[int, int]], shots: int | None, steps: int,
+                 seeds: Sequence[int] | None = None) -> list[Run]:
+        runs = []
+        for depth, width in sizes:
+            spec = resolve(method, learngene, depth, width)
+            if spec is None:
+                continue
+            for lr in self.budget.lrs:
+                for seed in seeds or self.budget.seeds:
+                    runs.append(Run(source, init, path, spec.to_dict(), seed, shots, steps, lr,
+                                    self.budget.batch_size, max(1, steps // self.budget.curve_points),
+                                    self.budget.val_images))
+        return runs
+
+    def run(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        from engine.methods import weight_selection
+        from engine.methods.base import Learngene
+        from engine.train.ancestry import FASHION_ANCESTRY_SPEC
+        from service.seed import SEED_DATA, seed_manifest
+
+        b = self.budget
+        fashion = seed_manifest()["fashion-vit"]
+        paths = {"fashion": str(SEED_DATA / fashion["file"]), "mnist": str(self.work / "mnist-vit.safetensors")}
+        self.data["ancestries"]["fashion"] = {**fashion["metrics"], "steps": fashion["recipe"]["steps"]}
+        self.submit(STAGE["mnist"], "ancestry", "mnist", task_mnist_ancestry, b.mnist_steps, paths["mnist"])
+        classes = {"fashion": 5, "mnist": 10}
+        random_lg = Learngene("random", {}, {"spec": FASHION_ANCESTRY_SPEC.replace(num_classes=0).to_dict()})
+        self.learngene_ready("none", "random", "random", random_lg, None)
+
+        def condense_all(source: str) -> None:
+            state_path = paths[source]
+            for init, method, mode in method_inits():
+                if mode == "refine":
+                    continue  # after "wave train"
+                params = self.params(method, mode)
+                out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
+                self.submit(0 if source == "fashion" else STAGE["mnist"], "condense", (source, init),
+                            task_condense, init, method, mode, state_path, classes[source], SOURCES[source], params,
+                            out)
+            if source == "fashion":
+                for init, (method, mode, params) in b.variants.items():
+                    out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
+                    self.submit(STAGE["variants"], "condense", (source, init), task_condense, init, method, mode,
+                                state_path, classes[source], SOURCES[source], params, out)
+            ws = weight_selection.fit(load_file(state_path), ancestry_spec(source, classes[source]), {})
+            self.learngene_ready(source, "weight-selection", "weight-selection", ws, None)
+
+        condense_all("fashion")
+        self.dispatch()
+        while self.futures:
+            if self.deadline is not None and time.time() > self.deadline:
+                self.cut_off()
+                break
+            done, _ = wait(list(self.futures), timeout=30, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, label = self.futures.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # a failed condensing is a finding, not a crash of the report
+                    self.data["skipped"].append({"kind": kind, "label": str(label), "error": repr(exc)[:500]})
+                    print(f"FAILED {kind} {label}: {exc!r}", flush=True)
+                    continue
+                if kind == "ancestry":
+                    self.data["ancestries"]["mnist"] = result
+                    print(f"mnist ancestry: test {result['test_accuracy']:.3f}", flush=True)
+                    condense_all("mnist")
+                elif kind == "condense":
+                    source, init = label
+                    from engine.artifacts import load_learngene
+
+                    path = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
+                    self.data["learngenes"][f"{source}/{init}"] = {k: v for k, v in result.items() if k != "init"}
+                    print(f"condensed {source}/{init} ({result['cpu_s']:.0f} CPU s)", flush=True)
+                    learngene = load_learngene(Path(path))
+                    self.learngene_ready(source, init, learngene.method, learngene, path)
+                    if init == "wave train":
+                        out = str(self.work / f"{source}-wave-refined.safetensors")
+                        params = {**self.params("wave", "train"), "steps": b.condense_steps["refine"],
+                                  "sizes": [{"embed_dim": 32, "num_heads": 2}, {"embed_dim": 96, "num_heads": 4}]}
+                        params = {k: v for k, v in params.items() if k not in ("tile", "counts")}
+                        self.submit(0 if source == "fashion" else STAGE["mnist"], "condense",
+                                    (source, "wave refined"), task_condense, "wave refined", "wave",
+                                    "refine", paths[source], classes[source], SOURCES[source], params, out, path)
+                else:
+                    self.data["results"].append(result)
+                    if len(self.data["results"]) % 20 == 0:
+                        print(f"fine-tuned {len(self.data['results'])} (queued {len(self.futures)})", flush=True)
+                        self.save()
+            self.dispatch()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.data["finished"] = time.time()
+        self.save()
+        return self.data
+
+    def params(self, method: str, mode: str) -> dict[str, Any]:
+        if mode == "fit" or method == "layers":
+            return {}
+        return {"steps": self.budget.condense_steps[method], "checkpoint_every_s": 0.0}
+
+    def learngene_ready(self, source: str, init: str, method: str, learngene: Any, path: str | None) -> None:
+        """Queue this learngene's fine-tunes at their stage's priority (:data:`STAGE`). Random init (source
+        "none") is the baseline of all of them."""
+        b = self.budget
+        depth6 = [(b.width_depth, ANCESTRY_WIDTH)]
+        others = [p for p in points(b) if p != depth6[0]]
+        stages: list[tuple[int, list[Run]]] = []
+        if init in b.variants:
+            stages.append((STAGE["variants"], self.runs_for(source, init, method, learngene, path, depth6, 10,
+                                                            b.short_steps)))
+        elif source == "mnist":
+            stages += [(STAGE["mnist"], self.runs_for(source, init, method, learngene, path, depth6, shots,
+                                                      b.short_steps)) for shots in (10, 100)]
+        else:
+            stages.append((STAGE["main"], self.runs_for(source, init, method, learngene, path, depth6, 10,
+                                                        b.short_steps)))
+            stages.append((STAGE["sizes"], self.runs_for(source, init, method, learngene, path, others, 10,
+                                                         b.short_steps)))
+            stages += [(STAGE["targets"], self.runs_for(source, init, method, learngene, path, depth6, shots,
+                                                        b.short_steps)) for shots in b.shots_settings[1:]]
+            stages.append((STAGE["long"], self.runs_for(source, init, method, learngene, path, depth6, 10,
+                                                        b.long_steps)))
+        for priority, runs in stages:
+            for r in runs:
+                self.submit(priority, "finetune", init, task_finetune, r)
+
+    def cut_off(self) -> None:
+        """Stop at the deadline: what is queued or running is dropped and counted (running tasks are killed)."""
+        dropped = [(kind, label) for _, _, kind, label, _, _ in self.queue] + list(self.futures.values())
+        counts: dict[str, int] = defaultdict(int)
+        for kind, label in dropped:
+            counts[f"{kind} {label}"] += 1
+        self.data["skipped"] += [{"kind": "deadline", "label": k, "error": f"{n} task(s) not run"}
+                                 for k, n in sorted(counts.items())]
+        print(f"deadline: {len(dropped)} tasks dropped", flush=True)
+        self.queue.clear()
+        for process in list(getattr(self.pool, "_processes", {}).values()):
+            process.terminate()  # our own spawned workers; a fine-tune cannot be interrupted otherwise
+        self.futures.clear()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aggregation: the learning rate is chosen on validation, test accuracy is reported at it.
+
+Key = tuple[str, str, int, int, Any, int]  # (source, init, depth, width, shots, steps)
+
+
+def cells(results: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Per (source, init, size, shots, steps): the chosen learning rate and the runs at it (one per seed)."""
+    by_lr: dict[Key, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        by_lr[(r["source"], r["init"], r["depth"], r["width"], r["shots"], r["steps"])][r["lr"]].append(r)
+    out = {}
+    for key, lrs in by_lr.items():
+        full = {lr: runs for lr, runs in lrs.items() if len(runs) == max(map(len, lrs.values()))}
+        lr = max(full, key=lambda x: statistics.fmean(r["val_accuracy"] for r in full[x]))
+        out[key] = {"lr": lr, "runs": sorted(full[lr], key=lambda r: r["seed"]), "lrs_tried": sorted(lrs)}
+    return out
+
+
+def baseline_key(key: Key, init: str) -> Key:
+    source = "none" if init == "random" else key[0]
+    return (source, init, *key[2:])
+
+
+def fmt(runs: list[dict[str, Any]]) -> str:
+    values = [r["test_accuracy"] for r in runs]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def row_inits(data: dict[str, Any]) -> list[str]:
+    inits = ["random", "weight-selection"] + [i for i, _, _ in method_inits()]
+    return inits
+
+
+def gain(table: dict[Key, dict[str, Any]], key: Key, baseline: str) -> float | None:
+    """Mean over seeds of (accuracy - baseline's accuracy on the same seed), each at its own chosen rate."""
+    other = table.get(baseline_key(key, baseline))
+    mine = table.get(key)
+    if other is None or mine is None:
+        return None
+    theirs = {r["seed"]: r["test_accuracy"] for r in other["runs"]}
+    diffs = [r["test_accuracy"] - theirs[r["seed"]] for r in mine["runs"] if r["seed"] in theirs]
+    return statistics.fmean(diffs) if diffs else None
+
+
+def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
+    table = cells(data["results"])
+    inits = row_inits(data)
+    b = budget
+    fa = data["ancestries"]["fashion"]
+    mn = data["ancestries"].get("mnist")
+    short, long_ = b.short_steps, b.long_steps
+
+    def src(init: str, source: str = "fashion") -> str:
+        return "none" if init == "random" else source
+
+    def cell(init: str, depth: int, width: int, shots: Any, steps: int, source: str = "fashion",
+             with_lr: bool = False) -> str:
+        c = table.get((src(init, source), init, depth, width, shots, steps))
+        if c is None:
+            return "—"
+        return fmt(c["runs"]) + (f" (lr {c['lr']:g})" if with_lr else "")
+
+    lines = [
+        "# Initialization quality on real data: learngenes against random init and weight selection",
+        "",
+        "Generated by `bench/quality_report.py --budget " + b.name + "` (protocol in `bench/quality_real.py`'s "
+        "docstring). Every accuracy is on the target's **test** images (Fashion-MNIST's official test set, "
+        "classes 5-9: 5,000 images) at the learning rate chosen for that initialization and size on the "
+        f"validation split ({b.val_images} fixed validation images) from the grid {', '.join(f'{x:g}' for x in b.lrs)}; "
+        f"mean ± sample sd over {len(b.seeds)} seeds ({', '.join(map(str, b.seeds))}).",
+        "",
+        "The digits report (the former `docs/quality.md`) is [`quality_digits.md`](quality_digits.md); "
+        "`--quick` still runs it as a smoke test.",
+        "",
+        "## Setup",
+        "",
+        f"- Ancestry `fashion-vit` (the seed a fresh install ships): ViT 28 px / patch 7, width 64, depth 6, 4 heads, "
+        f"average pooling, {fa['steps']} steps on Fashion-MNIST classes 0-4 ({fa['train_images']:,} images): "
+        f"validation **{fa['val_accuracy']:.3f}**, test **{fa['test_accuracy']:.3f}**.",
+    ]
+    if mn:
+        lines.append(f"- Ancestry `mnist-vit` (cross-dataset): the same architecture and recipe, {mn['steps']} steps on "
+                     f"all of MNIST ({mn['train_images']:,} images): validation {mn['val_accuracy']:.3f}, test "
+                     f"**{mn['test_accuracy']:.3f}**.")
+    lines += [
+        "- Target: Fashion-MNIST classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) with 10 or 100 training "
+        "images per class (drawn by the seed) or all 24,000; fine-tuning: AdamW, 10% warmup then cosine to lr/100, "
+        f"weight decay 0.05, batch {b.batch_size}, {short} steps (short) or {long_} (long); the head is timm's "
+        "seeded init for everyone.",
+        "- Condensing: the worker's `condense()` with each method's default parameters (what a user gets), on the "
+        "ancestry's own data for `train`: "
+        + ", ".join(f"{m} {n} steps" for m, n in b.condense_steps.items() if m != "refine")
+        + f"; `wave refined` = `wave train` + {b.condense_steps['refine']} scaler-only steps for widths 32 and 96 "
+        "(refine mode); layers train = the default window selection. `fit` = the data-free fit.",
+        "",
+    ]
+    if findings:
+        lines += [findings, ""]
+
+    lines += [f"## Fashion 0-4 → 5-9, 10 shots, {short} steps: accuracy by depth (width 64)", "",
+              "| initialization | " + " | ".join(f"depth {d}" for d in b.depths) + " |",
+              "| --- | " + " | ".join("---:" for _ in b.depths) + " |"]
+    for init in inits:
+        lines.append(f"| {init} | " + " | ".join(cell(init, d, ANCESTRY_WIDTH, 10, short) for d in b.depths) + " |")
+    lines += ["", "— : not made (the method cannot make that size: weight selection only shrinks the 6-block "
+                  "ancestry; layers needs at least its blocks; the pool and FRONT offer their catalogue's sizes) "
+                  "or not measured before the deadline (see \"Run\").", ""]
+
+    lines += [f"## Accuracy by width (depth {b.width_depth}, 10 shots, {short} steps)", "",
+              "| initialization | " + " | ".join(f"width {w}" for w in b.widths) + " |",
+              "| --- | " + " | ".join("---:" for _ in b.widths) + " |"]
+    for init in inits:
+        lines.append(f"| {init} | " + " | ".join(cell(init, b.width_depth, w, 10, short) for w in b.widths) + " |")
+    lines.append("")
+
+    lines += ["## Summary: gain over the baselines (Fashion 0-4 → 5-9, 10 shots, short budget)", "",
+              "Mean over every size of the grid the initialization makes, and over seeds, of its test accuracy "
+              "minus the baseline's on the same size and seed (each at its own chosen rate); wins count sizes "
+              "whose mean beats the baseline's. Target: ≥ +0.10 over random everywhere.", "",
+              "| initialization | sizes | mean accuracy | vs random | min over sizes vs random | wins vs random "
+              "| vs weight selection | wins vs weight selection |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for init in inits:
+        keys = [k for k in table if k[1] == init and k[0] == src(init) and k[4] == 10 and k[5] == short]
+        if not keys:
+            lines.append(f"| {init} | 0 | — | — | — | — | — | — |")
+            continue
+        accs = [r["test_accuracy"] for k in keys for r in table[k]["runs"]]
+        row = [init, str(len(keys)), f"{statistics.fmean(accs):.3f}"]
+        for baseline in BASELINES:
+            gains = [g for k in keys if (g := gain(table, k, baseline)) is not None]
+            if init == baseline or not gains:
+                row += ["—", "—"] if baseline == "weight-selection" else ["—", "—", "—"]
+                continue
+            wins = f"{sum(g > 0 for g in gains)}/{len(gains)}"
+            row += ([f"{statistics.fmean(gains):+.3f}", f"{min(gains):+.3f}", wins] if baseline == "random"
+                    else [f"{statistics.fmean(gains):+.3f}", wins])
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+
+    d6 = (b.width_depth, ANCESTRY_WIDTH)
+    settings = [(10, short), (100, short), (None, short), (10, long_)]
+    label = {None: "all"}
+    lines += [f"## Target size and budget (depth {d6[0]}, width {d6[1]})", "",
+              "Test accuracy, with the learning rate chosen on validation in parentheses.", "",
+              "| initialization | " + " | ".join(f"{label.get(s, s)} shots, {n} steps" for s, n in settings) + " |",
+              "| --- | " + " | ".join("---:" for _ in settings) + " |"]
+    for init in inits:
+        lines.append(f"| {init} | " + " | ".join(cell(init, *d6, s, n, with_lr=True) for s, n in settings) + " |")
+    lines.append("")
+
+    if mn:
+        lines += [f"## Cross-dataset: MNIST ancestry → Fashion 5-9 (depth {d6[0]}, width {d6[1]}, {short} steps)", "",
+                  "| initialization | 10 shots | vs random | 100 shots | vs random | fashion-vit, 10 shots |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for init in inits:
+            row = [init]
+            for shots in (10, 100):
+                key = (src(init, "mnist"), init, *d6, shots, short)
+                g = gain(table, key, "random") if init != "random" else None
+                row += [cell(init, *d6, shots, short, source="mnist"), "—" if g is None else f"{g:+.3f}"]
+            row.append(cell(init, *d6, 10, short))
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+
+    lines += [f"## Fine-tuning steps to reach random init's final accuracy (depth {d6[0]}, width {d6[1]}, 10 shots)",
+              "", f"On the validation curve ({b.curve_points} points per run) at each initialization's chosen "
+              "rate, mean over seeds.", "",
+              f"| initialization | {short}-step budget: steps | {long_}-step budget: steps |", "| --- | ---: | ---: |"]
+    for init in inits:
+        row = [init]
+        for steps in (short, long_):
+            rand = table.get(("none", "random", *d6, 10, steps))
+            mine = table.get((src(init), init, *d6, 10, steps))
+            if rand is None or mine is None:
+                row.append("—")
+                continue
+            target = statistics.fmean(r["val_accuracy"] for r in rand["runs"])
+            curve = mean_curve(mine["runs"])
+            reached = next((s for s, acc in curve if acc >= target), None)
+            row.append("never" if reached is None else str(reached))
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+
+    lines += ["## Quality against bytes", "",
+              f"Learngene file size against test accuracy at depth {d6[0]}, width {d6[1]} (10 shots, {short} steps); "
+              "weight selection stores the whole ancestry. Target: the best method's quality at ≤ 1/10 of the "
+              "ancestry's bytes.", "",
+              "| learngene | bytes | vs ancestry | accuracy | vs random |", "| --- | ---: | ---: | ---: | ---: |"]
+    ancestry_bytes = (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
+    for init in [i for i in inits if i != "random"] + list(b.variants):
+        info = data["learngenes"].get(f"fashion/{init}")
+        size = ancestry_bytes if init == "weight-selection" else (info or {}).get("bytes")
+        key = ("fashion", init, *d6, 10, short)
+        g = gain(table, key, "random")
+        lines.append(f"| {init} | {'—' if size is None else f'{size:,}'} | "
+                     f"{'—' if size is None else f'{size / ancestry_bytes:.2f}'} | {cell(init, *d6, 10, short)} | "
+                     f"{'—' if g is None else f'{g:+.3f}'} |")
+    lines.append("")
+
+    lines += ["## Condensing", "", "| learngene | CPU s | result |", "| --- | ---: | --- |"]
+    for name, info in sorted(data["learngenes"].items()):
+        m = info["metrics"]
+        result = ", ".join(f"{k} {v:.3f}" for k, v in m.items()
+                           if k in ("val_accuracy", "teacher_agreement", "val_accuracy_before") and isinstance(v, float))
+        if isinstance(m.get("fit"), dict) and "relative_residual" in m["fit"]:
+            res = m["fit"]["relative_residual"]
+            res = statistics.fmean(res.values()) if isinstance(res, dict) else res
+            result = (result + ", " if result else "") + f"fit residual {res:.2f}"
+        lines.append(f"| {name} | {info['cpu_s']:.0f} | {result or '—'} |")
+    lines.append("")
+
+    lines += ["## Plots", "", "![accuracy vs depth](quality_real_depth.png)", "",
+              "![accuracy vs fine-tuning steps](quality_real_steps.png)", "",
+              "![accuracy vs learngene bytes](quality_real_bytes.png)", ""]
+    cpu = sum(r["cpu_s"] for r in data["results"]) + sum(i["cpu_s"] for i in data["learngenes"].values())
+    wall = (data.get("finished", time.time()) - data["started"]) / 60
+    lines += ["## Run", "",
+              f"{len(data['results'])} fine-tuning runs, {len(data['learngenes'])} learngenes; {wall:.0f} min wall, "
+              f"{cpu / 60:.0f} CPU min in tasks, on a 2-core machine shared with other work. "
+              f"Not measured (deadline or failure): {len(data['skipped'])} entries"
+              + (": " + "; ".join(f"{s['label']} ({s['error'][:120]})" for s in data["skipped"][:30]) if data["skipped"] else "")
+              + ".", ""]
+    return "\n".join(lines)
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    steps = [s for s, _ in runs[0]["curve"]]
+    return [(s, statistics.fmean(r["curve"][i][1] for r in runs)) for i, s in enumerate(steps)]
+
+
+def plots(data: dict[str, Any], budget: Budget, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = cells(data["results"])
+    inits = row_inits(data)
+    b = budget
+    colors = {"random": "0.5", "weight-selection": "black", "tleg": "tab:blue", "wave": "tab:orange",
+              "pool": "tab:red", "layers": "tab:green", "front": "tab:purple"}
+
+    def style(init: str) -> dict[str, Any]:
+        method = init.split()[0]
+        dashed = init.endswith("fit")
+        return {"color": colors.get(method, "tab:gray"), "linestyle": "--" if dashed else "-",
+                "marker": "s" if init in BASELINES else "o"}
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for init in inits:
+        src = "none" if init == "random" else "fashion"
+        pts = [(d, table[k]) for d in b.depths if (k := (src, init, d, ANCESTRY_WIDTH, 10, b.short_steps)) in table]
+        if pts:
+            xs = [d for d, _ in pts]
+            means = [statistics.fmean(r["test_accuracy"] for r in c["runs"]) for _, c in pts]
+            sds = [statistics.stdev([r["test_accuracy"] for r in c["runs"]]) if len(c["runs"]) > 1 else 0
+                   for _, c in pts]
+            ax.errorbar(xs, means, yerr=sds, capsize=3, label=init, **style(init))
+    ax.set_xlabel("descendant depth (width 64)")
+    ax.set_ylabel(f"test accuracy, 10 shots, {b.short_steps} steps")
+    ax.set_title("Fashion 0-4 → 5-9 (lr chosen on validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "quality_real_depth.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, steps in zip(axes, (b.short_steps, b.long_steps)):
+        for init in inits:
+            src = "none" if init == "random" else "fashion"
+            c = table.get((src, init, b.width_depth, ANCESTRY_WIDTH, 10, steps))
+            if c:
+                curve = mean_curve(c["runs"])
+                s = style(init)
+                s.pop("marker")
+                ax.plot([x for x, _ in curve], [y for _, y in curve], label=init, **s)
+        ax.set_title(f"{steps}-step budget, depth {b.width_depth}, 10 shots")
+        ax.set_xlabel("fine-tuning steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy (mean over seeds)")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "quality_real_steps.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    ancestry_bytes = (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
+    for init in [i for i in inits if i != "random"] + list(b.variants):
+        c = table.get(("fashion", init, b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
+        size = ancestry_bytes if init == "weight-selection" else data["learngenes"].get(f"fashion/{init}", {}).get("bytes")
+        if c and size:
+            acc = statistics.fmean(r["test_accuracy"] for r in c["runs"])
+            ax.scatter([size / 1e3], [acc], color=style(init)["color"], marker=style(init)["marker"])
+            ax.annotate(init, (size / 1e3, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    rand = table.get(("none", "random", b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
+    if rand:
+        ax.axhline(statistics.fmean(r["test_accuracy"] for r in rand["runs"]), color="0.5", linestyle=":",
+                   label="random init")
+    ax.axvline(ancestry_bytes / 1e3, color="black", linestyle="-.", label="ancestry (weight selection)")
+    ax.axvline(ancestry_bytes / 1e4, color="tab:gray", linestyle=":", label="1/10 of the ancestry")
+    ax.set_xscale("log")
+    ax.set_xlabel("learngene bytes (KB, log)")
+    ax.set_ylabel(f"test accuracy, depth {b.width_depth}, 10 shots")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "quality_real_bytes.png", dpi=110)
+    plt.close(fig)
+
+
+def write(data: dict[str, Any], budget: Budget, out: Path, findings: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    plots(data, budget, out)
+    (out / "quality.md").write_text(markdown(data, budget, findings))
+
+
+def run(budget: Budget, out: Path, raw: Path, jobs: int, deadline: float | None, findings: str = "") -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="quality-real-") as work:
+        data = Runner(budget, Path(work), raw, jobs, deadline).run()
+    write(data, budget, out, findings)
