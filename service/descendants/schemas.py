@@ -6,10 +6,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.bounds import MAX_ID
-from engine.methods import BASELINE_NAMES, METHOD_NAMES
+from engine.methods import BASELINE_NAMES, HEADS, METHOD_NAMES
 
 # The registry is the one list of methods; the OpenAPI enum follows it.
 MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
+HeadChoice = Literal[HEADS]  # type: ignore[valid-type]
 
 
 class SpecIn(BaseModel):
@@ -61,6 +62,10 @@ class DescendantRequest(BaseModel):
     spec: SpecIn | None = None
     budget: BudgetIn | None = None
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    head: HeadChoice = Field(
+        "inherit", description="With the learngene's own number of classes: `inherit` keeps its head, `fresh` draws "
+        "a new one (a new task with as many classes). Other class counts always get a fresh head.",
+    )
 
     @model_validator(mode="after")
     def _source_and_size(self) -> "DescendantRequest":

@@ -63,9 +63,11 @@ def resolve_source(session: Session, req: DescendantRequest) -> Source:
     return Source(method=req.method, meta={"spec": ancestry.spec}, ancestry=ancestry)
 
 
-def cache_key(source: Source, spec: dict[str, Any], seed: int) -> str:
-    canonical = json.dumps({"source": source.key, "method": source.method, "spec": spec, "seed": seed},
-                           sort_keys=True, separators=(",", ":"))
+def cache_key(source: Source, spec: dict[str, Any], seed: int, head: str = "inherit") -> str:
+    request: dict[str, Any] = {"source": source.key, "method": source.method, "spec": spec, "seed": seed}
+    if head != "inherit":  # the default stays out, so keys made before the choice existed still match
+        request["head"] = head
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -80,7 +82,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     session = uow.session
     source = resolve_source(session, req)
     plan = sizing.plan(ctx.settings, source.method, source.meta, req.spec, req.budget)
-    key = cache_key(source, plan.spec, req.seed)
+    key = cache_key(source, plan.spec, req.seed, req.head)
     existing = repository.by_cache_key(session, key)
     if existing is not None and not _needs_new_job(session, existing):
         return existing, False
@@ -111,7 +113,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
             if winner is None:
                 raise
             return winner, False
-    job = jobs.submit(uow, ctx, EXPAND, ExpandPayload(descendant_id=row.id),
+    job = jobs.submit(uow, ctx, EXPAND, ExpandPayload(descendant_id=row.id, head=req.head),
                       owner=caller.owner if caller else None)
     row.job_id = job.id
     return row, True

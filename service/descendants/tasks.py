@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
+from service.descendants.schemas import HeadChoice
 from service.jobs.dispatch import QUEUE_CPU
 from service.jobs.kinds import FinalState, JobFailed, JobKind
 from service.jobs.runner import JobContext
@@ -66,11 +67,12 @@ def _source(app: AppContext, row: Descendant, session: Session) -> tuple[Any, di
 
 class ExpandPayload(BaseModel):
     descendant_id: int
+    head: HeadChoice = "inherit"
 
 
 def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
     from engine.artifacts import descendant_config, save_descendant
-    from engine.methods import get_method
+    from engine.methods import get_entry
     from engine.spec import ViTSpec
 
     app, descendant_id = jctx.app, payload.descendant_id
@@ -83,7 +85,7 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
         learngene, provenance = _source(app, row, session)
         method_name, spec_dict, seed = row.method, dict(row.spec), row.seed
     spec = ViTSpec.from_dict(spec_dict)
-    descendant = get_method(method_name).expand(learngene, spec, seed)
+    descendant = get_entry(method_name).expand(learngene, spec, seed, head=payload.head)
     jctx.check_cancelled()  # before paying for the write; the kernel also refuses a success after a cancel
     metadata = {
         **provenance,
@@ -91,6 +93,7 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
         "spec": json.dumps(spec_dict, sort_keys=True),
         "seed": str(seed),
         "producer": "learngene-service",
+        **({"head": payload.head} if payload.head != "inherit" else {}),
     }
     fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
     os.close(fd)

@@ -237,3 +237,19 @@ def test_a_failed_expansion_is_a_500_and_the_same_request_retries(client: TestCl
     path.write_bytes(saved)
     r = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 7}, "seed": 5})
     assert r.status_code == 201 and r.json()["status"] == "ready"
+
+
+def test_a_fresh_head_is_its_own_descendant(client: TestClient, registry: dict[str, Any]) -> None:
+    """`head: fresh` with the learngene's own class count: a new head, every other tensor the inherited one."""
+    kept = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 4}}).json()
+    fresh = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 4}, "head": "fresh"})
+    assert fresh.status_code == 201, fresh.text
+    fresh = fresh.json()
+    assert fresh["id"] != kept["id"] and fresh["details"]["head"] == "fresh" and kept["details"]["head"] == "inherited"
+    a, b = (load(client.get(d["weights_url"]).content) for d in (kept, fresh))
+    assert not torch.equal(a["head.weight"], b["head.weight"])
+    assert all(torch.equal(a[k], b[k]) for k in a.keys() - {"head.weight", "head.bias"})
+    again = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 4}, "head": "fresh"})
+    assert again.status_code == 200 and again.json()["id"] == fresh["id"]
+    bad = _post(client, {"learngene": "tiny-tleg", "spec": {"depth": 4}, "head": "keep"})
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"].endswith("head")
