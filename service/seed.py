@@ -36,6 +36,7 @@ SEED_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("wave", {}),
     ("layers", {}),
     ("pool", {}),
+    ("front", {}),
 )
 
 

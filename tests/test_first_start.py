@@ -61,6 +61,15 @@ def test_a_newcomers_first_request_works(seeded_server: str) -> None:
     assert model.eval()(clothes.images[:8]).shape == (8, 5)
 
 
+def test_front_makes_a_wider_descendant_on_a_fresh_install(seeded_server: str) -> None:
+    # FRONT's promise: any width from a fresh install's seed, here wider than the 64-wide digits ancestry.
+    r = httpx.post(f"{seeded_server}/v1/descendants", params={"wait": 60},
+                   json={"learngene": "digits-front", "spec": {"depth": 6, "embed_dim": 96, "num_heads": 3}},
+                   timeout=90)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["embed_dim"] == 96
+
+
 def test_a_later_start_reuses_the_seed(seeded_server: str, tmp_path_factory) -> None:
     data_dir = next(Path(p) for p in tmp_path_factory.getbasetemp().iterdir() if p.name.startswith("seeded"))
     before = httpx.get(f"{seeded_server}/v1/learngenes").json()["items"]
