@@ -56,7 +56,8 @@ class Budget:
     lrs: tuple[float, ...]
     depths: tuple[int, ...]  # at the ancestry's width
     widths: tuple[int, ...]  # at depth width_depth
-    width_depth: int
+    width_depth: int  # also the size of the main stage and the tables by target: every method makes it (the
+    #                   pool's default students are half the ancestry's depth)
     short_steps: int
     long_steps: int
     condense_steps: dict[str, int]
@@ -76,12 +77,12 @@ VARIANTS = {
     "layers fit (2 blocks)": ("layers", "fit", {"count": 2}),
     "layers fit (5 blocks)": ("layers", "fit", {"count": 5}),
 }
-SMALL = Budget(name="small", seeds=(0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), depths=(2, 6, 12), widths=(32, 64, 96),
-               width_depth=6, short_steps=100, long_steps=1000,
+SMALL = Budget(name="small", seeds=(0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), depths=(3, 6, 12), widths=(32, 64, 96),
+               width_depth=3, short_steps=100, long_steps=1000,
                condense_steps={"tleg": 300, "wave": 300, "pool": 150, "refine": 200}, mnist_steps=1500,
                val_images=500, curve_points=10, variants=VARIANTS)
-FULL = Budget(name="full", seeds=(0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3), depths=(2, 4, 6, 9, 12),
-              widths=(32, 64, 96), width_depth=6, short_steps=100, long_steps=1000,
+FULL = Budget(name="full", seeds=(0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3), depths=(2, 3, 4, 6, 9, 12),
+              widths=(32, 64, 96), width_depth=3, short_steps=100, long_steps=1000,
               condense_steps={"tleg": 600, "wave": 600, "pool": 300, "refine": 600}, mnist_steps=1500,
               val_images=2000, curve_points=20, variants=VARIANTS)
 BUDGETS = {b.name: b for b in (SMALL, FULL)}
@@ -253,8 +254,8 @@ def points(budget: Budget) -> list[tuple[int, int]]:
 
 
 #: What runs first when there is not time for everything (lower first): the learngenes of fashion-vit, every
-#: initialization at depth 6 (10 shots, short budget), the other sizes, the larger targets, the MNIST transfer,
-#: the size-knob variants, the long budget.
+#: initialization at (width_depth, width 64) (10 shots, short budget), the other sizes, the larger targets, the
+#: MNIST transfer, the size-knob variants, the long budget.
 STAGE = {"main": 1, "sizes": 2, "targets": 3, "mnist": 4, "variants": 5, "long": 6}
 
 
@@ -389,23 +390,23 @@ class Runner:
         """Queue this learngene's fine-tunes at their stage's priority (:data:`STAGE`). Random init (source
         "none") is the baseline of all of them."""
         b = self.budget
-        depth6 = [(b.width_depth, ANCESTRY_WIDTH)]
-        others = [p for p in points(b) if p != depth6[0]]
+        main_size = [(b.width_depth, ANCESTRY_WIDTH)]
+        others = [p for p in points(b) if p != main_size[0]]
         stages: list[tuple[int, list[Run]]] = []
         if init in b.variants:
-            stages.append((STAGE["variants"], self.runs_for(source, init, method, learngene, path, depth6, 10,
+            stages.append((STAGE["variants"], self.runs_for(source, init, method, learngene, path, main_size, 10,
                                                             b.short_steps)))
         elif source == "mnist":
-            stages += [(STAGE["mnist"], self.runs_for(source, init, method, learngene, path, depth6, shots,
+            stages += [(STAGE["mnist"], self.runs_for(source, init, method, learngene, path, main_size, shots,
                                                       b.short_steps)) for shots in (10, 100)]
         else:
-            stages.append((STAGE["main"], self.runs_for(source, init, method, learngene, path, depth6, 10,
+            stages.append((STAGE["main"], self.runs_for(source, init, method, learngene, path, main_size, 10,
                                                         b.short_steps)))
             stages.append((STAGE["sizes"], self.runs_for(source, init, method, learngene, path, others, 10,
                                                          b.short_steps)))
-            stages += [(STAGE["targets"], self.runs_for(source, init, method, learngene, path, depth6, shots,
+            stages += [(STAGE["targets"], self.runs_for(source, init, method, learngene, path, main_size, shots,
                                                         b.short_steps)) for shots in b.shots_settings[1:]]
-            stages.append((STAGE["long"], self.runs_for(source, init, method, learngene, path, depth6, 10,
+            stages.append((STAGE["long"], self.runs_for(source, init, method, learngene, path, main_size, 10,
                                                         b.long_steps)))
         for priority, runs in stages:
             for r in runs:
