@@ -7,13 +7,14 @@ start; 'random' is timm's own init and so the baseline itself (its ratio shows t
 Learngenes are fitted here from a randomly initialized ViT-B ancestry (nothing is downloaded). TLEG and Learngene
 layers keep their ancestry's width, so their ViT-S learngenes are fitted from a ViT-S ancestry weight-selected out
 of the ViT-B one. The pool holds two 12-block students (ViT-S and ViT-B by weight selection) and is also timed on
-a stitched descendant (6 blocks at 384, 6 at 768).
+a stitched descendant (6 blocks at 384, 6 at 768). FRONT keeps its default whole spectrum (``keep_ratio`` 1), so
+its ViT-B descendant is the full inverse transform and its ViT-S one a truncation.
 
 "peak/weights" is the growth of the process's peak resident memory during expand + save, over the descendant's
 weight bytes (Linux/glibc only). Methods that hand out the learngene's own tensors (weight selection at equal
 width, the pool) grow little: their descendant's weights are already in memory.
 
-    .venv/bin/python bench/expand.py [--repeats 5]
+    .venv/bin/python bench/expand.py [--repeats 5] [--methods front random]
 """
 from __future__ import annotations
 
@@ -74,13 +75,13 @@ def _seconds(action: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def _fit_learngenes(ancestry: dict[str, torch.Tensor]) -> dict[tuple[str, str], Learngene]:
+def _fit_learngenes(ancestry: dict[str, torch.Tensor], methods: list[str]) -> dict[tuple[str, str], Learngene]:
     """(method, size) -> learngene; timings of each fit are printed."""
     small_spec = SIZES["ViT-S"]
     small = weight_selection.select(ancestry, ANCESTRY, small_spec)
     small.update({"head.weight": ancestry["head.weight"][:, ::2].contiguous(), "head.bias": ancestry["head.bias"]})
     learngenes = {}
-    for name in METHOD_NAMES:
+    for name in methods:
         method = get_method(name)
         sources = {"ViT-S": (small, small_spec), "ViT-B": (ancestry, ANCESTRY)} if name in WIDTH_FIXED else \
             {"all": (ancestry, ANCESTRY)}
@@ -96,14 +97,17 @@ def _fit_learngenes(ancestry: dict[str, torch.Tensor]) -> dict[tuple[str, str], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES),
+                        help="time only these (default: every method)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.machine()}, load {os.getloadavg()[0]:.2f}")
     with seeded(SEED):
         ancestry = build_model(ANCESTRY).state_dict()
-    learngenes = _fit_learngenes(ancestry)
-    rows = [(size, name, learngenes[(name, size)], spec) for size, spec in SIZES.items() for name in METHOD_NAMES]
-    rows.append(("stitched", "pool", learngenes[("pool", "ViT-B")], STITCHED))
+    learngenes = _fit_learngenes(ancestry, args.methods)
+    rows = [(size, name, learngenes[(name, size)], spec) for size, spec in SIZES.items() for name in args.methods]
+    if "pool" in args.methods:
+        rows.append(("stitched", "pool", learngenes[("pool", "ViT-B")], STITCHED))
 
     print(f"\n{'size':<9}{'method':<18}{'params':>12}{'ours s':>9}{'timm s':>9}{'ratio':>8}{'peak/weights':>14}")
     with tempfile.TemporaryDirectory() as folder:

@@ -36,9 +36,10 @@ class CondenseRequest(BaseModel):
         "`dataset:<id>` (uploaded)",
     )
     mode: CondenseMode | None = Field(
-        None, description="`fit`: data-free, seconds on a CPU (tleg, wave); `train`: distillation on the dataset; "
-        "`refine` (wave): the learngene's latest version gains scalers trained for `params.sizes`, templates "
-        "frozen, as a new version. Default: train when a dataset is given, else fit.",
+        None, description="`fit`: data-free, seconds on a CPU (tleg, wave, front; front has no other mode); "
+        "`train`: distillation on the dataset; `refine` (wave): the learngene's latest version gains scalers "
+        "trained for `params.sizes`, templates frozen, as a new version. Default: train when a dataset is given, "
+        "else fit.",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (defaults: GET /v1/methods)")
     evaluate: bool | None = Field(
