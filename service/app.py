@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from service import telemetry
 from service.context import AppContext, build_context
 from service.docs_ui import install_docs
 from service.deps import require_reader
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         app.state.ctx.counters = make_counters(settings.broker_url)
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware)
+    telemetry.install(app)
 
     from service import health, hub
     from service.ancestries import endpoints as ancestries

@@ -69,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The API imports torch lazily; pay for it now, in the background, rather than in the first request.
     threading.Thread(target=_warm_engine, name="lg-warm", daemon=True).start()
     print(f"Learngene Service on http://{args.host}:{args.port}  (API docs: /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # Our logging setup, not uvicorn's: its lines come out in LEARNGENE_LOG_FORMAT, and the request middleware
+    # writes the access log (with request ids and route templates).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False)
     ctx.close()
     return 0
 
@@ -209,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service import logs
+
+    logs.configure(get_settings().resolved_log_format)
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     allowed_dataset_roots: list[Path] = Field(default_factory=list)
 
     seed_on_start: bool = True
+    #: ``json`` (one object per line, for log collectors) or ``text`` (for people); empty: json in production,
+    #: text in development.
+    log_format: Literal["json", "text", ""] = ""
 
     @model_validator(mode="after")
     def _storage_url_is_known(self) -> "Settings":
@@ -126,6 +129,10 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return (self.cache_dir or self.data_dir / "cache").resolve()
+
+    @property
+    def resolved_log_format(self) -> str:
+        return self.log_format or ("json" if self.environment == "production" else "text")
 
     @property
     def uses_celery(self) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from service.metrics import CACHE
 from service.settings import Settings
 
 CHUNK = 1024 * 1024
@@ -254,7 +255,9 @@ class S3ArtifactStore:
         path = self.cache.local_path(key)
         if path.is_file():
             self._used(path)
+            CACHE.labels("artifacts", "hit").inc()
             return path
+        CACHE.labels("artifacts", "miss").inc()
         fd, tmp_name = tempfile.mkstemp(dir=self.scratch_dir())
         os.close(fd)
         tmp = Path(tmp_name)

@@ -88,10 +88,11 @@ class Proc:
         self._log.close()
 
 
-def start_server(settings: Settings, tmp: Path, extra_args: list[str] | None = None, timeout: float = 120) -> tuple[Proc, str]:
+def start_server(settings: Settings, tmp: Path, extra_args: list[str] | None = None, timeout: float = 120,
+                 env: dict[str, str] | None = None) -> tuple[Proc, str]:
     port = free_port()
     args = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    proc = Proc(args + (extra_args or []), service_env(settings), tmp / f"server-{port}.log")
+    proc = Proc(args + (extra_args or []), {**service_env(settings), **(env or {})}, tmp / f"server-{port}.log")
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -106,12 +107,13 @@ def start_server(settings: Settings, tmp: Path, extra_args: list[str] | None = N
     return proc, url
 
 
-def start_worker(settings: Settings, tmp: Path, name: str, queues: str = "cpu,gpu", pool: str = "solo") -> Proc:
+def start_worker(settings: Settings, tmp: Path, name: str, queues: str = "cpu,gpu", pool: str = "solo",
+                 env: dict[str, str] | None = None) -> Proc:
     args = [sys.executable, "-m", "service.cli", "worker", f"--queues={queues}", f"--pool={pool}",
             f"--hostname={name}@%h", "--log-level=info"]
     if pool == "prefork":
         args.append("--concurrency=1")
-    proc = Proc(args, service_env(settings), tmp / f"worker-{name}.log")
+    proc = Proc(args, {**service_env(settings), **(env or {})}, tmp / f"worker-{name}.log")
     wait_until(lambda: b"ready" in proc.log_path.read_bytes() or proc.popen.poll() is not None, 60, 0.2,
                "the Celery worker to be ready")
     if proc.popen.poll() is not None:

@@ -22,6 +22,7 @@ from service.jobs.kinds import FINISHED
 from service.keys.auth import Principal
 from service.limits import quotas
 from service.learngenes import service as learngenes
+from service.metrics import counts_cache_lookups
 from service.models import Ancestry, Descendant, Job, LearngeneVersion
 
 #: Descendants are stored as float32: what a request will cost in bytes, known before it runs.
@@ -71,6 +72,7 @@ def cache_key(source: Source, spec: dict[str, Any], seed: int, head: str = "inhe
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@counts_cache_lookups("descendants")
 def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
                        caller: Principal | None = None) -> tuple[Descendant, bool]:
     """The descendant for this request: the registered one when it exists, else a new row and its job.

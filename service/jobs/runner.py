@@ -8,6 +8,7 @@ kinds a process can run are in ``AppContext.kinds``.
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -21,10 +22,11 @@ from typing import Any, Literal
 from sqlalchemy import and_
 from sqlalchemy.orm import Session
 
+from service import logs
 from service.context import AppContext
 from service.jobs import repository
 from service.jobs.kinds import (ERROR_JOB, ERROR_RECORDING, ERROR_UNKNOWN_KIND, ERROR_WORKER_LOST, FinalState,
-                                JobCancelled, JobFailed)
+                                JobCancelled, JobFailed, JobKind)
 from service.jobs.service import checkpoint_name, end_job, forget_checkpoint, publish
 from service.models import Job, utcnow
 
@@ -131,10 +133,22 @@ def run_job(ctx: AppContext, job_id: str) -> Outcome:
         forget_checkpoint(ctx, job_id)
         return "failed"
     assert kind is not None
+    with logs.job_context(job_id, raw_kind, attempts):
+        log.info("job %s started (attempt %d of %d)", job_id, attempts, max_attempts)
+        outcome = _run_claimed(ctx, job_id, me, kind, payload, attempts)
+        log.info("job %s %s", job_id, outcome)
+        return outcome
+
+
+def _run_claimed(ctx: AppContext, job_id: str, me: str, kind: JobKind[Any], payload: dict[str, Any],
+                 attempts: int) -> Outcome:
+    raw_kind = kind.name
     jctx = JobContext(app=ctx, job_id=job_id, attempt=attempts)
     configure_torch(ctx)
     stop_beating = threading.Event()
-    beat = threading.Thread(target=_beat, args=(ctx, job_id, me, jctx, stop_beating), daemon=True)
+    # The heartbeat thread runs in a copy of this context, so what it logs names the job too.
+    beat = threading.Thread(target=contextvars.copy_context().run, args=(_beat, ctx, job_id, me, jctx, stop_beating),
+                            daemon=True)
     beat.start()
     try:
         result = kind.run(jctx, kind.payload.model_validate(payload))
