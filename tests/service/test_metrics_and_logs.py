@@ -164,3 +164,19 @@ def test_logs_are_json_lines_with_the_request_id(deployment: Deployment) -> None
     assert line["route"] == "/v1/learngenes/{name}" and line["status"] == 404 and line["level"] == "info"
     assert line["duration_ms"] >= 0 and line["timestamp"].endswith("+00:00")
     assert wait_until(lambda: line_of(generated), 10, 0.1, "the generated id's line")["route"] == "/healthz"
+
+
+def test_worker_lines_name_the_job_kind_and_attempt(deployment: Deployment) -> None:
+    url = deployment.urls[0]
+    made = httpx.post(f"{url}/v1/descendants", params={"wait": 30}, json={"learngene": "m-tleg", "spec": {"depth": 2}})
+    job_id = made.json()["job_id"]
+    wait_job(url, job_id)
+
+    def lines() -> list[dict[str, Any]]:
+        parsed = [json.loads(t) for t in deployment.worker.log_path.read_text().splitlines() if t.startswith("{")]
+        return [p for p in parsed if p.get("job_id") == job_id]
+
+    mine = wait_until(lambda: (found := lines()) and any("succeeded" in p["message"] for p in found) and found,
+                      10, 0.1, "the worker's lines about the job")
+    assert {(p["job_kind"], p["attempt"]) for p in mine} == {("expand", 1)}
+    assert any("started" in p["message"] for p in mine)
