@@ -2,7 +2,6 @@
 its version, typed errors."""
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from learngene import (Client, ConnectionFailed, JobFailed, NotFound, RateLimite
                        Version)
 from learngene.transfer import incomplete_path, sha256_file
 from tests.client.conftest import LEARNGENE, Live
+from tests.support import make_settings, start_server
 
 
 @pytest.fixture
@@ -157,28 +157,16 @@ def test_api_errors_are_typed_with_code_and_field(client: Client, live: Live) ->
     assert denied.value.code == "unauthorized"
 
 
-class _TooManyRequests(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"error": {"code": "rate_limited", "message": "slow down", "details": []}}).encode()
-        self.send_response(429)
-        self.send_header("content-type", "application/json")
-        self.send_header("retry-after", "7")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_429_becomes_rate_limited_with_retry_after() -> None:
-    # The service has no rate limiter yet: a real HTTP server that answers 429 as it will.
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TooManyRequests)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def test_429_becomes_rate_limited_with_retry_after(tmp_path: Path) -> None:
+    # A server of its own whose anonymous callers may make two requests, then one every 1000 s.
+    server, url = start_server(make_settings(tmp_path), tmp_path, env={"LEARNGENE_ANONYMOUS_BURST": "2",
+                                                                     "LEARNGENE_ANONYMOUS_RATE_PER_S": "0.001"})
     try:
-        with Client(f"http://127.0.0.1:{server.server_address[1]}", progress=False) as c:
+        with Client(url, progress=False) as anonymous:
             with pytest.raises(RateLimited) as limited:
-                c.learngenes()
-        assert limited.value.retry_after == 7.0 and limited.value.code == "rate_limited"
+                for _ in range(3):
+                    anonymous.learngenes()
+        assert limited.value.status == 429 and limited.value.code == "too_many_requests"
+        assert limited.value.retry_after is not None and 1 <= limited.value.retry_after <= 1000
     finally:
-        server.shutdown()
+        server.stop()
