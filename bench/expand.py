@@ -14,7 +14,10 @@ its ViT-B descendant is the full inverse transform and its ViT-S one a truncatio
 weight bytes (Linux/glibc only). Methods that hand out the learngene's own tensors (weight selection at equal
 width, the pool) grow little: their descendant's weights are already in memory.
 
-    .venv/bin/python bench/expand.py [--repeats 5] [--methods front random]
+``--family dinov2`` runs the same on a DINOv2-with-registers ancestry (layer scale, 4 registers, positions for
+the patches only, patch 14 at 224 px): every method that handles those features, the same sizes.
+
+    .venv/bin/python bench/expand.py [--repeats 5] [--methods front random] [--family plain|dinov2]
 """
 from __future__ import annotations
 
@@ -40,7 +43,12 @@ from engine.spec import FrontSpec, ViTSpec
 from engine.vit import build_model, seeded
 
 SEED = 0
-ANCESTRY = ViTSpec(depth=12, embed_dim=768, num_heads=12)
+FAMILIES = {
+    "plain": ViTSpec(depth=12, embed_dim=768, num_heads=12),
+    "dinov2": ViTSpec(depth=12, embed_dim=768, num_heads=12, patch_size=14, init_values=1e-5, reg_tokens=4,
+                      no_embed_class=True, base_architecture="vit_base_patch14_reg4_dinov2"),
+}
+ANCESTRY = FAMILIES["plain"]
 SIZES = {"ViT-S": ANCESTRY.replace(embed_dim=384, num_heads=6), "ViT-B": ANCESTRY}
 STITCHED = ANCESTRY.replace(front=FrontSpec(depth=6, embed_dim=384, num_heads=6))
 FIT_PARAMS = {
@@ -94,19 +102,30 @@ def _fit_learngenes(ancestry: dict[str, torch.Tensor], methods: list[str]) -> di
     return learngenes
 
 
+def _methods(selected: list[str]) -> list[str]:
+    """The selected methods that handle the ancestry's family features."""
+    return [name for name in selected
+            if all(f in getattr(get_method(name), "FEATURES", ()) for f in ANCESTRY.features)]
+
+
 def main() -> None:
+    global ANCESTRY, SIZES
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES),
                         help="time only these (default: every method)")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="plain")
     args = parser.parse_args()
+    ANCESTRY = FAMILIES[args.family]
+    SIZES = {"ViT-S": ANCESTRY.replace(embed_dim=384, num_heads=6), "ViT-B": ANCESTRY}
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.machine()}, load {os.getloadavg()[0]:.2f}")
+          f"{platform.machine()}, load {os.getloadavg()[0]:.2f}, family {args.family} {ANCESTRY.features}")
     with seeded(SEED):
         ancestry = build_model(ANCESTRY).state_dict()
-    learngenes = _fit_learngenes(ancestry, args.methods)
-    rows = [(size, name, learngenes[(name, size)], spec) for size, spec in SIZES.items() for name in args.methods]
-    if "pool" in args.methods:
+    methods = _methods(args.methods)
+    learngenes = _fit_learngenes(ancestry, methods)
+    rows = [(size, name, learngenes[(name, size)], spec) for size, spec in SIZES.items() for name in methods]
+    if "pool" in methods:
         rows.append(("stitched", "pool", learngenes[("pool", "ViT-B")], STITCHED))
 
     print(f"\n{'size':<9}{'method':<18}{'params':>12}{'ours s':>9}{'timm s':>9}{'ratio':>8}{'peak/weights':>14}")

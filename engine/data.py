@@ -99,6 +99,14 @@ def stratified_split(labels: np.ndarray, val_fraction: float = VAL_FRACTION,
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def normalization(preprocessing: dict | None) -> dict[str, list[float]]:
+    """``mean`` and ``std`` keyword arguments of :func:`load_dataset` from an ancestry's recorded preprocessing
+    (its timm ``pretrained_cfg``, or what its uploader gave); none when it recorded none (the 0.5 default)."""
+    if not preprocessing or "mean" not in preprocessing or "std" not in preprocessing:
+        return {}
+    return {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"])}
+
+
 def load_dataset(uri: str, img_size: int, in_chans: int,
                  mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> Dataset:
     """Load a dataset by URI, preprocessed for an ancestry with this input size and channel count."""

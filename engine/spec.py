@@ -157,6 +157,18 @@ class ViTSpec:
         return [name for name, plain in FAMILY_DEFAULTS.items() if getattr(self, name) != plain]
 
     @property
+    def family(self) -> str:
+        """A short name of the ancestry's family, for the registry: dinov2, clip, deit, deit-distilled or vit."""
+        arch = self.base_architecture
+        if "dinov2" in arch:
+            return "dinov2"
+        if "clip" in arch:
+            return "clip"
+        if arch.startswith("deit"):
+            return "deit-distilled" if self.distilled else "deit"
+        return "vit"
+
+    @property
     def architecture(self) -> str:
         """The timm architecture that builds this spec with :meth:`timm_model_args`: the ancestry's own, unless
         the spec left its constructor (a distilled ancestry's descendant without the distillation token)."""

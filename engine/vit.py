@@ -14,7 +14,7 @@ from typing import Any
 
 import timm
 import torch
-from timm.layers import LayerNorm, get_act_layer, trunc_normal_
+from timm.layers import LayerNorm, get_act_layer, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -46,6 +46,17 @@ def pos_prefix(spec: ViTSpec) -> list[str]:
         return []
     return (["cls"] if spec.class_token else []) + (["dist"] if spec.distilled else []) + \
         [f"reg{r}" for r in range(spec.reg_tokens)]
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, spec: ViTSpec) -> torch.Tensor:
+    """``pos_embed`` (with ``spec``'s prefix positions, on any square grid) on ``spec``'s grid, by timm's own
+    ``resample_abs_pos_embed`` (bicubic, as timm adapts pretrained weights to another image size); unchanged when
+    the grid already fits."""
+    prefix = len(pos_prefix(spec))
+    grid = spec.img_size // spec.patch_size
+    if pos_embed.shape[1] == prefix + grid * grid:
+        return pos_embed
+    return resample_abs_pos_embed(pos_embed, new_size=[grid, grid], num_prefix_tokens=prefix)
 
 
 def head_state(tensors: StateDict) -> StateDict:
@@ -212,6 +223,8 @@ def assemble(state: StateDict, spec: ViTSpec, seed: int,
             details["head"] = "fresh"
     if modules:
         state.update(timm_random_init(spec, modules, seed))
+    if "pos_embed" in state:  # another image size than the learngene's (same patch size)
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], spec)
     return make_descendant(state, spec, **details)
 
 

@@ -76,6 +76,14 @@ class Ancestry(Base):
     #: The API key owner who uploaded it (None: seeded, or uploaded while keys were not required).
     owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: The ViT family (``ViTSpec.family``): vit, deit, deit-distilled, dinov2, clip.
+    family: Mapped[str] = mapped_column(String(40), default="vit", server_default="vit")
+    #: Input mean, std, interpolation and crop: the architecture's pretrained_cfg, or given at upload.
+    preprocessing: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    #: The Hugging Face ``model_type`` the upload was converted from (the stored file is in timm's layout).
+    converted_from: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    #: sha256 of the uploaded file's sha256 and the upload's arguments: the same upload finds this row again.
+    upload_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
 
 class Learngene(Base):

@@ -103,6 +103,6 @@ def _seed_ancestry(ctx: AppContext, name: str, entry: dict[str, Any]) -> int:
             shutil.copyfileobj(source, copy)
     metrics = {**entry["metrics"], "recipe": entry["recipe"], "made_by": "scripts/train_seed_ancestry.py"}
     with unit_of_work(ctx.sessions) as uow:
-        row = register_upload(uow.session, ctx, Path(copy.name), name=name, architecture=TIMM_ARCHITECTURE,
-                              model_args=entry["model_args"], metrics=metrics)
+        row, _ = register_upload(uow.session, ctx, Path(copy.name), name=name, architecture=TIMM_ARCHITECTURE,
+                                 model_args=entry["model_args"], metrics=metrics)
         return row.id

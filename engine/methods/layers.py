@@ -66,8 +66,9 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
 
 
 def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
-    """Depth (at least the number of kept blocks) and classes are free; everything else is the ancestry's."""
-    spec = merge_request(learngene.base_spec, partial, {"depth", "num_classes"}, name)
+    """Depth (at least the number of kept blocks), classes and image size (positions resampled) are free;
+    everything else is the ancestry's."""
+    spec = merge_request(learngene.base_spec, partial, {"depth", "num_classes", "img_size"}, name)
     kept = len(learngene.meta["indices"])
     if spec.depth < kept:
         raise SpecError(f"depth must be at least the {kept} inherited blocks", "depth")

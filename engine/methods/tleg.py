@@ -108,8 +108,9 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
 
 
 def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
-    """Depth and classes are free; width, heads, MLP, input and pooling are the learngene's."""
-    return merge_request(learngene.base_spec, partial, {"depth", "num_classes"}, name)
+    """Depth, classes and image size (same patches; positions resampled) are free; width, heads, MLP, patches
+    and pooling are the learngene's."""
+    return merge_request(learngene.base_spec, partial, {"depth", "num_classes", "img_size"}, name)
 
 
 def candidate_specs(learngene: Learngene) -> list[ViTSpec]:

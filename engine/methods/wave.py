@@ -196,9 +196,9 @@ def _tile(learngene: Learngene) -> tuple[int, int]:
 
 
 def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
-    """Depth, width (a multiple of the tile), heads, MLP ratio and classes are free."""
+    """Depth, width (a multiple of the tile), heads, MLP ratio, classes and image size are free."""
     spec = merge_request(learngene.base_spec, partial, {"depth", "embed_dim", "num_heads", "mlp_ratio",
-                                                         "num_classes"}, name)
+                                                         "num_classes", "img_size"}, name)
     _check_tile(spec, _tile(learngene))
     return spec
 

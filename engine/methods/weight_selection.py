@@ -14,7 +14,8 @@ The descendant takes the first L blocks, and in every dimension the evenly space
   picks rows inside each of q, k and v of the fused ``qkv`` and the columns of the attention projection;
 - the position embedding: the class-token position is kept when the descendant has a class token (dropped when
   it has not), and the patch grid is selected along its rows and columns (``select(grid_a, grid)`` each) so a
-  smaller image keeps a regular grid of positions;
+  smaller image keeps a regular grid of positions; a larger image's positions are resampled from the whole grid
+  by timm's ``resample_abs_pos_embed`` (nothing to select);
 - the patch embedding conv: output channels by the embedding width; input channels and kernel untouched (the
   patch size and input channels are fixed).
 
@@ -59,7 +60,6 @@ def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
         ("num_heads", spec.num_heads, base.num_heads),
         ("num_heads", spec.head_dim, base.head_dim),
         ("mlp_ratio", spec.mlp_hidden, base.mlp_hidden),
-        ("img_size", spec.img_size, base.img_size),
     ):
         if value > limit:
             raise SpecError(f"weight selection only shrinks: {field} gives {value}, the ancestry has {limit}", field)
@@ -110,7 +110,7 @@ def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec) -> StateD
     }
     block_indices = {t: all_indices[t] for t in block_tensors(s)}
     grid_a, grid = a.img_size // a.patch_size, s.img_size // s.patch_size
-    cells = select_indices(grid_a, grid)
+    cells = select_indices(grid_a, min(grid, grid_a))  # a larger grid is resampled from the whole one
     prefix_a = pos_prefix(a)
     tokens = (cells[:, None] * grid_a + cells[None, :]).reshape(-1) + len(prefix_a)
     prefix = torch.tensor([prefix_a.index(token) for token in pos_prefix(s)], dtype=torch.long)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch.nn as nn
 
 from engine.costs import param_count
-from engine.data import load_dataset, target_task
+from engine.data import load_dataset, normalization, target_task
 from engine.methods import get_method
 from engine.methods.base import Learngene
 from engine.spec import ViTSpec
@@ -69,7 +69,9 @@ def evaluate_card(learngene: Learngene, dataset_uri: str, sizes: Sequence[dict[s
     dicts resolved by the learngene's method; default :func:`default_sizes`)."""
     method = get_method(learngene.method)
     base = learngene.base_spec
-    task = target_task(load_dataset(dataset_uri, base.img_size, base.in_chans), classes, shots, seed)
+    images = load_dataset(dataset_uri, base.img_size, base.in_chans,
+                          **normalization(learngene.meta.get("preprocessing")))
+    task = target_task(images, classes, shots, seed)
     partials = [dict(size) for size in sizes] if sizes is not None else [s.to_dict() for s in default_sizes(learngene)]
     specs = [method.resolve_spec(learngene, {**partial, "num_classes": task.num_classes}) for partial in partials]
     config = dataclasses.replace(CARD_TRAINING, steps=steps, seed=seed,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.data import load_dataset
+from engine.data import load_dataset, normalization
 from engine.methods import FIT, REFINE, TRAIN, get_entry
 from engine.methods.base import Learngene, StateDict
 from engine.methods.params import ParamError
@@ -18,9 +18,11 @@ from engine.train.loop import Hooks, LossHistory
 
 
 def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str | None,
-             params: dict[str, Any], hooks: Hooks | None = None) -> tuple[Learngene, dict[str, Any], LossHistory]:
+             params: dict[str, Any], hooks: Hooks | None = None, preprocessing: dict[str, Any] | None = None,
+             ) -> tuple[Learngene, dict[str, Any], LossHistory]:
     """Condense ``ancestry_state`` with ``method``. ``params`` may hold both modes' knobs (as
-    :func:`validate_params` without a mode returns them); only ``mode``'s are read.
+    :func:`validate_params` without a mode returns them); only ``mode``'s are read. Images are normalized with
+    the ancestry's ``preprocessing`` (mean, std), which the learngene records for its descendants.
 
     Raises ``ValueError`` (its subclass :class:`ParamError` names a parameter) for what cannot run, and
     :class:`engine.train.loop.Cancelled` when the hooks stop a training run."""
@@ -34,17 +36,25 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
     if mode == FIT:
         # None means "the method's default", which the methods express by the key being absent.
         learngene = entry.load().fit(ancestry_state, ancestry_spec, {k: v for k, v in chosen.items() if v is not None})
+        _record(learngene, preprocessing)
         return learngene, {"mode": "fit", **({"fit": learngene.meta["fit"]} if "fit" in learngene.meta else {})}, []
     if dataset_uri is None:
         raise ValueError("mode 'train' needs a dataset")
     if ancestry_spec.num_classes == 0:
         raise ValueError("training distils the ancestry's class predictions: the ancestry needs a head")
-    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans)
+    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing))
     if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
         raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
     learngene, metrics, history = entry.runner(TRAIN)(ancestry_state, ancestry_spec, dataset, chosen, hooks)
+    _record(learngene, preprocessing)
     return learngene, {"mode": "train", **metrics}, history
+
+
+def _record(learngene: Learngene, preprocessing: dict[str, Any] | None) -> None:
+    """The ancestry's preprocessing travels with the learngene, into every descendant's config.json."""
+    if preprocessing:
+        learngene.meta["preprocessing"] = dict(preprocessing)
 
 
 def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]]) -> list[ViTSpec]:
@@ -65,8 +75,10 @@ def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]])
 
 
 def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str,
-           params: dict[str, Any], hooks: Hooks | None = None) -> tuple[Learngene, dict[str, Any], LossHistory]:
-    """``learngene`` plus scalers trained for ``params["sizes"]``, distilled from the ancestry on the dataset."""
+           params: dict[str, Any], hooks: Hooks | None = None, preprocessing: dict[str, Any] | None = None,
+           ) -> tuple[Learngene, dict[str, Any], LossHistory]:
+    """``learngene`` plus scalers trained for ``params["sizes"]``, distilled from the ancestry on the dataset
+    (normalized with the ancestry's ``preprocessing``)."""
     entry = get_entry(method)
     if not entry.offers(REFINE):
         raise ValueError(f"{method} has no refine mode")
@@ -77,10 +89,11 @@ def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestr
     if learngene.base_spec.num_classes != ancestry_spec.num_classes:
         raise ValueError(f"the learngene has {learngene.base_spec.num_classes} classes, the ancestry "
                          f"{ancestry_spec.num_classes}: refine against the ancestry it was condensed from")
-    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans)
+    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing))
     if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
         raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
     learngene, metrics, history = entry.runner(REFINE)(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen,
                                                        hooks)
+    _record(learngene, preprocessing)
     return learngene, {"mode": "refine", **metrics}, history

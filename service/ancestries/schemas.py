@@ -20,3 +20,8 @@ class AncestryOut(BaseModel):
     metrics: dict[str, Any]
     owner: str | None = None
     created_at: dt.datetime
+    family: str
+    #: Input mean, std, interpolation and crop, written into every descendant's config.json.
+    preprocessing: dict[str, Any]
+    #: The Hugging Face model_type the upload was converted from (architecture and model_args are what it became).
+    converted_from: str | None = None

@@ -76,6 +76,7 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
             raise JobFailed(f"ancestry {p.ancestry_id} no longer exists")
         path = app.store.local_path(ancestry.storage_key)
         architecture, model_args = ancestry.architecture, ancestry.model_args
+        preprocessing = dict(ancestry.preprocessing or {})
         source_path, source_number = None, None
         if p.source_version_id is not None:
             source = session.get(LearngeneVersion, p.source_version_id)
@@ -90,11 +91,11 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
         if p.mode == "refine":
             assert source_path is not None and dataset is not None
             learngene, metrics, loss_history = refine(p.method, load_learngene(source_path), state, spec, dataset,
-                                                      p.params, hooks)
+                                                      p.params, hooks, preprocessing)
             metrics["refined_from_version"] = source_number
         else:
             learngene, metrics, loss_history = condense_ancestry(p.method, p.mode, state, spec, dataset,
-                                                                 p.params, hooks)
+                                                                 p.params, hooks, preprocessing)
         card = evaluate_card(learngene, dataset, hooks=hooks) if p.evaluate and dataset else None
     except TrainingCancelled as exc:
         raise JobCancelled() from exc

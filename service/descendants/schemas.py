@@ -23,6 +23,8 @@ class SpecIn(BaseModel):
     num_heads: int | None = Field(None, ge=1, le=1024)
     mlp_ratio: float | None = Field(None, gt=0, le=32)
     num_classes: int | None = Field(None, ge=1, le=1_000_000)
+    img_size: int | None = Field(None, ge=1, le=4096, description="Input size, a multiple of the patch size: "
+                                 "the position embedding is resampled (timm's resample_abs_pos_embed)")
 
 
 class BudgetIn(BaseModel):

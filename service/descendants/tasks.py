@@ -59,9 +59,11 @@ def _source(app: AppContext, row: Descendant, session: Session) -> tuple[Any, di
 
     def load() -> Any:
         state, spec = load_ancestry(path, ancestry.architecture, ancestry.model_args)
-        return Learngene(method="weight-selection", tensors=state, meta={"spec": spec.to_dict()})
+        return Learngene(method="weight-selection", tensors=state,
+                         meta={"spec": spec.to_dict(), "preprocessing": dict(ancestry.preprocessing or {})})
 
-    learngene = _cached(ancestry.sha256, load)
+    # Keyed by the row too: two ancestries may share a file but not their preprocessing.
+    learngene = _cached(f"{ancestry.sha256}:{ancestry.id}", load)
     return learngene, {"ancestry": str(ancestry.id), "ancestry_sha256": ancestry.sha256}
 
 
@@ -99,7 +101,7 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
     os.close(fd)
     digest = save_descendant(descendant, metadata, Path(tmp))
     stored = app.store.put_file(Path(tmp), move=True, sha256=digest)
-    config = descendant_config(descendant, spec)
+    config = descendant_config(descendant, spec, learngene.meta.get("preprocessing"))
 
     def record(session: Session) -> None:
         target = session.get(Descendant, descendant_id)

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from engine.ancestry import AncestryError, check_weights, inspect_architecture
 from engine.artifacts import descendant_config
+from engine.costs import gflops, param_count
 from engine.methods import get_method
 from engine.methods.base import Descendant, StateDict
 from engine.spec import SpecError, ViTSpec
@@ -165,3 +167,18 @@ def test_non_finite_weights_are_refused() -> None:
     with pytest.raises(AncestryError) as caught:
         check_weights(state, shapes, "deit_tiny_patch16_224")
     assert caught.value.field == "file" and "blocks.0.attn.qkv.weight" in str(caught.value)
+
+
+def test_another_image_size_resamples_the_positions_with_timm() -> None:
+    state, spec, _ = make_family("dinov2-reg")
+    method = get_method("layers")
+    learngene = method.fit(state, spec, {"count": 2})
+    target = method.resolve_spec(learngene, {"img_size": 48})
+    descendant = method.expand(learngene, target, seed=0)
+    # no_embed_class: the positions are the patches' only; 4x4 -> 6x6.
+    assert torch.equal(descendant.state_dict["pos_embed"],
+                       resample_abs_pos_embed(state["pos_embed"], new_size=[6, 6], num_prefix_tokens=0))
+    assert param_count(target) == sum(t.numel() for t in descendant.state_dict.values())
+    assert gflops(target) > gflops(spec)
+    with torch.inference_mode():
+        assert rebuilt(descendant, target)(images(target)).shape == (2, 5)
