@@ -98,7 +98,7 @@ def test_weight_selection_at_half_width_and_depth_loads_strictly(family: tuple) 
 
 
 @pytest.mark.parametrize("method, params", [("tleg", {}), ("wave", {"tile": [8, 8], "counts": 4}),
-                                            ("layers", {"count": 2}), ("random", {})])
+                                            ("layers", {"count": 2}), ("random", {}), ("front", {})])
 def test_every_method_expands_the_family_or_names_the_feature(family: tuple, method: str, params: dict) -> None:
     _, state, spec, _ = family
     module = get_method(method)

@@ -197,9 +197,15 @@ def test_refining_wave_adds_a_version_whose_refined_width_changes_its_descendant
 
 @sqlite_only
 def test_bad_refine_requests_are_4xx_and_queue_nothing(client: TestClient, ctx: AppContext, ancestry: int,
-                                                       tiny_ancestry_file: Path) -> None:
+                                                       tiny_ancestry_file: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
     _wave_fit(client, ancestry, "rw2")
-    other = int(upload_ancestry(client, tiny_ancestry_file).json()["id"])
+    # Another file with the same weights: the same file again would answer the same ancestry.
+    copy = tmp_path / "other.safetensors"
+    save_file(load_file(str(tiny_ancestry_file)), str(copy), metadata={"copy": "other"})
+    other = int(upload_ancestry(client, copy).json()["id"])
+    assert other != ancestry
     good = {"ancestry": ancestry, "method": "wave", "learngene": "rw2", "mode": "refine",
             "dataset": "builtin:digits", "evaluate": False, "params": {"sizes": [{"embed_dim": 16, "num_heads": 1}]}}
     cases = [

@@ -77,13 +77,13 @@ def test_every_family_uploads_and_its_weight_selection_descendants_stay_in_the_f
 
 
 @pytest.mark.parametrize("name", ["dinov2-reg", "clip", "deit-distilled"])
-def test_tleg_and_wave_fits_expand_real_families_or_refuse_up_front(client: TestClient, tmp_path: Path,
+def test_tleg_wave_and_front_fits_expand_real_families_or_refuse_up_front(client: TestClient, tmp_path: Path,
                                                                     name: str) -> None:
     architecture, extra, _ = FAMILIES[name]
     path, _ = _family_file(name, tmp_path)
     mean, std = [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]
     ancestry = _upload(client, path, architecture, {**SMALL, **extra}, mean=mean, std=std).json()
-    for method, params in (("tleg", {}), ("wave", {"tile": [8, 8], "counts": 4})):
+    for method, params in (("tleg", {}), ("wave", {"tile": [8, 8], "counts": 4}), ("front", {})):
         body = {"ancestry": ancestry["id"], "method": method, "learngene": f"{name}-{method}", "mode": "fit",
                 "params": params}
         if method == "wave" and name == "deit-distilled":
