@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound="Resource")
@@ -160,8 +161,8 @@ class Descendant(Resource):
 class Download:
     """What ``download`` did: the files, and how many weight bytes crossed the network this time."""
 
-    weights: Any  # pathlib.Path
-    config: Any  # pathlib.Path
+    weights: Path
+    config: Path
     sha256: str
     size_bytes: int
     bytes_fetched: int
