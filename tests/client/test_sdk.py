@@ -170,3 +170,17 @@ def test_429_becomes_rate_limited_with_retry_after(tmp_path: Path) -> None:
         assert limited.value.retry_after is not None and 1 <= limited.value.retry_after <= 1000
     finally:
         server.stop()
+
+
+def test_a_timm_hub_snapshot_folder_uploads_as_an_ancestry(client: Client, tmp_path: Path) -> None:
+    import timm
+    from timm.models._hub import save_for_hf
+
+    from tests.service.conftest import ARCH, TINY_ARGS
+
+    model = timm.create_model(ARCH, **TINY_ARGS)
+    save_for_hf(model, str(tmp_path / "snapshot"), model_args=TINY_ARGS, safe_serialization=True)
+    ancestry = client.upload_ancestry(tmp_path / "snapshot")  # no architecture: config.json names it
+    assert ancestry.architecture == ARCH and ancestry.name == "snapshot"
+    assert ancestry.spec["depth"] == TINY_ARGS["depth"]
+    assert ancestry.param_count == sum(p.numel() for p in model.parameters())
