@@ -16,6 +16,8 @@ RUN pip install --upgrade "pip>=24" && \
 COPY engine ./engine
 COPY service ./service
 COPY worker ./worker
+# The client package: the `learngene` command starts there and hands serve/worker to service.cli.
+COPY learngene ./learngene
 COPY migrations ./migrations
 COPY alembic.ini ./
 RUN pip install --no-deps -c requirements.lock . && useradd --create-home learngene && mkdir -p /data && chown learngene /data
