@@ -24,6 +24,7 @@ An ancestry or descendant with a tensor no table knows is refused, naming it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,11 +134,11 @@ def _check_outside(spec: ViTSpec) -> None:
         raise SpecError(f"FRONT has no transform for {unknown[0]!r}", unknown[0])
 
 
-def _by_tensor(kinds: dict[str, Kind]) -> Iterator[tuple[str, dict[str, Kind]]]:
+def _by_tensor(table: dict[str, Kind]) -> Iterator[tuple[str, dict[str, Kind]]]:
     """Kinds grouped by the block tensor they live in (q, k, v share qkv), in table order."""
-    tensors = dict.fromkeys(kind.tensor for kind in kinds.values())
+    tensors = dict.fromkeys(kind.tensor for kind in table.values())
     for tensor in tensors:
-        yield tensor, {k: kind for k, kind in kinds.items() if kind.tensor == tensor}
+        yield tensor, {k: kind for k, kind in table.items() if kind.tensor == tensor}
 
 
 def _workers() -> int:
@@ -223,7 +224,9 @@ def reconstruct(coeffs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dep
     flat.mul_(scale.float()[:, None])
     flat[:, 0] = (target_mean * math.sqrt(size)).float()
     spatial = flat.numpy().reshape(depth, *kept.shape[1:])
-    return scipy.fft.idctn(spatial, s=shape, axes=tuple(range(1, len(shape) + 1)), norm="ortho", workers=_workers())
+    # In place when no padding is needed (the coefficients are ours to overwrite): no second stack-sized buffer.
+    return scipy.fft.idctn(spatial, s=shape, axes=tuple(range(1, len(shape) + 1)), norm="ortho", workers=_workers(),
+                           overwrite_x=True)
 
 
 def _resize_whole(tensor: torch.Tensor, sizes: dict[int, int]) -> torch.Tensor:
@@ -356,6 +359,20 @@ def _resample_positions(pos_embed: torch.Tensor, base: ViTSpec, spec: ViTSpec) -
     return torch.cat([pos_embed[:, kept], pos_embed[:, len(prefix):]], dim=1)
 
 
+def _fuse(made: Iterator[tuple[Kind, torch.Tensor]]) -> torch.Tensor:
+    """A block tensor's (L, ...) stack from its kinds' stacks: an unfused kind's stack is the tensor's; a fused
+    tensor's (qkv) row blocks are written into one stack as each is made, so the transient is one row block, not a
+    second copy of the tensor."""
+    kind, first = next(made)
+    if kind.parts == 1:
+        return first
+    rows = first.shape[1]
+    stack = torch.empty((first.shape[0], rows * kind.parts, *first.shape[2:]))
+    for kind, part in itertools.chain([(kind, first)], made):
+        stack[:, kind.part * rows:(kind.part + 1) * rows] = part
+    return stack
+
+
 def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     learngene.require(name)
     spec = resolve_spec(learngene, spec.to_dict())
@@ -364,11 +381,12 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     state = _outside(learngene, spec)
     head = {key: state.pop(key) for key in list(head_state(state))}
     for tensor_name, group in _by_tensor(kinds(spec)):
-        parts = [torch.from_numpy(reconstruct(tensors[f"coeffs.{k}"], tensors[f"mean.{k}"], tensors[f"std.{k}"],
-                                              spec.depth, tuple(_size(spec, axis) for axis in kind.axes)))
-                 for k, kind in sorted(group.items(), key=lambda item: item[1].part)]
-        # A fused tensor (qkv) is its kinds' row blocks side by side; an unfused one is its kind's array as is.
-        stack = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        # A generator: each kind's stack is made only when the previous one is stored.
+        made = ((kind, torch.from_numpy(reconstruct(tensors[f"coeffs.{k}"], tensors[f"mean.{k}"],
+                                                    tensors[f"std.{k}"], spec.depth,
+                                                    tuple(_size(spec, axis) for axis in kind.axes))))
+                for k, kind in group.items())
+        stack = _fuse(made)
         for i in range(spec.depth):
             state[block_key(i, tensor_name)] = stack[i]
     return assemble(state, spec, seed, head, keep_ratio=learngene.meta["keep_ratio"],
