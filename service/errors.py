@@ -76,11 +76,6 @@ def retry_after_header(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-class AlreadyExists(ServiceError):
-    status_code = 409
-    code = "already_exists"
-
-
 class Conflict(ServiceError):
     status_code = 409
     code = "conflict"

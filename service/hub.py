@@ -28,7 +28,7 @@ from service.descendants.schemas import DescendantRequest, SpecIn
 from service.errors import Forbidden, NotFound, NotPermitted, ServiceError, TooManyRequests, Unavailable
 from service.jobs import waiting
 from service.keys.auth import Principal
-from service.models import Descendant
+from service.models import DescendantRow
 
 router = APIRouter(prefix="/hub", tags=["hub"], include_in_schema=False)
 
@@ -61,12 +61,12 @@ def _request(ctx: AppContext, namespace: str, slug: str, revision: str, caller: 
         raise NotFound(f"repository {namespace}/{slug}: {exc}") from exc
 
 
-async def _descendant(ctx: AppContext, namespace: str, slug: str, revision: str, caller: Principal) -> Descendant:
+async def _descendant(ctx: AppContext, namespace: str, slug: str, revision: str, caller: Principal) -> DescendantRow:
     """The repository's descendant, produced on first request; waits for it on the event loop, not a thread."""
     descendant_id = await run_in_threadpool(_request, ctx, namespace, slug, revision, caller)
     await waiting.wait_until(ctx, is_settled(descendant_id), ctx.settings.max_wait_s)
-    row = await waiting.read(ctx, lambda session: session.get(Descendant, descendant_id))
-    assert isinstance(row, Descendant)
+    row = await waiting.read(ctx, lambda session: session.get(DescendantRow, descendant_id))
+    assert isinstance(row, DescendantRow)
     if row.status == "pending":
         raise Unavailable(f"repository {namespace}/{slug} is still being produced; try again shortly")
     if row.status != "ready":
@@ -79,11 +79,11 @@ def _not_found(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=404, headers={"X-Error-Code": "EntryNotFound"})
 
 
-def _config_bytes(row: Descendant) -> bytes:
+def _config_bytes(row: DescendantRow) -> bytes:
     return json.dumps(row.config, indent=2, sort_keys=True).encode()
 
 
-def commit_of(row: Descendant) -> str:
+def commit_of(row: DescendantRow) -> str:
     """A 40-hex revision id: a descendant's content never changes, so its sha256 names its only commit."""
     assert row.sha256 is not None
     return row.sha256[:40]

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from service.models import Descendant, Job
+from service.models import DescendantRow, Job
 
 #: Seconds; requests range from sub-millisecond reads to a descendant produced while the client waits.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -95,7 +95,7 @@ class RegistryCollector:
                     if isinstance(rate, (int, float)):
                         throughput["images"] += rate
             descendants = session.execute(
-                select(Descendant.method, Descendant.status, func.count()).group_by(Descendant.method, Descendant.status)
+                select(DescendantRow.method, DescendantRow.status, func.count()).group_by(DescendantRow.method, DescendantRow.status)
             ).all()
         for queue in sorted(set(queued) | {"cpu", "gpu"}):
             depth.add_metric([queue], queued.get(queue, 0))

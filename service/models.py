@@ -86,7 +86,7 @@ class Ancestry(Base):
     upload_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
 
-class Learngene(Base):
+class LearngeneRow(Base):
     __tablename__ = "learngenes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -111,8 +111,6 @@ class LearngeneVersion(Base):
     learngene_id: Mapped[int] = mapped_column(ForeignKey("learngenes.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(40))
-    #: pending (its job runs), ready, failed.
-    status: Mapped[str] = mapped_column(String(20), default="pending")
     ancestry_id: Mapped[int | None] = mapped_column(ForeignKey("ancestries.id"), nullable=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
     dataset: Mapped[str | None] = mapped_column(String(500), nullable=True)
@@ -126,7 +124,7 @@ class LearngeneVersion(Base):
     storage_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
-    learngene: Mapped[Learngene] = relationship(back_populates="versions")
+    learngene: Mapped[LearngeneRow] = relationship(back_populates="versions")
     ancestry: Mapped[Ancestry | None] = relationship()
 
 
@@ -139,11 +137,11 @@ class LearngeneAlias(Base):
     alias: Mapped[str] = mapped_column(String(60), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("learngene_versions.id", ondelete="CASCADE"))
 
-    learngene: Mapped[Learngene] = relationship(back_populates="aliases")
+    learngene: Mapped[LearngeneRow] = relationship(back_populates="aliases")
     version: Mapped[LearngeneVersion] = relationship()
 
 
-class Descendant(Base):
+class DescendantRow(Base):
     __tablename__ = "descendants"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -217,7 +215,7 @@ class JobEvent(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class Dataset(Base):
+class DatasetRow(Base):
     """An uploaded ImageFolder archive, unpacked into storage for workers to read."""
 
     __tablename__ = "datasets"

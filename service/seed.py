@@ -24,7 +24,7 @@ from service.condensing.service import submit
 from service.context import AppContext
 from service.db import unit_of_work
 from service.jobs.repository import FINISHED
-from service.models import Ancestry, Job, Learngene
+from service.models import Ancestry, Job, LearngeneRow
 
 SEED_DATA = Path(__file__).resolve().parent / "seed_data"
 #: Each shipped ancestry (its entry in seed_data/ancestries.json) and the prefix of its learngenes' names:
@@ -49,7 +49,7 @@ def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bo
                   timeout_s: float = 1800) -> list[str]:
     """Seed an empty registry; returns the names of the learngenes created."""
     with ctx.sessions() as session:
-        if not force and session.scalar(select(func.count()).select_from(Learngene)):
+        if not force and session.scalar(select(func.count()).select_from(LearngeneRow)):
             return []
     manifest = seed_manifest()
     job_ids: dict[str, str] = {}

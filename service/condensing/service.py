@@ -71,8 +71,8 @@ def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any
         raise InvalidRequest(f"refine adds to an existing learngene; {req.learngene!r} does not exist",
                              field="learngene")
     source = learngene_repo.version_by_alias(session, lg.id, LATEST)
-    if source is None or source.status != "ready":
-        raise InvalidRequest(f"learngene {req.learngene!r} has no ready version to refine", field="learngene")
+    if source is None:
+        raise InvalidRequest(f"learngene {req.learngene!r} has no version to refine", field="learngene")
     if source.ancestry_id is not None and source.ancestry_id != req.ancestry:
         raise InvalidRequest(f"refinement distils from the ancestry {req.learngene!r} was condensed from: "
                              f"ancestry {source.ancestry_id}", field="ancestry")

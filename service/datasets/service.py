@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.context import AppContext
 from service.errors import InvalidRequest, NotFound
-from service.models import Dataset
+from service.models import DatasetRow
 from service.storage import sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -35,17 +35,17 @@ _ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, E
                    NotImplementedError, RuntimeError, ValueError)
 
 
-def get_dataset(session: Session, dataset_id: int, field: str | None = None) -> Dataset:
-    row = session.get(Dataset, dataset_id)
+def get_dataset(session: Session, dataset_id: int, field: str | None = None) -> DatasetRow:
+    row = session.get(DatasetRow, dataset_id)
     if row is None:
         raise NotFound(f"dataset {dataset_id} not found", field=field)
     return row
 
 
-def list_page(session: Session, limit: int, after: int | None) -> Sequence[Dataset]:
-    q = select(Dataset).order_by(Dataset.id.desc()).limit(limit + 1)
+def list_page(session: Session, limit: int, after: int | None) -> Sequence[DatasetRow]:
+    q = select(DatasetRow).order_by(DatasetRow.id.desc()).limit(limit + 1)
     if after is not None:
-        q = q.where(Dataset.id < after)
+        q = q.where(DatasetRow.id < after)
     return session.scalars(q).all()
 
 
@@ -199,15 +199,15 @@ def check_images(root: Path) -> None:
             raise InvalidRequest(f"{rel} is not a readable image: {exc}", field="file") from exc
 
 
-def register_upload(session: Session, ctx: AppContext, archive: Path, name: str, owner: str | None = None) -> Dataset:
+def register_upload(session: Session, ctx: AppContext, archive: Path, name: str, owner: str | None = None) -> DatasetRow:
     """Validate and unpack ``archive`` (consumed), then store it and add the row; on error nothing stays."""
     created: Path | None = None
     try:
         digest = sha256_file(archive)
         # The same archive uploaded again by the same owner is the same dataset; another owner gets a row of
         # their own (datasets belong to their owner), sharing the unpacked files.
-        same_owner = Dataset.owner == owner if owner is not None else Dataset.owner.is_(None)
-        existing = session.scalar(select(Dataset).where(Dataset.sha256 == digest, same_owner))
+        same_owner = DatasetRow.owner == owner if owner is not None else DatasetRow.owner.is_(None)
+        existing = session.scalar(select(DatasetRow).where(DatasetRow.sha256 == digest, same_owner))
         if existing is not None:
             return existing
         dest = dataset_dir(ctx, digest)
@@ -219,7 +219,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
         if num_classes < 2:
             raise InvalidRequest("an ImageFolder needs at least two class folders with images", field="file")
         stored = ctx.store.put_file(archive, move=True)
-        row = Dataset(
+        row = DatasetRow(
             name=name, uri=f"dataset:pending-{digest[:12]}", num_classes=num_classes, num_images=num_images,
             sha256=digest, size_bytes=stored.size, storage_key=stored.key, owner=owner,
         )
@@ -234,7 +234,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
             shutil.rmtree(created, ignore_errors=True)
 
 
-def resolve_path(ctx: AppContext, row: Dataset) -> Path:
+def resolve_path(ctx: AppContext, row: DatasetRow) -> Path:
     """The ImageFolder root of an uploaded dataset, unpacked from its stored archive first on a machine that has
     not unpacked it yet (a worker elsewhere, or after the folder was cleaned)."""
     dest = dataset_dir(ctx, row.sha256)

@@ -20,7 +20,7 @@ from service.errors import InvalidRequest, JobFailedError, error_responses
 from service.jobs import waiting
 from service.keys.auth import Principal
 from service.learngenes import service as learngenes
-from service.models import Descendant
+from service.models import DescendantRow
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/descendants", tags=["descendants"])
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1/descendants", tags=["descendants"])
 def is_settled(descendant_id: int) -> Callable[[Session], bool]:
     """Whether the descendant has left ``pending`` (or is gone)."""
     def settled(session: Session) -> bool:
-        row = session.get(Descendant, descendant_id)
+        row = session.get(DescendantRow, descendant_id)
         return row is None or row.status != "pending"
 
     return settled

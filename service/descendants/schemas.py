@@ -102,7 +102,8 @@ class DescendantOut(BaseModel):
     metadata_url: str
     hub_repo_id: str
     job_id: str | None
-    error: str | None = None
+    error: str | None = Field(None, description="Why its last job did not produce it (a new request tries again)")
+    error_code: str | None = Field(None, description="The job's error code, or cancelled")
     details: dict[str, Any]
     created_at: dt.datetime
 

@@ -23,7 +23,7 @@ from service.keys.auth import Principal
 from service.limits import quotas
 from service.learngenes import service as learngenes
 from service.metrics import counts_cache_lookups
-from service.models import Ancestry, Descendant, Job, LearngeneVersion
+from service.models import Ancestry, DescendantRow, Job, LearngeneVersion
 
 #: Descendants are stored as float32: what a request will cost in bytes, known before it runs.
 FLOAT32_BYTES = 4
@@ -74,7 +74,7 @@ def cache_key(source: Source, spec: dict[str, Any], seed: int, head: str = "inhe
 
 @counts_cache_lookups("descendants")
 def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
-                       caller: Principal | None = None) -> tuple[Descendant, bool]:
+                       caller: Principal | None = None) -> tuple[DescendantRow, bool]:
     """The descendant for this request: the registered one when it exists, else a new row and its job.
 
     Identical requests racing each other meet at the unique cache key: one inserts, the others read its row,
@@ -95,7 +95,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
         row = existing
         row.status = "pending"
     else:
-        row = Descendant(
+        row = DescendantRow(
             cache_key=key,
             learngene_version_id=source.version.id if source.version else None,
             ancestry_id=source.ancestry.id if source.ancestry else None,
@@ -121,7 +121,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     return row, True
 
 
-def _needs_new_job(session: Session, row: Descendant) -> bool:
+def _needs_new_job(session: Session, row: DescendantRow) -> bool:
     if row.status != "pending":
         return row.status == "failed"
     # Pending with a job that has ended: rows left behind before job endings settled descendants.
@@ -129,14 +129,14 @@ def _needs_new_job(session: Session, row: Descendant) -> bool:
     return job is None or job.state in FINISHED
 
 
-def get_descendant(session: Session, descendant_id: int) -> Descendant:
+def get_descendant(session: Session, descendant_id: int) -> DescendantRow:
     row = repository.get(session, descendant_id)
     if row is None:
         raise NotFound(f"descendant {descendant_id} not found")
     return row
 
 
-def get_ready(session: Session, descendant_id: int) -> Descendant:
+def get_ready(session: Session, descendant_id: int) -> DescendantRow:
     row = get_descendant(session, descendant_id)
     if row.status != "ready" or row.storage_key is None:
         raise NotFound(f"descendant {descendant_id} has no weights yet (status {row.status})")
@@ -172,13 +172,12 @@ def parse_slug(slug: str) -> tuple[dict[str, Any], int]:
     return spec, seed
 
 
-def descendant_out(session: Session, row: Descendant) -> DescendantOut:
+def descendant_out(session: Session, row: DescendantRow) -> DescendantOut:
     base = f"/v1/descendants/{row.id}"
     version = session.get(LearngeneVersion, row.learngene_version_id) if row.learngene_version_id else None
-    error = None
-    if row.status == "failed" and row.job_id:
-        job = session.get(Job, row.job_id)
-        error = (job.error or f"its job was {job.state}") if job else None
+    error = error_code = None
+    if row.status == "failed" and row.job_id and (job := session.get(Job, row.job_id)) is not None:
+        error, error_code = job.error or f"its job was {job.state}", job.error_code or job.state
     return DescendantOut(
         id=row.id,
         status=row.status,  # type: ignore[arg-type]
@@ -200,12 +199,13 @@ def descendant_out(session: Session, row: Descendant) -> DescendantOut:
         hub_repo_id=_hub_repo_id(row, version),
         job_id=row.job_id,
         error=error,
+        error_code=error_code,
         details=row.details,
         created_at=row.created_at,
     )
 
 
-def _hub_repo_id(row: Descendant, version: LearngeneVersion | None) -> str:
+def _hub_repo_id(row: DescendantRow, version: LearngeneVersion | None) -> str:
     namespace = (
         f"{version.learngene.name}.v{version.version}" if version else f"ancestry-{row.ancestry_id}.{row.method}"
     )

@@ -19,7 +19,7 @@ from service.descendants.schemas import HeadChoice
 from service.jobs.dispatch import QUEUE_CPU
 from service.jobs.kinds import FinalState, JobFailed, JobKind
 from service.jobs.runner import JobContext
-from service.models import Ancestry, Descendant, Job, LearngeneVersion
+from service.models import Ancestry, DescendantRow, Job, LearngeneVersion
 
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Any] = OrderedDict()
@@ -40,7 +40,7 @@ def _cached(sha256: str, load: Any) -> Any:
     return value
 
 
-def _source(app: AppContext, row: Descendant, session: Session) -> tuple[Any, dict[str, str]]:
+def _source(app: AppContext, row: DescendantRow, session: Session) -> tuple[Any, dict[str, str]]:
     from engine.ancestry import load_ancestry
     from engine.artifacts import load_learngene
     from engine.methods.base import Learngene
@@ -79,7 +79,7 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
 
     app, descendant_id = jctx.app, payload.descendant_id
     with app.sessions() as session:
-        row = session.get(Descendant, descendant_id)
+        row = session.get(DescendantRow, descendant_id)
         if row is None:
             raise JobFailed(f"descendant {descendant_id} no longer exists")
         if row.status == "ready":
@@ -104,7 +104,7 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
     config = descendant_config(descendant, spec, learngene.meta.get("preprocessing"))
 
     def record(session: Session) -> None:
-        target = session.get(Descendant, descendant_id)
+        target = session.get(DescendantRow, descendant_id)
         assert target is not None
         target.sha256 = stored.sha256
         target.size_bytes = stored.size
@@ -120,7 +120,7 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
 def settle_descendant(session: Session, job: Job, state: FinalState) -> None:
     """The descendant's status is its job's outcome: ready with its weights, else failed (a later request for
     it starts a new job). A descendant already handed to a newer job is the newer job's to settle."""
-    row = session.scalar(select(Descendant).where(Descendant.job_id == job.id))
+    row = session.scalar(select(DescendantRow).where(DescendantRow.job_id == job.id))
     if row is not None:
         row.status = "ready" if state == "succeeded" and row.storage_key is not None else "failed"
 

@@ -14,7 +14,6 @@ log = logging.getLogger(__name__)
 TASK_RUN_JOB = "learngene.run_job"
 QUEUE_CPU = "cpu"
 QUEUE_GPU = "gpu"
-QUEUES = (QUEUE_CPU, QUEUE_GPU)
 
 
 class Dispatcher(Protocol):

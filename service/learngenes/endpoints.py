@@ -74,6 +74,6 @@ def download_tensors(name: str, ref: str, request: Request, ctx: CtxDep, uow: Uo
     lg = service.get_learngene(uow.session, name)
     v = service.get_version(uow.session, lg, ref)
     if v.storage_key is None or v.sha256 is None:
-        raise NotFound(f"learngene {name}:{v.version} has no stored tensors (status {v.status})")
+        raise NotFound(f"learngene {name}:{v.version} has no stored tensors")
     return serve_blob(request, ctx, v.storage_key, v.sha256, filename=f"{name}-v{v.version}.safetensors",
                       media_type="application/octet-stream")

@@ -6,21 +6,21 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Learngene, LearngeneAlias, LearngeneVersion
+from service.models import LearngeneRow, LearngeneAlias, LearngeneVersion
 
 
-def by_name(session: Session, name: str) -> Learngene | None:
+def by_name(session: Session, name: str) -> LearngeneRow | None:
     return session.scalar(
-        select(Learngene).where(Learngene.name == name)
+        select(LearngeneRow).where(LearngeneRow.name == name)
     )
 
 
-def list_page(session: Session, limit: int, after: str | None, method: str | None) -> Sequence[Learngene]:
-    q = select(Learngene).order_by(Learngene.name).limit(limit + 1)
+def list_page(session: Session, limit: int, after: str | None, method: str | None) -> Sequence[LearngeneRow]:
+    q = select(LearngeneRow).order_by(LearngeneRow.name).limit(limit + 1)
     if after is not None:
-        q = q.where(Learngene.name > after)
+        q = q.where(LearngeneRow.name > after)
     if method:
-        q = q.where(Learngene.method == method)
+        q = q.where(LearngeneRow.method == method)
     return session.scalars(q).all()
 
 

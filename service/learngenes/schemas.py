@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class LearngeneOut(BaseModel):
@@ -31,7 +31,8 @@ class LearngeneVersionOut(BaseModel):
     learngene: str
     version: int
     method: str
-    status: str
+    status: Literal["ready"] = Field(
+        "ready", description="Always ready: a version is registered only when the job that made it succeeds")
     aliases: list[str]
     lineage: Lineage
     hyperparams: dict[str, Any]

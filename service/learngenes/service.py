@@ -11,7 +11,7 @@ from service.bounds import parse_id
 from service.errors import InvalidRequest, NotFound
 from service.learngenes import repository
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut, Lineage
-from service.models import Learngene, LearngeneVersion
+from service.models import LearngeneRow, LearngeneVersion
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,59}$")
@@ -26,14 +26,14 @@ def check_name(name: str, field: str = "learngene") -> str:
     return name
 
 
-def get_learngene(session: Session, name: str) -> Learngene:
+def get_learngene(session: Session, name: str) -> LearngeneRow:
     lg = repository.by_name(session, name) if NAME_RE.match(name) else None
     if lg is None:
         raise NotFound(f"learngene {name!r} not found")
     return lg
 
 
-def get_version(session: Session, lg: Learngene, ref: str) -> LearngeneVersion:
+def get_version(session: Session, lg: LearngeneRow, ref: str) -> LearngeneVersion:
     """``ref`` is a version number or an alias (``latest``...)."""
     if ref.isascii() and ref.isdigit():
         number = parse_id(ref)
@@ -46,17 +46,15 @@ def get_version(session: Session, lg: Learngene, ref: str) -> LearngeneVersion:
 
 
 def resolve(session: Session, reference: str, field: str = "learngene") -> LearngeneVersion:
-    """``name`` or ``name:version-or-alias`` to a ready version."""
+    """``name`` or ``name:version-or-alias`` to a version (every version is ready: one is registered only when
+    its job succeeds)."""
     name, _, ref = reference.partition(":")
     check_name(name, field)
     lg = get_learngene(session, name)
-    version = get_version(session, lg, ref or LATEST)
-    if version.status != "ready":
-        raise InvalidRequest(f"learngene {name}:{version.version} is {version.status}, not ready", field=field)
-    return version
+    return get_version(session, lg, ref or LATEST)
 
 
-def learngene_outs(session: Session, rows: Sequence[Learngene]) -> dict[int, LearngeneOut]:
+def learngene_outs(session: Session, rows: Sequence[LearngeneRow]) -> dict[int, LearngeneOut]:
     """API views of a page of learngenes, by id: two queries whatever the page size."""
     ids = [lg.id for lg in rows]
     counts = repository.version_counts(session, ids)
@@ -76,7 +74,7 @@ def learngene_outs(session: Session, rows: Sequence[Learngene]) -> dict[int, Lea
     }
 
 
-def learngene_out(session: Session, lg: Learngene) -> LearngeneOut:
+def learngene_out(session: Session, lg: LearngeneRow) -> LearngeneOut:
     return learngene_outs(session, [lg])[lg.id]
 
 
@@ -97,7 +95,6 @@ def _version_out(v: LearngeneVersion, aliases: list[str]) -> LearngeneVersionOut
         learngene=name,
         version=v.version,
         method=v.method,
-        status=v.status,
         aliases=aliases,
         lineage=Lineage(
             ancestry_id=v.ancestry_id,
@@ -136,7 +133,7 @@ def publish_version(
     """Add a ready version (creating the learngene on first use) and point ``latest`` at it."""
     lg = repository.by_name(session, name)
     if lg is None:
-        lg = Learngene(name=name, method=method, description=description)
+        lg = LearngeneRow(name=name, method=method, description=description)
         session.add(lg)
         session.flush()
     elif lg.method != method:
@@ -145,7 +142,6 @@ def publish_version(
         learngene_id=lg.id,
         version=repository.max_version(session, lg.id) + 1,
         method=method,
-        status="ready",
         ancestry_id=ancestry_id,
         job_id=job_id,
         dataset=dataset,

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service.context import AppContext
-from service.models import Ancestry, ApiKey, Dataset, Descendant, Job, Learngene
+from service.models import Ancestry, ApiKey, DatasetRow, DescendantRow, Job, LearngeneRow
 from tests.service.conftest import TINY_ARGS, upload_ancestry
 from tests.support import REPO, make_settings, service_env, start_server
 
@@ -131,7 +131,7 @@ def test_anonymous_hub_requests_produce_nothing_once_keys_are_required(ctx: AppC
         for _ in range(3):
             assert c.get("/hub/ancestry-1.random/d2-s1/resolve/main/config.json").status_code == 401
         assert c.get("/hub/api/models/ancestry-1.random/d2-s1").status_code == 401
-    assert _count(ctx, Descendant) == 0 and _count(ctx, Job) == 0
+    assert _count(ctx, DescendantRow) == 0 and _count(ctx, Job) == 0
 
 
 @sqlite_only
@@ -250,7 +250,7 @@ def test_concurrent_jobs_quota(ctx: AppContext, tiny_ancestry_file: Path) -> Non
         body = {"ancestry": 1, "method": "random", "spec": {"depth": 2}}
         r = c.post("/v1/descendants", json=body, headers=_bearer(key))
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
-        assert _count(ctx, Descendant) == 0
+        assert _count(ctx, DescendantRow) == 0
         assert c.post("/v1/descendants", json=body, headers=_bearer("boot")).status_code in (201, 202)
 
 
@@ -274,7 +274,7 @@ def test_descendant_bytes_and_upload_bytes_per_day(ctx: AppContext, tiny_ancestr
         r = c.post("/v1/descendants", json=big, headers=_bearer(key))
         assert r.status_code == 429 and "descendant bytes" in r.text
         with ctx.sessions() as session:
-            assert session.scalar(select(func.count()).select_from(Descendant)) == 1
+            assert session.scalar(select(func.count()).select_from(DescendantRow)) == 1
             assert session.scalars(select(Job.owner)).all() == ["thrifty"]
 
 
@@ -303,7 +303,7 @@ def test_crafted_page_tokens_are_4xx_on_every_list(client: TestClient) -> None:
 def test_ids_past_the_database_range_are_4xx(ctx: AppContext, client: TestClient) -> None:
     """SQLite overflows at 2^63, PostgreSQL's int at 2^31: each id is bounded before any query."""
     with ctx.sessions.begin() as session:  # rows to get past the "not found" of the name or id in front
-        session.add(Learngene(name="x", method="tleg"))
+        session.add(LearngeneRow(name="x", method="tleg"))
         session.add(Ancestry(name="a", architecture="vit", model_args={}, spec={}, param_count=1, sha256="0" * 64,
                              size_bytes=1, storage_key="none"))
     for big in (2**31, 2**63, 10**30):
@@ -468,5 +468,5 @@ def test_hostile_dataset_archives_are_refused_and_leave_nothing(ctx: AppContext,
         r = c.post("/v1/datasets", files={"file": (f"{kind}.tar", archive)})
     assert r.status_code == 422, (kind, r.status_code, r.text)
     assert r.json()["error"]["details"][0]["field"] == "file"
-    assert _count(ctx, Dataset) == 0
+    assert _count(ctx, DatasetRow) == 0
     assert _dataset_files(ctx) == []

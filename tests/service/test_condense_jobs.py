@@ -11,7 +11,7 @@ from safetensors.torch import load
 from sqlalchemy import func, select
 
 from service.context import AppContext
-from service.models import Job, Learngene, LearngeneVersion
+from service.models import Job, LearngeneRow, LearngeneVersion
 from tests.service.conftest import upload_ancestry, wait_job
 from tests.support import wait_until
 
@@ -99,7 +99,7 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     assert client.get("/v1/learngenes/cancel-me").status_code == 404
     with ctx.sessions() as s:
         assert s.scalar(select(func.count()).select_from(LearngeneVersion)) == 0
-        assert s.scalar(select(func.count()).select_from(Learngene)) == 0
+        assert s.scalar(select(func.count()).select_from(LearngeneRow)) == 0
 
 
 @sqlite_only

@@ -77,6 +77,7 @@ def test_cancelling_a_queued_expansion_fails_its_descendant_and_the_same_request
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     desc = client.get(first.headers["location"]).json()
     assert desc["status"] == "failed" and desc["error"] == "its job was cancelled"
+    assert desc["error_code"] == "cancelled"
 
     held.let_go()
     again = _ask(client, ancestry, wait=30)
@@ -131,6 +132,7 @@ def test_an_expansion_that_gives_up_fails_its_descendant_and_the_same_request_st
     assert job["state"] == "failed" and job["error_code"] == "worker_lost"
     desc = client.get(f"/v1/descendants/{first['id']}").json()
     assert desc["status"] == "failed" and desc["error"].startswith("gave up after")
+    assert desc["error_code"] == "worker_lost"
 
     held.let_go()
     again = _ask(client, ancestry, wait=30)
