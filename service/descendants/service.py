@@ -18,7 +18,6 @@ from service.descendants.schemas import DescendantOut, DescendantRequest, Descen
 from service.errors import InvalidRequest, NotFound
 from service.descendants.tasks import EXPAND, ExpandPayload
 from service.jobs import service as jobs
-from service.jobs.kinds import FINISHED
 from service.keys.auth import Principal
 from service.limits import quotas
 from service.learngenes import service as learngenes
@@ -124,9 +123,11 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
 def _needs_new_job(session: Session, row: DescendantRow) -> bool:
     if row.status != "pending":
         return row.status == "failed"
-    # Pending with a job that has ended: rows left behind before job endings settled descendants.
+    # Pending with a job that failed or was cancelled: rows left behind before job endings settled descendants.
+    # Not one that succeeded (the row was read just before that success settled it: it is ready now), nor a row
+    # without a job yet (SQLite commits the row's savepoint before its creator adds the job).
     job = session.get(Job, row.job_id) if row.job_id else None
-    return job is None or job.state in FINISHED
+    return job is not None and job.state in ("failed", "cancelled")
 
 
 def get_descendant(session: Session, descendant_id: int) -> DescendantRow:

@@ -8,10 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.jobs.kinds import FINISHED
 from service.models import Job, JobEvent, utcnow
-
-__all__ = ["FINISHED"]
 
 
 def get(session: Session, job_id: str) -> Job | None:
