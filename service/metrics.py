@@ -95,7 +95,8 @@ class RegistryCollector:
                     if isinstance(rate, (int, float)):
                         throughput["images"] += rate
             descendants = session.execute(
-                select(DescendantRow.method, DescendantRow.status, func.count()).group_by(DescendantRow.method, DescendantRow.status)
+                select(DescendantRow.method, DescendantRow.status, func.count())
+                .group_by(DescendantRow.method, DescendantRow.status)
             ).all()
         for queue in sorted(set(queued) | {"cpu", "gpu"}):
             depth.add_metric([queue], queued.get(queue, 0))
