@@ -302,6 +302,7 @@ class Runner:
     def run(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
+        from engine.artifacts import save_learngene
         from engine.methods import weight_selection
         from engine.methods.base import Learngene
         from engine.train.ancestry import FASHION_ANCESTRY_SPEC
@@ -332,7 +333,9 @@ class Runner:
                     self.submit(STAGE["variants"], "condense", (source, init), task_condense, init, method, mode,
                                 state_path, classes[source], SOURCES[source], params, out)
             ws = weight_selection.fit(load_file(state_path), ancestry_spec(source, classes[source]), {})
-            self.learngene_ready(source, "weight-selection", "weight-selection", ws, None)
+            ws_path = str(self.work / f"{source}-weight-selection.safetensors")
+            save_learngene(ws, Path(ws_path))  # a run without a learngene file is random init
+            self.learngene_ready(source, "weight-selection", "weight-selection", ws, ws_path)
 
         condense_all("fashion")
         self.dispatch()
