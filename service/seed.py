@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from engine.data_uri import DatasetUnavailable, check_available, parse_builtin
 from service.ancestries.service import register_upload
 from service.condensing.schemas import CondenseRequest
 from service.condensing.service import submit
@@ -56,11 +57,18 @@ def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bo
     for ancestry_name, prefix in SEED_ANCESTRIES.items():
         entry = manifest[ancestry_name]
         ancestry_id = _seed_ancestry(ctx, ancestry_name, entry)
+        dataset = entry["dataset"]
+        try:
+            check_available(parse_builtin(dataset).name)
+        except DatasetUnavailable as exc:
+            # A fit reads no data: a missing dataset package costs the lineage its dataset, not the first start.
+            log(f"{exc}; {ancestry_name}'s learngenes are seeded without their dataset in the lineage")
+            dataset = None
         for method, params in SEED_METHODS:
             name = f"{prefix}-{method}"
             # The dataset is the ancestry's, recorded as lineage; a fit reads no data, and the evaluation card
             # (minutes of fine-tuning) is left to POST /v1/condense-jobs: docs/quality.md measures these methods.
-            req = CondenseRequest(ancestry=ancestry_id, method=method, learngene=name, dataset=entry["dataset"],
+            req = CondenseRequest(ancestry=ancestry_id, method=method, learngene=name, dataset=dataset,
                                   mode="fit", params=params, evaluate=False,
                                   description=f"Seeded: {method} fit (data-free) from {ancestry_name}, a ViT "
                                               f"trained on {entry['dataset']}.")
