@@ -87,7 +87,64 @@ FULL = Budget(name="full", seeds=(0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3), depths
               val_images=2000, curve_points=20, variants=VARIANTS)
 BUDGETS = {b.name: b for b in (SMALL, FULL)}
 #: The reading of the measured report (written from its numbers; rewrite it when they change).
-FINDINGS = ""
+FINDINGS = """## What was measured, and what was not
+
+This run is a **reduced** version of issue 15's grid, cut by a deadline on a 2-core machine shared with other
+work (load average 11-16; the report's two workers got about a tenth of a core each). Measured: the Fashion
+0-4 → 5-9 transfer at **one size** for every initialization (depth 3, width 64: half the ancestry's depth, the one
+size every method makes), plus random init at depths 6 and 12 and weight selection at depth 6 and width 32;
+10 shots per class, the 100-step budget, **3 seeds** (not 5) × 3 learning rates per initialization.
+**Not measured** (planned by `--budget small`, dropped at the deadline; the tables show —): the methods at depths
+6 and 12 and widths 32 and 96 (so nothing here shows sizes weight selection cannot make), 100 shots and the full
+target,
+the 1,000-step budget, the MNIST ancestry and its transfer (not even trained), and the size-knob variants of
+quality-vs-bytes (only the default learngenes' bytes are shown). Descendants came from the worker's engine entry
+points (`condense()`, `expand()`), not over HTTP. Weight selection was re-measured in a supplementary pass with the
+same code and settings: the first pass ran random init in its place (fixed in the script).
+
+## What it shows, and where methods lose
+
+- **Every learngene beats random init, but by 0.04-0.07, not the +0.10 the issue asks.** Random init ends at
+  0.669 (test, its best rate 3e-3); the learngenes at 0.709-0.742. The target is missed by 0.03 (TLEG train, WAVE,
+  FRONT) to 0.06 (layers, pool). Inherited descendants reach random init's final validation accuracy in 20-30 of
+  100 steps instead of 60.
+- **The ancestry itself is worth only +0.04 here, and that caps what condensing can carry.** Weight selection
+  (the ancestry's first 3 blocks, nothing condensed away) scores 0.709, +0.039 over random (at depth 6, the whole
+  ancestry: 0.713, +0.055). Classes 0-4 are tops
+  and trousers; 5-9 are shoes, bags and shirts: little of a 90%-accurate 6-block ViT of 400k parameters transfers.
+  The independent API check the issue cites saw the same order of magnitude (+0.02 to +0.08). Reaching +0.10
+  needs a stronger or broader ancestry (all ten classes would leak the target; a larger model or MNIST-scale
+  pre-training is the next thing to measure), not a different condensing.
+- **TLEG, WAVE and FRONT beat weight selection at this size, by +0.018 to +0.034, with tighter spread.** TLEG
+  train 0.741 ± 0.004, WAVE fit 0.742 ± 0.002, WAVE train 0.740 ± 0.002, FRONT fit 0.736 ± 0.008, TLEG fit
+  0.727 ± 0.001, against weight selection 0.709 ± 0.018. A 3-block TLEG, WAVE or FRONT descendant is built from
+  all six ancestry blocks (the line through them, the templates' span, the low frequencies along depth), where
+  selection keeps only the first three. `wave refined` equals `wave train` here: refinement trained scalers for
+  widths 32 and 96 only, and width 64 keeps its own. This is a win of 0.02-0.03 at one size
+  and 3 seeds: larger than the spread, but the issue's "clear win at every depth" is not shown, because the other
+  depths were not measured.
+- **Learngene layers and the pool are weight selection at this size** (0.709 ± 0.018 for layers fit, layers
+  train and pool fit; pool train 0.710 ± 0.038): layers fit keeps the first 3 blocks, the trained layers
+  learngene's window criterion picked the same blocks 0-2, and the pool's data-free wide student is the
+  ancestry's first 3 blocks; 150 distillation steps did not move the trained pool's mean. Identical numbers are
+  a check on the harness, and a finding: at half the ancestry's depth these learngenes add nothing to selection.
+- **The recipe matters as much as the method, which is why each rate is chosen on validation.** The rates chosen
+  differ by initialization: 3e-3 for random init, 1e-3 for weight selection, 3e-4 for TLEG and WAVE (inherited
+  weights want smaller steps). At one shared rate of 1e-3 random init scores 0.655 instead of 0.669, so a
+  one-recipe comparison would have flattered every method by 0.014.
+- **Bytes: the target of ≤ 1/10 of the ancestry is missed by every method.** The best quality per byte is TLEG
+  (0.34 of the ancestry's 1.2 MB, 0.741 trained). WAVE's default (32x32 tiles, 64 templates per kind, sized for
+  ViT-S/B) stores 0.82 of a width-64 ancestry: its fit residuals (qkv 0.18, proj 0.00, MLP 0.44-0.46) show it
+  keeps nearly everything, so here WAVE is a re-encoding, not a condensation. FRONT's default (`keep_ratio` 1)
+  stores 1.00. Both defaults are sized for large ancestries; the variants that would shrink them (8 templates,
+  16x16 tiles) were planned but not reached before the deadline.
+- **Where condensing budgets sized for digits fall short.** 300 distillation steps were enough for TLEG (the
+  auxiliary network from 0.444 to 0.887 source accuracy, agreement 0.945 with the ancestry's 0.904) and the pool
+  (0.659 to 0.870); WAVE's 200-step scaler refinement for widths 32 and 96 reached only 0.666 source accuracy and
+  0.683 agreement: too short for 28 px Fashion-MNIST, where the digits report's 1,000 steps were needed. Before
+  any fine-tuning, the data-free fits keep this much of the ancestry's source accuracy at depth 3 (ancestry 0.904,
+  chance 0.2; measured apart on 2,000 validation images): TLEG 0.59 (fit residual 0.42), WAVE default 0.84,
+  layers and pool 0.82."""
 
 
 def method_inits() -> list[tuple[str, str, str]]:
@@ -505,6 +562,17 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
         "",
         "The digits report (the former `docs/quality.md`) is [`quality_digits.md`](quality_digits.md); "
         "`--quick` still runs it as a smoke test.",
+        "",
+        "## How to run",
+        "",
+        "```bash",
+        ".venv/bin/python bench/quality_report.py --budget small --deadline 14:20   # reduced grid, stops on time",
+        ".venv/bin/python bench/quality_report.py --budget full     # 5 seeds, depths 2-12, every stage (hours)",
+        ".venv/bin/python bench/quality_report.py --render docs/quality_real_raw.json   # re-render, no training",
+        "```",
+        "",
+        "Stages run in priority order (`STAGE` in `bench/quality_real.py`), so a deadline keeps the most important "
+        "part of the grid; every measurement is kept in the raw JSON (`--raw`, default `docs/quality_real_raw.json`).",
         "",
         "## Setup",
         "",
