@@ -71,11 +71,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+#: The load is the measurement, not abuse: the anonymous rate limit would answer most of it with 429s.
+NO_RATE_LIMIT = {"LEARNGENE_ANONYMOUS_RATE_PER_S": "1000000", "LEARNGENE_ANONYMOUS_BURST": "1000000"}
+
+
+def start_service(data_dir: Path, env_overrides: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    # The load is the measurement, not abuse: the anonymous rate limit would answer most of it with 429s.
     env = dict(os.environ, LEARNGENE_DATA_DIR=str(data_dir), LEARNGENE_SEED_ON_START="false",
-               LEARNGENE_ANONYMOUS_RATE_PER_S="1000000", LEARNGENE_ANONYMOUS_BURST="1000000")
+               **(NO_RATE_LIMIT if env_overrides is None else env_overrides))
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port),
                              "--log-level", "warning"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,7 +13,7 @@ from service.deps import require_reader
 from service.errors import install_error_handlers
 from service.limits.counters import make_counters
 from service.limits.middleware import GuardMiddleware
-from service.openapi import install_common_responses
+from service.openapi import install_openapi
 from service.settings import Settings, get_settings
 
 API_DESCRIPTION = """
@@ -80,5 +80,5 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         app.include_router(router, dependencies=[Depends(require_reader)])
 
     install_docs(app, title="Learngene Service")
-    install_common_responses(app)
+    install_openapi(app)
     return app

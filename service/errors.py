@@ -156,11 +156,13 @@ def _allowed_methods(request: Request) -> str | None:
     path the OpenAPI document does not list."""
     from starlette.routing import compile_path
 
+    from service.openapi import base_schema
+
     app = request.app
     if not hasattr(app.state, "allowed_methods"):
         app.state.allowed_methods = [
             (compile_path(path)[0], {m.upper() for m in ops if m.upper() in _METHODS})
-            for path, ops in app.openapi().get("paths", {}).items()
+            for path, ops in base_schema(app).get("paths", {}).items()
         ]
     methods = set().union(*(m for regex, m in app.state.allowed_methods if regex.match(request.url.path)))
     return ", ".join(sorted(methods)) or None

@@ -5,6 +5,9 @@ follows the revision (``main`` = the ``latest`` alias, a number = that version, 
 ``ancestry-<id>.<method>/<slug>`` uses an ancestry directly. The slug is ``d6-e64-h4-r4-c10-s0`` (depth,
 embed_dim, heads, mlp ratio, classes, seed; any subset). Asking for a size nobody asked for before produces it
 on the fly, so ``timm.create_model("hf-hub:digits-tleg/d4", pretrained=True)`` just works.
+
+Producing a descendant is a write: once keys are required, every route here needs one, which ``huggingface_hub``
+(and so timm) sends from ``HF_TOKEN`` as a bearer token.
 """
 from __future__ import annotations
 

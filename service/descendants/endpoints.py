@@ -120,7 +120,7 @@ def get_descendant(descendant_id: IdPath, uow: UowDep) -> DescendantOut:
         206: {"description": "The requested byte range"},
         304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
     }
-    | error_responses(404),
+    | error_responses(404, 409),
 )
 def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
     """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges."""
@@ -130,7 +130,7 @@ def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: 
                       media_type="application/octet-stream")
 
 
-@router.get("/{descendant_id}/config", operation_id="get_descendant_config", responses=error_responses(404))
+@router.get("/{descendant_id}/config", operation_id="get_descendant_config", responses=error_responses(404, 409))
 def get_config(descendant_id: IdPath, uow: UowDep) -> JSONResponse:
     """timm ``config.json`` (architecture, num_classes, model_args, pretrained_cfg)."""
     row = service.get_ready(uow.session, descendant_id)
@@ -138,7 +138,7 @@ def get_config(descendant_id: IdPath, uow: UowDep) -> JSONResponse:
 
 
 @router.get("/{descendant_id}/metadata", operation_id="get_descendant_metadata", response_model=WeightsMetadata,
-            responses=error_responses(404))
+            responses=error_responses(404, 409))
 def get_metadata(descendant_id: IdPath, ctx: CtxDep, uow: UowDep) -> WeightsMetadata:
     """Tensor names, shapes, dtypes and provenance from the safetensors header, without the weights."""
     row = service.get_ready(uow.session, descendant_id)

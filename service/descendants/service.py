@@ -15,7 +15,7 @@ from service.context import AppContext
 from service.db import UnitOfWork
 from service.descendants import repository, sizing
 from service.descendants.schemas import DescendantOut, DescendantRequest, DescendantSource
-from service.errors import InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound
 from service.descendants.tasks import EXPAND, ExpandPayload
 from service.jobs import service as jobs
 from service.keys.auth import Principal
@@ -140,7 +140,8 @@ def get_descendant(session: Session, descendant_id: int) -> DescendantRow:
 def get_ready(session: Session, descendant_id: int) -> DescendantRow:
     row = get_descendant(session, descendant_id)
     if row.status != "ready" or row.storage_key is None:
-        raise NotFound(f"descendant {descendant_id} has no weights yet (status {row.status})")
+        # 409, not 404: the descendant exists (its POST said so); its weights do not, yet or after a failure.
+        raise Conflict(f"descendant {descendant_id} has no weights: it is {row.status}")
     return row
 
 
