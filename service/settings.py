@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     upload_bytes_per_day: int = Field(20 * 1024**3, ge=1)
     #: The largest request body of every route that is not an upload (JSON bodies).
     max_body_bytes: int = Field(1024**2, ge=1024)
+    #: Longest a job's event stream stays open, whatever ``timeout_s`` asks: an open stream holds a connection.
+    max_event_stream_s: float = Field(3600.0, gt=0)
 
     # --- jobs --------------------------------------------------------------------------------------
     inprocess_workers: int = Field(2, ge=1, le=32)

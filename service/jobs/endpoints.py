@@ -66,7 +66,8 @@ async def stream_job_events(
     poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5,
     timeout_s: Annotated[float, Query(ge=1, le=3600)] = 600,
 ) -> StreamingResponse:
-    """Every progress event of the job, then a final ``state`` event when it ends (or at ``timeout_s``)."""
+    """Every progress event of the job, then a final ``state`` event when it ends (or at ``timeout_s``, at most
+    LEARNGENE_MAX_EVENT_STREAM_S)."""
     await waiting.read(ctx, lambda session: service.get_job(session, job_id))
 
     def poll(after: int) -> tuple[list[tuple[int, str, str]], str, str]:
@@ -78,7 +79,7 @@ async def stream_job_events(
     async def events() -> AsyncIterator[str]:
         last = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = loop.time() + min(timeout_s, ctx.settings.max_event_stream_s)
         while True:
             rows, state, final = await run_in_threadpool(poll, last)
             for event_id, kind, data in rows:
