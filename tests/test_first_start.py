@@ -3,7 +3,6 @@ learngene per method from each, training nothing; a newcomer's first request wor
 the first one made. (How long a first start takes is measured, not asserted: README, "Quick start".)"""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -73,10 +72,9 @@ def test_front_makes_a_wider_descendant_on_a_fresh_install(seeded_server: str) -
 def test_a_later_start_reuses_the_seed(seeded_server: str, tmp_path_factory) -> None:
     data_dir = next(Path(p) for p in tmp_path_factory.getbasetemp().iterdir() if p.name.startswith("seeded"))
     before = httpx.get(f"{seeded_server}/v1/learngenes").json()["items"]
-    started = time.monotonic()
     server, url = start_server(make_settings(data_dir, seed_on_start=True), data_dir, timeout=120)
     try:
-        assert time.monotonic() - started < 60
+        # Same learngenes, same version counts, same ancestries: nothing was condensed or registered again.
         after = httpx.get(f"{url}/v1/learngenes").json()["items"]
         assert [(i["name"], i["version_count"]) for i in after] == [(i["name"], i["version_count"]) for i in before]
         ancestries = httpx.get(f"{url}/v1/ancestries").json()["items"]
