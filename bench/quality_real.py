@@ -235,13 +235,6 @@ def _target(shots: int | None, seed: int, val_images: int) -> Any:
     return task, task.val.sample(val_images, seed=0)
 
 
-@functools.lru_cache(maxsize=8)
-def _learngene(path: str) -> Any:
-    from engine.artifacts import load_learngene
-
-    return load_learngene(Path(path))
-
-
 @dataclass(frozen=True)
 class Run:
     source: str
@@ -258,7 +251,7 @@ class Run:
 
 
 def task_finetune(run: Run) -> dict[str, Any]:
-    from engine.methods import get_method
+    from bench.quality_report import inherit
     from engine.spec import ViTSpec
     from engine.train.ancestry import classification_loss
     from engine.train.loop import NoHooks, TrainConfig, accuracy, train
@@ -269,11 +262,7 @@ def task_finetune(run: Run) -> dict[str, Any]:
     with seeded(run.seed):
         model = build_model(spec.replace(num_classes=task.num_classes))
     if run.learngene_path is not None:
-        learngene = _learngene(run.learngene_path)
-        descendant = get_method(learngene.method).expand(learngene, spec, run.seed)
-        missing, unexpected = model.load_state_dict(descendant.state_dict, strict=False)
-        if set(missing) != {"head.weight", "head.bias"} or unexpected:
-            raise RuntimeError(f"{run.init}: descendant does not match its model: {missing} {unexpected}")
+        inherit(model, run.init, run.learngene_path, spec, run.seed)
     curve = [(0, accuracy(model, val))]
 
     class EvalHooks(NoHooks):

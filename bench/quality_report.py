@@ -265,9 +265,21 @@ def _learngene(path: str) -> Any:
     return load_learngene(Path(path))
 
 
+def inherit(model: Any, init: str, learngene_path: str, spec: Any, seed: int) -> dict[str, Any]:
+    """Load the descendant of the learngene at ``learngene_path`` into ``model``, every tensor but the head (fresh
+    for the target task); returns the descendant's details. Both reports fine-tune descendants made this way."""
+    from engine.methods import get_method
+
+    learngene = _learngene(learngene_path)
+    descendant = get_method(learngene.method).expand(learngene, spec, seed)
+    missing, unexpected = model.load_state_dict(descendant.state_dict, strict=False)
+    if set(missing) != {"head.weight", "head.bias"} or unexpected:
+        raise RuntimeError(f"{init}: descendant does not match its model: {missing} {unexpected}")
+    return descendant.details
+
+
 def task_finetune(run: Run) -> dict[str, Any]:
     """Fine-tune one descendant on the target task; validation accuracy every ``eval_every`` steps."""
-    from engine.methods import get_method
     from engine.spec import ViTSpec
     from engine.train.ancestry import classification_loss
     from engine.train.loop import NoHooks, TrainConfig, accuracy, train
@@ -279,12 +291,8 @@ def task_finetune(run: Run) -> dict[str, Any]:
         model = build_model(spec.replace(num_classes=task.num_classes))
     details: dict[str, Any] = {}
     if run.learngene_path is not None:
-        learngene = _learngene(run.learngene_path)
-        descendant = get_method(learngene.method).expand(learngene, spec, run.seed)
-        missing, unexpected = model.load_state_dict(descendant.state_dict, strict=False)
-        if set(missing) != {"head.weight", "head.bias"} or unexpected:
-            raise RuntimeError(f"{run.init}: descendant does not match its model: {missing} {unexpected}")
-        details = {k: v for k, v in descendant.details.items() if k != "head"}
+        inherited = inherit(model, run.init, run.learngene_path, spec, run.seed)
+        details = {k: v for k, v in inherited.items() if k != "head"}
     curve = [(0, accuracy(model, task.val))]
 
     class EvalHooks(NoHooks):
