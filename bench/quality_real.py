@@ -33,6 +33,7 @@ import heapq
 import itertools
 import json
 import multiprocessing
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -72,10 +73,18 @@ class Budget:
 
 
 VARIANTS = {
+    "wave fit (16 templates)": ("wave", "fit", {"counts": 16}),
     "wave fit (8 templates)": ("wave", "fit", {"counts": 8}),
     "wave fit (tile 16, 32 templates)": ("wave", "fit", {"tile": [16, 16], "counts": 32}),
+    "wave fit (tile 16, 8 templates)": ("wave", "fit", {"tile": [16, 16], "counts": 8}),
+    "wave train (8 templates)": ("wave", "train", {"counts": 8}),
+    "wave train (tile 16, 8 templates)": ("wave", "train", {"tile": [16, 16], "counts": 8}),
+    "front fit (ratio 0.5)": ("front", "fit", {"keep_ratio": 0.5}),
+    "front fit (ratio 0.5, depth 2)": ("front", "fit", {"keep_ratio": 0.5, "keep_depth": 2}),
+    "front fit (ratio 0.25, depth 2)": ("front", "fit", {"keep_ratio": 0.25, "keep_depth": 2}),
+    "front fit (ratio 1, depth 2)": ("front", "fit", {"keep_depth": 2}),
     "layers fit (2 blocks)": ("layers", "fit", {"count": 2}),
-    "layers fit (5 blocks)": ("layers", "fit", {"count": 5}),
+    "layers fit (1 block)": ("layers", "fit", {"count": 1}),
 }
 SMALL = Budget(name="small", seeds=(0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), depths=(3, 6, 12), widths=(32, 64, 96),
                width_depth=3, short_steps=100, long_steps=1000,
@@ -84,7 +93,7 @@ SMALL = Budget(name="small", seeds=(0, 1, 2), lrs=(3e-4, 1e-3, 3e-3), depths=(3,
 FULL = Budget(name="full", seeds=(0, 1, 2, 3, 4), lrs=(3e-4, 1e-3, 3e-3), depths=(2, 3, 4, 6, 9, 12),
               widths=(32, 64, 96), width_depth=3, short_steps=100, long_steps=1000,
               condense_steps={"tleg": 600, "wave": 600, "pool": 300, "refine": 600}, mnist_steps=1500,
-              val_images=2000, curve_points=20, variants=VARIANTS)
+              val_images=1000, curve_points=10, variants=VARIANTS)
 BUDGETS = {b.name: b for b in (SMALL, FULL)}
 #: The reading of the measured report (written from its numbers; rewrite it when they change).
 FINDINGS = """## What was measured, and what was not
@@ -300,9 +309,9 @@ def points(budget: Budget) -> list[tuple[int, int]]:
 
 
 #: What runs first when there is not time for everything (lower first): the learngenes of fashion-vit, every
-#: initialization at (width_depth, width 64) (10 shots, short budget), the other sizes, the larger targets, the
-#: MNIST transfer, the size-knob variants, the long budget.
-STAGE = {"main": 1, "sizes": 2, "targets": 3, "mnist": 4, "variants": 5, "long": 6}
+#: initialization at (width_depth, width 64) (10 shots, short budget), the size-knob variants (cheap: data-free
+#: fits at one size), the other sizes, the larger targets, the MNIST transfer, the long budget.
+STAGE = {"main": 1, "variants": 2, "sizes": 3, "targets": 4, "mnist": 5, "long": 6}
 
 
 class Runner:
@@ -320,6 +329,8 @@ class Runner:
         self.jobs = jobs
 
     def save(self) -> None:
+        # How busy the machine was: CPU figures in the report are only comparable at a similar load.
+        self.data.setdefault("loadavg", []).append([time.time(), os.getloadavg()[0]])
         self.raw.write_text(json.dumps(self.data))
 
     def submit(self, priority: int, kind: str, label: Any, fn: Callable[..., Any], *args: Any) -> None:
@@ -375,6 +386,7 @@ class Runner:
                             out)
             if source == "fashion":
                 for init, (method, mode, params) in b.variants.items():
+                    params = {**self.params(method, mode), **params}
                     out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
                     self.submit(STAGE["variants"], "condense", (source, init), task_condense, init, method, mode,
                                 state_path, classes[source], SOURCES[source], params, out)
@@ -708,11 +720,18 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
     wall = (data.get("finished", time.time()) - data["started"]) / 60
     lines += ["## Run", "",
               f"{len(data['results'])} fine-tuning runs, {len(data['learngenes'])} learngenes; {wall:.0f} min wall, "
-              f"{cpu / 60:.0f} CPU min in tasks, on a 2-core machine shared with other work. "
+              f"{cpu / 60:.0f} CPU min in tasks, on a {os.cpu_count()}-core machine{load_note(data)}. "
               f"Not measured (deadline or failure): {len(data['skipped'])} entries"
               + (": " + "; ".join(f"{s['label']} ({s['error'][:120]})" for s in data["skipped"][:30]) if data["skipped"] else "")
               + ".", ""]
     return "\n".join(lines)
+
+
+def load_note(data: dict[str, Any]) -> str:
+    loads = [x for _, x in data.get("loadavg", [])]
+    if not loads:
+        return " shared with other work"
+    return f" (1-minute load average {min(loads):.1f}-{max(loads):.1f} over the run)"
 
 
 def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
