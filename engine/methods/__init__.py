@@ -141,8 +141,12 @@ _TLEG_TRAIN = {
 _WAVE_CE = Param(1.0, real(0.0, 1000.0), "weight of the cross-entropy on labels")
 _WAVE_DISTILLATION = {**TRAINING, **DISTILLATION, "ce_weight": _WAVE_CE}
 _WAVE_FIT = {
-    "tile": Param(None, optional(int_list(1, 4096, 2, 2)), "[w1, w2]; None: the fit's default"),
-    "counts": Param(None, optional(wave_counts), "templates per kind (int or {kind: N}); None: fit default"),
+    "tile": Param(None, optional(int_list(1, 4096, 2, 2)),
+                  "[w1, w2]; None: 32x32 (or the widths' largest power-of-two divisor below it); train, on an "
+                  "ancestry where that would keep over a quarter of its block weights: at most a quarter of the width"),
+    "counts": Param(None, optional(wave_counts),
+                    "templates per kind (int or {kind: N}); None: 64 (capped at the kind's rank); train, where that "
+                    "would keep over a quarter of the ancestry's block weights: 8"),
 }
 _POOL_STUDENTS = {
     "students": Param(None, optional(STUDENTS), "[{embed_dim, num_heads, depth[, mlp_ratio]}, ...]; None: half the "

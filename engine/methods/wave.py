@@ -60,6 +60,12 @@ def _outside(spec: ViTSpec) -> list[str]:
     return [t for t in block_tensors(spec) if t not in KINDS.values()]
 DEFAULT_COUNT = 64
 DEFAULT_TILE = 32
+#: Trained learngenes condense further than the data-free fit can afford: distillation recovers what a small
+#: template set leaves out (docs/quality.md: on the 64-wide Fashion-MNIST seed, 8 templates of 16x16 trained to
+#: 0.09 of the ancestry's bytes fine-tune better than the fit's default trained at 0.82).
+TRAIN_COUNT = 8
+#: The share of the ancestry's block weights above which a default is no condensation.
+CONDENSED_SHARE = 0.25
 COMPOSE_GROUPS = 4  # expansion composes each kind's blocks in this many groups
 
 
@@ -159,6 +165,40 @@ def make_learngene(tensors: StateDict, spec: ViTSpec, tile: tuple[int, int], cou
 def _default_tile(spec: ViTSpec) -> int:
     # The Gram matrix is (w1*w2)^2 and its eigendecomposition grows as (w1*w2)^3: 32x32 keeps the fit in seconds.
     return math.gcd(DEFAULT_TILE, spec.embed_dim, spec.mlp_hidden)
+
+
+def stored_share(spec: ViTSpec, tile: tuple[int, int], count: int) -> float:
+    """Templates plus scalers over the ancestry's weights of the four kinds, at ``count`` templates per kind
+    (each capped at the kind's rank, as :func:`fit` caps it)."""
+    w1, w2 = tile
+    stored = whole = 0
+    for kind in KINDS:
+        m1, m2 = weight_shape(spec, kind)
+        tiles = (m1 // w1) * (m2 // w2)
+        n = min(count, w1 * w2, spec.depth * tiles)
+        stored += n * w1 * w2 + spec.depth * n * tiles
+        whole += spec.depth * m1 * m2
+    return stored / whole
+
+
+def train_defaults(spec: ViTSpec, tile: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Tile and template count for a trained WAVE learngene whose request leaves them out (``tile``: the one
+    the request names, if any). The fit's defaults (32x32, 64 templates: sized for ViT-S/B, where they store a
+    few percent of the blocks) where they condense the ancestry; on a small ancestry, where they would keep more
+    than :data:`CONDENSED_SHARE` of its block weights, tiles of at most a quarter of the width and
+    :data:`TRAIN_COUNT` templates per kind."""
+    if tile is None:
+        side = _default_tile(spec)
+        if stored_share(spec, (side, side), DEFAULT_COUNT) > CONDENSED_SHARE:
+            side = math.gcd(_largest_power_of_two(max(1, min(DEFAULT_TILE, spec.embed_dim // 4))),
+                            spec.embed_dim, spec.mlp_hidden)
+        tile = (side, side)
+    condensed = stored_share(spec, tile, DEFAULT_COUNT) <= CONDENSED_SHARE
+    return {"tile": list(tile), "counts": DEFAULT_COUNT if condensed else TRAIN_COUNT}
+
+
+def _largest_power_of_two(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
 
 
 def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:

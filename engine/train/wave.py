@@ -49,7 +49,10 @@ class TemplateViT(AuxiliaryViT):
 
 def train_wave(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
-    fit_params = {k: params[k] for k in ("tile", "counts") if params[k] is not None}
+    # Left out, the tile and counts are sized to the ancestry (wave.train_defaults), not the fit's.
+    tile = None if params["tile"] is None else tuple(params["tile"])
+    fit_params = {k: v for k, v in wave.train_defaults(ancestry_spec, tile).items() if params[k] is None}
+    fit_params |= {k: params[k] for k in ("tile", "counts") if params[k] is not None}
     fitted = wave.fit(ancestry, ancestry_spec, fit_params)
     model = TemplateViT(fitted)
     loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],

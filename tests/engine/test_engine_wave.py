@@ -72,3 +72,18 @@ def test_width_must_be_a_multiple_of_the_tile(learngenes: dict[str, Learngene]) 
     with pytest.raises(SpecError) as caught:
         wave.resolve_spec(learngenes["wave"], {"embed_dim": 36, "num_heads": 3})
     assert caught.value.field == "embed_dim"
+
+
+def test_trained_defaults_condense_a_small_ancestry_and_keep_vit_b() -> None:
+    """Regression (issue 15): the fit's defaults (32x32 tiles, 64 templates) kept 0.81 of a 64-wide ancestry's
+    block weights, so a trained WAVE learngene of the Fashion seed was a re-encoding, not a condensation."""
+    small = ViTSpec(depth=6, embed_dim=64, num_heads=4, num_classes=5, img_size=28, patch_size=7, in_chans=1)
+    assert wave.stored_share(small, (32, 32), wave.DEFAULT_COUNT) > 0.8
+    defaults = wave.train_defaults(small)
+    assert defaults == {"tile": [16, 16], "counts": wave.TRAIN_COUNT}
+    assert wave.stored_share(small, (16, 16), defaults["counts"]) <= wave.CONDENSED_SHARE
+    vit_b = ViTSpec(depth=12, embed_dim=768, num_heads=12, num_classes=1000)
+    assert wave.train_defaults(vit_b) == {"tile": [32, 32], "counts": wave.DEFAULT_COUNT}
+    # A tile the request names is kept; only the count left out is sized for it.
+    assert wave.train_defaults(small, (32, 32)) == {"tile": [32, 32], "counts": wave.TRAIN_COUNT}
+    assert wave.train_defaults(vit_b, (8, 8))["tile"] == [8, 8]

@@ -10,7 +10,7 @@ import torch
 
 import engine.stitched  # noqa: F401  (registers the stitched architecture with timm)
 from engine.data import DIGITS_URI, Dataset
-from engine.methods import get_method, tleg
+from engine.methods import get_method, tleg, wave
 from engine.methods.base import Descendant, Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train import Cancelled, NoHooks, condense
@@ -92,6 +92,20 @@ def test_wave_auxiliary_network_is_its_expansion(condensed: dict, digits: Datase
     images = digits.val.images[:32]
     torch.testing.assert_close(_logits(descendant, images), _logits(TemplateViT(learngene), images),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_wave_training_sizes_left_out_tile_and_counts_to_the_ancestry(trained_ancestry: Ancestry) -> None:
+    """Regression (issue 15): with tile and counts left out, a trained WAVE learngene of a small ancestry kept
+    the fit's 32x32 tiles and up to 64 templates per kind, i.e. most of the ancestry's block weights."""
+    state, spec, _ = trained_ancestry
+    params = {k: v for k, v in QUICK["wave"].items() if k not in ("tile", "counts")} | {"steps": 2, "warmup_steps": 1}
+    learngene, _, _ = condense("wave", "train", state, spec, DIGITS_URI, params)
+    assert learngene.meta["tile"] == [8, 8]
+    assert learngene.meta["counts"] == {k: wave.TRAIN_COUNT for k in wave.KINDS}
+    blocks = sum(v.numel() for k, v in state.items() if k.startswith("blocks.") and k.endswith("weight")
+                 and v.dim() == 2)
+    condensed = sum(v.numel() for k, v in learngene.tensors.items() if k.startswith(("templates.", "scalers.")))
+    assert condensed <= wave.CONDENSED_SHARE * blocks
 
 
 def test_pool_trained_paths_are_the_descendants_users_get(condensed: dict, digits: Dataset) -> None:
