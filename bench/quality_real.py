@@ -77,7 +77,7 @@ VARIANTS = {
     "wave fit (8 templates)": ("wave", "fit", {"counts": 8}),
     "wave fit (tile 16, 32 templates)": ("wave", "fit", {"tile": [16, 16], "counts": 32}),
     "wave fit (tile 16, 8 templates)": ("wave", "fit", {"tile": [16, 16], "counts": 8}),
-    "wave train (8 templates)": ("wave", "train", {"counts": 8}),
+    "wave train (8 templates)": ("wave", "train", {"tile": [32, 32], "counts": 8}),
     "wave train (tile 16, 8 templates)": ("wave", "train", {"tile": [16, 16], "counts": 8}),
     "front fit (ratio 0.5)": ("front", "fit", {"keep_ratio": 0.5}),
     "front fit (ratio 0.5, depth 2)": ("front", "fit", {"keep_ratio": 0.5, "keep_depth": 2}),
@@ -519,8 +519,13 @@ def fmt(runs: list[dict[str, Any]]) -> str:
 
 
 def row_inits(data: dict[str, Any]) -> list[str]:
+    """Every initialization of the grid, then the size-knob variants measured at more than one size (a
+    supplementary pass), which get rows of their own in the tables by size."""
     inits = ["random", "weight-selection"] + [i for i, _, _ in method_inits()]
-    return inits
+    sizes: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for r in data["results"]:
+        sizes[r["init"]].add((r["depth"], r["width"]))
+    return inits + [v for v in VARIANTS if len(sizes[v]) > 1]
 
 
 def gain(table: dict[Key, dict[str, Any]], key: Key, baseline: str) -> float | None:
@@ -567,8 +572,10 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
         "## How to run",
         "",
         "```bash",
-        ".venv/bin/python bench/quality_report.py --budget small --deadline 14:20   # reduced grid, stops on time",
-        ".venv/bin/python bench/quality_report.py --budget full     # 5 seeds, depths 2-12, every stage (hours)",
+        ".venv/bin/python bench/quality_report.py --budget full --deadline 17:15   # this report (about 1h45 on 2 cores)",
+        ".venv/bin/python bench/quality_supplement.py docs/quality_real_raw.json \\",
+        "    --variant \"wave train (tile 16, 8 templates)\" --sizes 3x64 6x64 12x64 3x32 3x96   # and --shots 100 all, --steps 1000",
+        ".venv/bin/python bench/linear_probe.py                     # the linear probe quoted below",
         ".venv/bin/python bench/quality_report.py --render docs/quality_real_raw.json   # re-render, no training",
         "```",
         "",
@@ -606,8 +613,8 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
     for init in inits:
         lines.append(f"| {init} | " + " | ".join(cell(init, d, ANCESTRY_WIDTH, 10, short) for d in b.depths) + " |")
     lines += ["", "— : not made (the method cannot make that size: weight selection only shrinks the 6-block "
-                  "ancestry; layers needs at least its blocks; the pool and FRONT offer their catalogue's sizes) "
-                  "or not measured before the deadline (see \"Run\").", ""]
+                  "ancestry; layers needs at least its blocks; TLEG keeps the ancestry's width; the pool offers "
+                  "its students' sizes) or not measured before the deadline (see \"Run\").", ""]
 
     lines += [f"## Accuracy by width (depth {b.width_depth}, 10 shots, {short} steps)", "",
               "| initialization | " + " | ".join(f"width {w}" for w in b.widths) + " |",
@@ -691,7 +698,7 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
               "ancestry's bytes.", "",
               "| learngene | bytes | vs ancestry | accuracy | vs random |", "| --- | ---: | ---: | ---: | ---: |"]
     ancestry_bytes = (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
-    for init in [i for i in inits if i != "random"] + list(b.variants):
+    for init in dict.fromkeys([i for i in inits if i != "random"] + list(b.variants)):
         info = data["learngenes"].get(f"fashion/{init}")
         size = ancestry_bytes if init == "weight-selection" else (info or {}).get("bytes")
         key = ("fashion", init, *d6, 10, short)
@@ -724,6 +731,13 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
               f"Not measured (deadline or failure): {len(data['skipped'])} entries"
               + (": " + "; ".join(f"{s['label']} ({s['error'][:120]})" for s in data["skipped"][:30]) if data["skipped"] else "")
               + ".", ""]
+    for extra in data.get("supplementary", []):
+        sizes = ", ".join(f"depth {d} width {w}" for d, w in extra["sizes"])
+        settings = ", ".join(f"{'all' if shots is None else shots} shots {steps} steps"
+                             for shots, steps in extra.get("settings", [[10, b.short_steps]]))
+        lines += [f"Supplementary pass (`bench/quality_supplement.py`, same code, settings and seeds): "
+                  f"{', '.join(extra['variants'])} at {sizes} ({settings}); {extra['runs']} fine-tuning runs"
+                  + (f" ({extra['note']})" if extra.get("note") else "") + ".", ""]
     return "\n".join(lines)
 
 
@@ -797,7 +811,7 @@ def plots(data: dict[str, Any], budget: Budget, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.6))
     ancestry_bytes = (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
-    for init in [i for i in inits if i != "random"] + list(b.variants):
+    for init in dict.fromkeys([i for i in inits if i != "random"] + list(b.variants)):
         c = table.get(("fashion", init, b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
         size = ancestry_bytes if init == "weight-selection" else data["learngenes"].get(f"fashion/{init}", {}).get("bytes")
         if c and size:

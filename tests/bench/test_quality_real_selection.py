@@ -37,3 +37,13 @@ def test_gain_pairs_seeds_against_random_init_of_any_source() -> None:
     table = cells(results)
     assert abs(gain(table, ("mnist", "tleg fit", 6, 64, 10, 100), "random") - 0.2) < 1e-9
     assert gain(table, ("mnist", "tleg fit", 6, 64, 10, 100), "weight-selection") is None
+
+
+def test_a_variant_measured_at_several_sizes_gets_one_row_of_its_own() -> None:
+    from bench.quality_real import row_inits
+
+    variant = "wave train (tile 16, 8 templates)"
+    results = [result(variant, 1e-3, 0, 0.5, 0.5) | {"depth": d} for d in (3, 6)]
+    results.append(result("front fit (ratio 0.5)", 1e-3, 0, 0.5, 0.5) | {"depth": 3})
+    rows = row_inits({"results": results})
+    assert rows.count(variant) == 1 and "front fit (ratio 0.5)" not in rows  # one size: the bytes table only
