@@ -260,16 +260,31 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise AncestryError(f"unreadable safetensors file: {exc}", "file") from exc
 
 
+def _read_checked(path: Path, architecture: str, model_args: dict[str, Any],
+                  limits: SpecLimits) -> tuple[dict[str, torch.Tensor], ViTSpec, dict[str, Any]]:
+    """A checkpoint in timm's layout: its state dict, spec and the architecture's preprocessing."""
+    spec, expected, preprocessing = inspect_architecture(architecture, model_args, limits)
+    state = read_weights(path)
+    check_weights(state, expected, architecture)
+    return state, spec, preprocessing
+
+
 def load_ancestry(path: Path, architecture: str, model_args: dict[str, Any],
                   limits: SpecLimits = SpecLimits()) -> tuple[dict[str, torch.Tensor], ViTSpec]:
     """Read and check an ancestry: returns its state dict (as stored) and its spec.
 
     Raises :class:`AncestryError` naming the field at fault (file, architecture, model_args.<key>).
     """
-    spec, expected, _ = inspect_architecture(architecture, model_args, limits)
-    state = read_weights(path)
-    check_weights(state, expected, architecture)
+    state, spec, _ = _read_checked(path, architecture, model_args, limits)
     return state, spec
+
+
+def square_side(value: Any) -> Any:
+    """A size given as [h, w] (as timm and transformers configs may write it) with h == w, as one number;
+    anything else as it is."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        return value[0]
+    return value
 
 
 @dataclass
@@ -293,9 +308,7 @@ def read_upload(path: Path, architecture: str, model_args: dict[str, Any], limit
     from engine.convert import from_hugging_face
 
     if hf_config is None:
-        spec, expected, preprocessing = inspect_architecture(architecture, model_args, limits)
-        state = read_weights(path)
-        check_weights(state, expected, architecture)
+        state, spec, preprocessing = _read_checked(path, architecture, model_args, limits)
         return Upload(architecture, model_args, state, spec, preprocessing, None)
     if architecture or model_args:
         raise AncestryError("with a config.json, the architecture and model_args come from it: give neither",
@@ -321,20 +334,17 @@ def _read_timm_hub(path: Path, config: dict[str, Any], limits: SpecLimits) -> Up
         raise AncestryError("config.model_args must be an object", "config.model_args")
     model_args = dict(model_args)
     for key in ("img_size", "patch_size"):  # timm writes sizes as [h, w]
-        value = model_args.get(key)
-        if isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
-            model_args[key] = value[0]
+        if key in model_args:
+            model_args[key] = square_side(model_args[key])
     if "num_classes" in config:
         model_args.setdefault("num_classes", config["num_classes"])
     try:
-        spec, expected, preprocessing = inspect_architecture(architecture, model_args, limits)
-    except AncestryError as exc:
+        state, spec, preprocessing = _read_checked(path, architecture, model_args, limits)
+    except AncestryError as exc:  # what the config says is named config.<key>; the weights stay "file"
         field = exc.field if exc.field == "architecture" else exc.field.replace("model_args", "config.model_args", 1)
         raise AncestryError(str(exc), "config." + field if field == "architecture" else field) from exc
     given = config.get("pretrained_cfg") or {}
     if isinstance(given, dict) and len(given.get("mean") or ()) == spec.in_chans == len(given.get("std") or ()):
         preprocessing = {**preprocessing, **{k: given[k] for k in ("mean", "std", "interpolation", "crop_pct",
                                                                    "crop_mode") if given.get(k) is not None}}
-    state = read_weights(path)
-    check_weights(state, expected, architecture)
     return Upload(architecture, model_args, state, spec, preprocessing, None)

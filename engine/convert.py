@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from engine.ancestry import AncestryError
+from engine.ancestry import AncestryError, square_side
 from engine.methods.base import StateDict
 from engine.spec import PLAIN_ARCHITECTURES
 
@@ -81,9 +81,7 @@ _DROPPED = ("embeddings.mask_token", "pooler.")
 
 
 def _config_int(config: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = config.get(key, default)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
-        value = value[0]  # image_size / patch_size as [h, w]
+    value = square_side(config.get(key, default))  # image_size / patch_size as [h, w]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise AncestryError(f"config.{key} must be a non-negative integer, got {value!r}", f"config.{key}")
     return value
