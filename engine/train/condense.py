@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.data import load_dataset, normalization
+from engine.data import Dataset, load_dataset, normalization
 from engine.methods import FIT, REFINE, TRAIN, get_entry
 from engine.methods.base import Learngene, StateDict
 from engine.methods.params import ParamError
@@ -42,13 +42,21 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
         raise ValueError("mode 'train' needs a dataset")
     if ancestry_spec.num_classes == 0:
         raise ValueError("training distils the ancestry's class predictions: the ancestry needs a head")
+    dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing)
+    learngene, metrics, history = entry.runner(TRAIN)(ancestry_state, ancestry_spec, dataset, chosen, hooks)
+    _record(learngene, preprocessing)
+    return learngene, {"mode": "train", **metrics}, history
+
+
+def _distillation_data(dataset_uri: str, ancestry_spec: ViTSpec, chosen: dict[str, Any],
+                       preprocessing: dict[str, Any] | None) -> Dataset:
+    """The dataset a training run distils on, normalized as the ancestry was trained; a cross-entropy term needs
+    its labels among the ancestry's classes."""
     dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing))
     if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
         raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
-    learngene, metrics, history = entry.runner(TRAIN)(ancestry_state, ancestry_spec, dataset, chosen, hooks)
-    _record(learngene, preprocessing)
-    return learngene, {"mode": "train", **metrics}, history
+    return dataset
 
 
 def _record(learngene: Learngene, preprocessing: dict[str, Any] | None) -> None:
@@ -89,10 +97,7 @@ def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestr
     if learngene.base_spec.num_classes != ancestry_spec.num_classes:
         raise ValueError(f"the learngene has {learngene.base_spec.num_classes} classes, the ancestry "
                          f"{ancestry_spec.num_classes}: refine against the ancestry it was condensed from")
-    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing))
-    if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
-        raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
-                                      f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
+    dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing)
     learngene, metrics, history = entry.runner(REFINE)(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen,
                                                        hooks)
     _record(learngene, preprocessing)
