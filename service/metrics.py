@@ -20,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
+from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
+from service.jobs.kinds import FINISHED
 from service.models import DescendantRow, Job
 
 #: Seconds; requests range from sub-millisecond reads to a descendant produced while the client waits.
@@ -36,8 +38,6 @@ HTTP_BYTES = Counter("learngene_http_response_bytes", "Response body bytes sent,
 CACHE = Counter("learngene_cache_requests", "Lookups in a cache: descendants (an identical request already "
                 "answered) and artifacts (a blob already in this machine's cache of the S3 bucket)",
                 ["cache", "result"])
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 F = TypeVar("F", bound=Callable[..., tuple[Any, bool]])
 
@@ -98,7 +98,7 @@ class RegistryCollector:
                 select(DescendantRow.method, DescendantRow.status, func.count())
                 .group_by(DescendantRow.method, DescendantRow.status)
             ).all()
-        for queue in sorted(set(queued) | {"cpu", "gpu"}):
+        for queue in sorted(set(queued) | {QUEUE_CPU, QUEUE_GPU}):
             depth.add_metric([queue], queued.get(queue, 0))
         yield from (finished, active, depth)
         yield _histogram("learngene_job_duration_seconds", "From a job's (last) start to its end, by kind and final "
