@@ -322,6 +322,29 @@ def resolve(method: str, learngene: Any, depth: int, width: int) -> Any | None:
         return None
 
 
+def runs_for(budget: Budget, source: str, init: str, method: str, learngene: Any, path: str | None,
+             sizes: Sequence[tuple[int, int]], shots: int | None, steps: int,
+             seeds: Sequence[int] | None = None) -> list[Run]:
+    """The fine-tunes of one learngene: every size it makes, times the budget's rates and seeds."""
+    runs = []
+    for depth, width in sizes:
+        spec = resolve(method, learngene, depth, width)
+        if spec is None:
+            continue
+        for lr in budget.lrs:
+            for seed in seeds or budget.seeds:
+                runs.append(Run(source, init, path, spec.to_dict(), seed, shots, steps, lr, budget.batch_size,
+                                max(1, steps // budget.curve_points), budget.val_images))
+    return runs
+
+
+def condense_params(budget: Budget, method: str, mode: str) -> dict[str, Any]:
+    """The budget's condensing settings for a mode that trains (none for a fit or the layers' selection)."""
+    if mode == "fit" or method == "layers":
+        return {}
+    return {"steps": budget.condense_steps[method], "checkpoint_every_s": 0.0}
+
+
 def points(budget: Budget) -> list[tuple[int, int]]:
     grid = [(d, ANCESTRY_WIDTH) for d in budget.depths] + [(budget.width_depth, w) for w in budget.widths]
     return list(dict.fromkeys(grid))
@@ -360,21 +383,6 @@ class Runner:
             _, _, kind, label, fn, args = heapq.heappop(self.queue)
             self.futures[self.pool.submit(fn, *args)] = (kind, label)
 
-    def runs_for(self, source: str, init: str, method: str, learngene: Any, path: str | None,
-                 sizes: Sequence[tuple[int, int]], shots: int | None, steps: int,
-                 seeds: Sequence[int] | None = None) -> list[Run]:
-        runs = []
-        for depth, width in sizes:
-            spec = resolve(method, learngene, depth, width)
-            if spec is None:
-                continue
-            for lr in self.budget.lrs:
-                for seed in seeds or self.budget.seeds:
-                    runs.append(Run(source, init, path, spec.to_dict(), seed, shots, steps, lr,
-                                    self.budget.batch_size, max(1, steps // self.budget.curve_points),
-                                    self.budget.val_images))
-        return runs
-
     def run(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
@@ -398,14 +406,14 @@ class Runner:
             for init, method, mode in method_inits():
                 if mode == "refine":
                     continue  # after "wave train"
-                params = self.params(method, mode)
+                params = condense_params(b, method, mode)
                 out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
                 self.submit(0 if source == "fashion" else STAGE["mnist"], "condense", (source, init),
                             task_condense, init, method, mode, state_path, classes[source], SOURCES[source], params,
                             out)
             if source == "fashion":
                 for init, (method, mode, params) in b.variants.items():
-                    params = {**self.params(method, mode), **params}
+                    params = {**condense_params(b, method, mode), **params}
                     out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
                     self.submit(STAGE["variants"], "condense", (source, init), task_condense, init, method, mode,
                                 state_path, classes[source], SOURCES[source], params, out)
@@ -444,7 +452,7 @@ class Runner:
                     self.learngene_ready(source, init, learngene.method, learngene, path)
                     if init == "wave train":
                         out = str(self.work / f"{source}-wave-refined.safetensors")
-                        params = {**self.params("wave", "train"), "steps": b.condense_steps["refine"],
+                        params = {**condense_params(b, "wave", "train"), "steps": b.condense_steps["refine"],
                                   "sizes": [{"embed_dim": 32, "num_heads": 2}, {"embed_dim": 96, "num_heads": 4}]}
                         params = {k: v for k, v in params.items() if k not in ("tile", "counts")}
                         self.submit(0 if source == "fashion" else STAGE["mnist"], "condense",
@@ -461,35 +469,25 @@ class Runner:
         self.save()
         return self.data
 
-    def params(self, method: str, mode: str) -> dict[str, Any]:
-        if mode == "fit" or method == "layers":
-            return {}
-        return {"steps": self.budget.condense_steps[method], "checkpoint_every_s": 0.0}
-
     def learngene_ready(self, source: str, init: str, method: str, learngene: Any, path: str | None) -> None:
         """Queue this learngene's fine-tunes at their stage's priority (:data:`STAGE`). Random init (source
         "none") is the baseline of all of them."""
         b = self.budget
         main_size = [(b.width_depth, ANCESTRY_WIDTH)]
         others = [p for p in points(b) if p != main_size[0]]
+        runs = functools.partial(runs_for, b, source, init, method, learngene, path)
         stages: list[tuple[int, list[Run]]] = []
         if init in b.variants:
-            stages.append((STAGE["variants"], self.runs_for(source, init, method, learngene, path, main_size, 10,
-                                                            b.short_steps)))
+            stages.append((STAGE["variants"], runs(main_size, 10, b.short_steps)))
         elif source == "mnist":
-            stages += [(STAGE["mnist"], self.runs_for(source, init, method, learngene, path, main_size, shots,
-                                                      b.short_steps)) for shots in (10, 100)]
+            stages += [(STAGE["mnist"], runs(main_size, shots, b.short_steps)) for shots in (10, 100)]
         else:
-            stages.append((STAGE["main"], self.runs_for(source, init, method, learngene, path, main_size, 10,
-                                                        b.short_steps)))
-            stages.append((STAGE["sizes"], self.runs_for(source, init, method, learngene, path, others, 10,
-                                                         b.short_steps)))
-            stages += [(STAGE["targets"], self.runs_for(source, init, method, learngene, path, main_size, shots,
-                                                        b.short_steps)) for shots in b.shots_settings[1:]]
-            stages.append((STAGE["long"], self.runs_for(source, init, method, learngene, path, main_size, 10,
-                                                        b.long_steps)))
-        for priority, runs in stages:
-            for r in runs:
+            stages.append((STAGE["main"], runs(main_size, 10, b.short_steps)))
+            stages.append((STAGE["sizes"], runs(others, 10, b.short_steps)))
+            stages += [(STAGE["targets"], runs(main_size, shots, b.short_steps)) for shots in b.shots_settings[1:]]
+            stages.append((STAGE["long"], runs(main_size, 10, b.long_steps)))
+        for priority, queued in stages:
+            for r in queued:
                 self.submit(priority, "finetune", init, task_finetune, r)
 
     def cut_off(self) -> None:

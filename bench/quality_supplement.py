@@ -53,21 +53,18 @@ def main() -> None:
         runs = []
         for init in args.variant:
             method, mode, params = q.VARIANTS[init]
-            if mode != "fit":
-                params = {"steps": b.condense_steps[method], "checkpoint_every_s": 0.0, **params}
+            params = {**q.condense_params(b, method, mode), **params}
             out = str(Path(work) / f"{init.replace(' ', '-')}.safetensors")
             result = q.task_condense(init, method, mode, ancestry, 5, q.SOURCES["fashion"], params, out)
             data["learngenes"][f"fashion/{init}"] = {k: v for k, v in result.items() if k != "init"}
             print(f"condensed {init} ({result['cpu_s']:.0f} CPU s)", flush=True)
             learngene = load_learngene(Path(out))
             for depth, width in sizes:
-                spec = q.resolve(method, learngene, depth, width)
-                if spec is None:
+                made = [run for shots, steps in settings
+                        for run in q.runs_for(b, "fashion", init, method, learngene, out, [(depth, width)], shots, steps)]
+                if not made:
                     print(f"{init} does not make depth {depth}, width {width}", flush=True)
-                    continue
-                runs += [q.Run("fashion", init, out, spec.to_dict(), seed, shots, steps, lr, b.batch_size,
-                               max(1, steps // b.curve_points), b.val_images)
-                         for shots, steps in settings for lr in b.lrs for seed in b.seeds]
+                runs += made
         results = list(pool.map(q.task_finetune, runs))
     data["results"] += results
     data.setdefault("supplementary", []).append(
