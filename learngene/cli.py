@@ -144,12 +144,12 @@ def cmd_budget(client: Any, args: argparse.Namespace) -> int:
 
 def cmd_upload(client: Any, args: argparse.Namespace) -> int:
     if args.dataset:
-        item = client.upload_dataset(args.path, name=args.name)
+        item = client.upload_dataset(args.path, name=args.name, visibility=args.visibility)
         line = f"dataset {item.id}: {item.num_images} images, {item.num_classes} classes; use --dataset {item.uri}"
     else:
         model_args = json.loads(args.model_args) if args.model_args else None
         item = client.upload_ancestry(args.path, architecture=args.architecture, model_args=model_args,
-                                      name=args.name)
+                                      name=args.name, visibility=args.visibility)
         line = f"ancestry {item.id}: {item.architecture}, {item.param_count:,} parameters"
     print(json.dumps(_plain(item), indent=2, default=str) if args.json else line)
     return 0
@@ -157,7 +157,8 @@ def cmd_upload(client: Any, args: argparse.Namespace) -> int:
 
 def cmd_condense(client: Any, args: argparse.Namespace) -> int:
     job = client.condense(args.ancestry, args.method, args.learngene, dataset=args.dataset, mode=args.mode,
-                          params=_params(args.param), evaluate=not args.no_evaluate, description=args.description)
+                          params=_params(args.param), evaluate=not args.no_evaluate, description=args.description,
+                          visibility=args.visibility)
     if not args.follow:
         print(json.dumps(_plain(job), indent=2, default=str) if args.json else f"job {job.id} {job.state}")
         return 0
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--model-args", help="JSON of timm.create_model keyword arguments")
     upload.add_argument("--name", default="")
     upload.add_argument("--dataset", action="store_true", help="the file is a dataset archive (.zip, .tar.gz)")
+    upload.add_argument("--public", dest="visibility", action="store_const", const="public", default="private",
+                        help="everyone may see and use it (default: only you and admins)")
     upload.set_defaults(func=cmd_upload)
 
     condense = sub.add_parser("condense", parents=[common], help="condense an ancestry into a new learngene version")
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     condense.add_argument("--no-evaluate", action="store_true", help="skip the evaluation card")
     condense.add_argument("--description", default="")
+    condense.add_argument("--public", dest="visibility", action="store_const", const="public",
+                          help="make the learngene public (a new one is private by default)")
     condense.add_argument("--follow", action="store_true", help="stream progress until the version is ready")
     condense.set_defaults(func=cmd_condense)
 

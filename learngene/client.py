@@ -193,9 +193,19 @@ class Client:
         if out.status == "pending" and out.job_id:
             self.follow(out.job_id, progress=progress, timeout=timeout)
             out = self.get_descendant(out.id)
+        elif out.status == "pending":  # produced by someone else's job, which is theirs to follow
+            out = self._wait_settled(out.id, timeout)
         if out.status != "ready":
             raise JobFailed(self.job(out.job_id)) if out.job_id else APIError(
                 f"descendant {out.id} is {out.status}", status=0, code=out.status)
+        return out
+
+    def _wait_settled(self, descendant_id: int, timeout: float | None) -> Descendant:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (out := self.get_descendant(descendant_id)).status == "pending":
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"descendant {descendant_id} still pending after {timeout} s")
+            time.sleep(0.5)
         return out
 
     def download(self, descendant: Descendant | int, directory: str | os.PathLike[str],
@@ -240,39 +250,44 @@ class Client:
 
     def upload_ancestry(self, path: str | os.PathLike[str], architecture: str | None = None,
                         model_args: dict[str, Any] | None = None, name: str = "",
-                        progress: bool | None = None) -> Ancestry:
+                        progress: bool | None = None, visibility: str = "private") -> Ancestry:
         """A ``.safetensors`` file (with ``architecture`` and ``model_args``), or a Hugging Face snapshot
-        folder (``model.safetensors`` + timm ``config.json``)."""
+        folder (``model.safetensors`` + timm ``config.json``). ``visibility="public"`` lets everyone see and use
+        it; by default only its owner (and admins) do."""
         source = Path(path)
         weights, config_json = (source / "model.safetensors", source / "config.json") if source.is_dir() else (source, None)
-        data: dict[str, str] = {"name": name or (source.name if source.is_dir() else source.stem)}
+        data: dict[str, str] = {"name": name or (source.name if source.is_dir() else source.stem),
+                                "visibility": visibility}
         if architecture:
             data["architecture"] = architecture
         if model_args is not None:
             data["model_args"] = json.dumps(model_args)
+        # The server checks every field before it stores the weights, so they go last (httpx sends data first).
         files: dict[str, Any] = {}
+        if config_json is not None:
+            files["config"] = ("config.json", config_json.read_bytes(), "application/json")
         with open(weights, "rb") as f, bars.transfer(f"upload {weights.name}", weights.stat().st_size, 0,
                                                          self._show(progress)) as advance:
             files["file"] = (weights.name, _Counting(f, advance), "application/octet-stream")
-            if config_json is not None:
-                files["config"] = ("config.json", config_json.read_bytes(), "application/json")
             r = self._request("POST", "/v1/ancestries", data=data, files=files, timeout=httpx.Timeout(60.0, write=None))
         return Ancestry.from_json(r.json(), self)
 
-    def upload_dataset(self, path: str | os.PathLike[str], name: str = "", progress: bool | None = None) -> Dataset:
+    def upload_dataset(self, path: str | os.PathLike[str], name: str = "", progress: bool | None = None,
+                       visibility: str = "private") -> Dataset:
         """A .zip or .tar(.gz) of an ImageFolder; use its ``uri`` as ``condense(dataset=...)``."""
         archive = Path(path)
         with open(archive, "rb") as f, bars.transfer(f"upload {archive.name}", archive.stat().st_size, 0,
                                                          self._show(progress)) as advance:
-            r = self._request("POST", "/v1/datasets", data={"name": name or archive.name},
+            r = self._request("POST", "/v1/datasets", data={"name": name or archive.name, "visibility": visibility},
                               files={"file": (archive.name, _Counting(f, advance))},
                               timeout=httpx.Timeout(60.0, write=None))
         return Dataset.from_json(r.json(), self)
 
     def condense(self, ancestry: Ancestry | int, method: str, learngene: str, *, dataset: str | None = None,
                  mode: str | None = None, params: dict[str, Any] | None = None, evaluate: bool = True,
-                 description: str = "") -> CondenseJob:
-        """Queue condensing; ``.follow()`` on the result streams its progress and returns the new version."""
+                 description: str = "", visibility: str | None = None) -> CondenseJob:
+        """Queue condensing; ``.follow()`` on the result streams its progress and returns the new version.
+        ``visibility`` (``public`` or ``private``) sets the learngene's; a new one is private by default."""
         body: dict[str, Any] = {"ancestry": ancestry if isinstance(ancestry, int) else ancestry.id, "method": method,
                                 "learngene": learngene, "params": params or {}, "evaluate": evaluate,
                                 "description": description}
@@ -280,6 +295,8 @@ class Client:
             body["dataset"] = dataset
         if mode is not None:
             body["mode"] = mode
+        if visibility is not None:
+            body["visibility"] = visibility
         return CondenseJob.from_json(self._request("POST", "/v1/condense-jobs", json=body).json(), self)
 
 

@@ -84,6 +84,8 @@ class Ancestry(Base):
     converted_from: Mapped[str | None] = mapped_column(String(40), nullable=True)
     #: sha256 of the uploaded file's sha256 and the upload's arguments: the same upload finds this row again.
     upload_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    #: public or private (``service.ownership``): a private ancestry exists only for its owner and admins.
+    visibility: Mapped[str] = mapped_column(String(10), default="private", server_default="public")
 
 
 class LearngeneRow(Base):
@@ -96,6 +98,10 @@ class LearngeneRow(Base):
     family: Mapped[str] = mapped_column(String(40), default="vit")
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: Its first publisher: only they (and admins) publish versions and move its aliases.
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    #: public or private (``service.ownership``).
+    visibility: Mapped[str] = mapped_column(String(10), default="private", server_default="public")
 
     versions: Mapped[list[LearngeneVersion]] = relationship(
         back_populates="learngene", order_by="LearngeneVersion.version"
@@ -230,6 +236,8 @@ class DatasetRow(Base):
     storage_key: Mapped[str] = mapped_column(String(300))
     owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: public or private (``service.ownership``).
+    visibility: Mapped[str] = mapped_column(String(10), default="private", server_default="public")
 
 
 class ApiKey(Base):

@@ -69,7 +69,7 @@ def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bo
             # The dataset is the ancestry's, recorded as lineage; a fit reads no data, and the evaluation card
             # (minutes of fine-tuning) is left to POST /v1/condense-jobs: docs/quality.md measures these methods.
             req = CondenseRequest(ancestry=ancestry_id, method=method, learngene=name, dataset=dataset,
-                                  mode="fit", params=params, evaluate=False,
+                                  mode="fit", params=params, evaluate=False, visibility="public",
                                   description=f"Seeded: {method} fit (data-free) from {ancestry_name}, a ViT "
                                               f"trained on {entry['dataset']}.")
             with unit_of_work(ctx.sessions) as uow:

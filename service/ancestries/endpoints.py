@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from service.ancestries import service
 from service.ancestries.schemas import AncestryOut
 from service.bounds import IdPath
-from service.deps import CtxDep, UowDep, Writer
+from service.deps import CtxDep, Reader, UowDep, Writer
 from service.errors import InvalidRequest, PayloadTooLarge, error_responses
 from service.files import spool_upload
+from service.ownership import Visibility
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/ancestries", tags=["ancestries"])
@@ -44,6 +45,8 @@ def upload_ancestry(
                                           "was trained with (default: its architecture's pretrained_cfg)")] = "",
     std: Annotated[str, Form(description="JSON list, one per input channel (with mean)")] = "",
     name: Annotated[str, Form(max_length=200)] = "",
+    visibility: Annotated[Visibility, Form(description="private (the default): only its owner and admins see or use "
+                                                      "it; public: everyone")] = "private",
 ) -> AncestryOut:
     """Validated by building the timm model and loading the weights strictly (after converting a Hugging Face
     layout); stored content-addressed. The same file with the same arguments answers 200 with its ancestry."""
@@ -65,7 +68,7 @@ def upload_ancestry(
     row, created = service.register_upload(
         uow.session, ctx, path, name=name or (file.filename or "ancestry").removesuffix(".safetensors"),
         architecture=architecture, model_args=args, hf_config=hf_config, normalization=normalization,
-        owner=caller.owner,
+        owner=caller.owner, visibility=visibility,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -73,12 +76,14 @@ def upload_ancestry(
 
 
 @router.get("", operation_id="list_ancestries", response_model=Page[AncestryOut], responses=error_responses(422))
-def list_ancestries(uow: UowDep, page: Annotated[PageParams, Depends(page_params)]) -> Page[AncestryOut]:
+def list_ancestries(uow: UowDep, caller: Reader,
+                    page: Annotated[PageParams, Depends(page_params)]) -> Page[AncestryOut]:
+    """The ancestries the caller may see: public ones, and private ones of their own (admins: all)."""
     after = page.after_id()
-    rows = service.list_page(uow.session, page.limit, after)
+    rows = service.list_page(uow.session, page.limit, after, caller)
     return paginate(rows, page, AncestryOut.model_validate, lambda r: r.id)
 
 
 @router.get("/{ancestry_id}", operation_id="get_ancestry", response_model=AncestryOut, responses=error_responses(404))
-def get_ancestry(ancestry_id: IdPath, uow: UowDep) -> AncestryOut:
-    return AncestryOut.model_validate(service.get_ancestry(uow.session, ancestry_id))
+def get_ancestry(ancestry_id: IdPath, uow: UowDep, caller: Reader) -> AncestryOut:
+    return AncestryOut.model_validate(service.get_ancestry(uow.session, ancestry_id, caller=caller))

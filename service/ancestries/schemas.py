@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from service.ownership import Visibility
+
 
 class AncestryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -19,6 +21,7 @@ class AncestryOut(BaseModel):
     size_bytes: int
     metrics: dict[str, Any]
     owner: str | None = None
+    visibility: Visibility
     created_at: dt.datetime
     family: str
     #: Input mean, std, interpolation and crop, written into every descendant's config.json.

@@ -15,18 +15,24 @@ from sqlalchemy.orm import Session
 from service.context import AppContext
 from service.descendants.sizing import limits_of
 from service.errors import InvalidRequest, NotFound
+from service.keys.auth import Principal
 from service.models import Ancestry
+from service.ownership import can_see, stored_visibility, visible
 
 
-def get_ancestry(session: Session, ancestry_id: int, field: str | None = None) -> Ancestry:
+def get_ancestry(session: Session, ancestry_id: int, field: str | None = None,
+                 caller: Principal | None = None) -> Ancestry:
+    """The ancestry, as far as ``caller`` may see it: another owner's private one is not found, whatever it is
+    wanted for (reading it, expanding or condensing from it)."""
     row = session.get(Ancestry, ancestry_id)
-    if row is None:
+    if row is None or not can_see(caller, row.owner, row.visibility):
         raise NotFound(f"ancestry {ancestry_id} not found", field=field)
     return row
 
 
-def list_page(session: Session, limit: int, after: int | None) -> Sequence[Ancestry]:
-    q = select(Ancestry).order_by(Ancestry.id.desc()).limit(limit + 1)
+def list_page(session: Session, limit: int, after: int | None, caller: Principal | None) -> Sequence[Ancestry]:
+    q = (select(Ancestry).where(visible(caller, Ancestry.owner, Ancestry.visibility))
+         .order_by(Ancestry.id.desc()).limit(limit + 1))
     if after is not None:
         q = q.where(Ancestry.id < after)
     return session.scalars(q).all()
@@ -89,7 +95,7 @@ def upload_key(file_sha256: str, **arguments: Any) -> str:
 def register_upload(
     session: Session, ctx: AppContext, path: Path, *, name: str, architecture: str, model_args: dict[str, Any],
     metrics: dict[str, Any] | None = None, owner: str | None = None, hf_config: dict[str, Any] | None = None,
-    normalization: dict[str, list[float]] | None = None,
+    normalization: dict[str, list[float]] | None = None, visibility: str = "private",
 ) -> tuple[Ancestry, bool]:
     """Validate ``path`` (strict timm load, after conversion from a Hugging Face layout when ``hf_config`` is
     given), move it into storage and add the row; ``(row, True)``. The same file with the same arguments from the
@@ -98,10 +104,11 @@ def register_upload(
     from engine.artifacts import sha256_file, write_safetensors
 
     normalization = normalization or {}
+    visibility = stored_visibility(owner, visibility)
     try:
         # Per owner: another owner's identical upload is theirs to see and delete, not this one's.
         key = upload_key(sha256_file(path), architecture=architecture, model_args=model_args,
-                         hf_config=hf_config, normalization=normalization, owner=owner)
+                         hf_config=hf_config, normalization=normalization, owner=owner, visibility=visibility)
         existing = session.scalars(select(Ancestry).where(Ancestry.upload_key == key)).first()
         if existing is not None:
             return existing, False
@@ -140,6 +147,7 @@ def register_upload(
         storage_key=stored.key,
         metrics=metrics or {},
         owner=owner,
+        visibility=visibility,
         family=upload.spec.family,
         preprocessing=preprocessing,
         converted_from=upload.converted_from,

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.bounds import MAX_ID
+from service.ownership import Visibility
 from engine.methods import CONDENSING_NAMES, MODES
 
 # The registry is the one list of methods and modes; the OpenAPI enums follow it.
@@ -47,6 +48,11 @@ class CondenseRequest(BaseModel):
         "when a dataset is given; a data-free fit without one skips it.",
     )
     description: str = Field("", max_length=2000)
+    visibility: Visibility | None = Field(
+        None, description="The learngene's visibility from this version on: `private` (only its owner and admins see "
+        "or expand it) or `public`. Default: a new learngene is private when made with a key; an existing one keeps "
+        "its own.",
+    )
 
 
 class MethodParam(BaseModel):

@@ -16,16 +16,17 @@ from service.datasets import service as datasets
 from service.db import UnitOfWork
 from service.errors import InvalidRequest
 from service.jobs import service as jobs
-from service.keys.auth import Principal, check_owner
+from service.keys.auth import Principal
 from service.limits import quotas
 from service.learngenes import repository as learngene_repo
 from service.learngenes.service import LATEST, check_name
 from service.models import Job, LearngeneVersion
+from service.ownership import SYSTEM_OWNER, check_may_change, require_visible
 
 
 def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal | None = None) -> str:
-    """Normalize a dataset URI and make sure a worker may read it (and the caller: an uploaded dataset is its
-    owner's, or an admin's to use)."""
+    """Normalize a dataset URI and make sure a worker may read it (and the caller: another owner's private
+    upload is not found)."""
     if uri.startswith(BUILTIN_PREFIX):
         try:
             parsed = parse_builtin(uri)
@@ -52,9 +53,7 @@ def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal
         ident = parse_id(uri.removeprefix("dataset:"))
         if ident is None:
             raise InvalidRequest(f"dataset:<id> needs an id from 1 to {MAX_ID}", field="dataset")
-        row = datasets.get_dataset(session, ident, field="dataset")
-        if caller is not None:
-            check_owner(caller, row.owner, f"dataset {ident}", field="dataset")
+        datasets.get_dataset(session, ident, field="dataset", caller=caller)
         return uri
     raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[?classes=0-4], imagefolder:<path> "
                          "or dataset:<id>", field="dataset")
@@ -102,13 +101,20 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
     from engine.methods.params import ParamError
 
     session = uow.session
-    ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
+    ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry", caller=caller)
     check_name(req.learngene)
     existing = learngene_repo.by_name(session, req.learngene)
-    if existing is not None and existing.method != req.method:
-        raise InvalidRequest(
-            f"learngene {req.learngene!r} holds {existing.method} versions; pick another name", field="learngene"
-        )
+    if existing is not None:
+        what = f"learngene {req.learngene!r}"
+        require_visible(caller, existing.owner, existing.visibility, what, field="learngene")
+        check_may_change(caller, existing.owner, what, field="learngene")
+        if existing.method != req.method:
+            raise InvalidRequest(f"{what} holds {existing.method} versions; pick another name", field="learngene")
+    # Whom the learngene belongs to once the job publishes: its owner already, or the caller who creates it.
+    if existing is not None:
+        owner = existing.owner
+    else:
+        owner = caller.owner if caller is not None else SYSTEM_OWNER
     entry = get_entry(req.method)
     mode = req.mode or ("train" if req.dataset and entry.offers("train") else "fit")
     if not entry.offers(mode):
@@ -129,7 +135,8 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
     source = _refine_source(session, req, params) if mode == "refine" else None
     payload = CondensePayload(ancestry_id=ancestry.id, method=req.method, mode=mode, dataset=dataset,
                               learngene=req.learngene, params=params, evaluate=evaluate,
-                              description=req.description, source_version_id=source.id if source else None)
+                              description=req.description, source_version_id=source.id if source else None,
+                              owner=owner, visibility=req.visibility)
     if caller is not None:
         quotas.check_job_slot(session, caller)
     return jobs.submit(uow, ctx, CONDENSE, payload, owner=caller.owner if caller else None)

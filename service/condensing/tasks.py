@@ -18,6 +18,7 @@ from service.jobs.kinds import JobCancelled, JobFailed, JobKind
 from service.jobs.runner import JobContext
 from service.learngenes.service import publish_version
 from service.models import Ancestry, LearngeneVersion
+from service.ownership import Visibility
 
 
 class CondensePayload(BaseModel):
@@ -32,6 +33,10 @@ class CondensePayload(BaseModel):
     evaluate: bool
     description: str
     source_version_id: int | None
+    #: Whom the learngene belongs to when the job publishes (its owner, or the caller creating it).
+    owner: str | None = None
+    #: The learngene's visibility from this version on; None keeps it (a new one: private when owned).
+    visibility: Visibility | None = None
 
 
 class _JobHooks:
@@ -125,6 +130,8 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
             sha256=stored.sha256,
             size_bytes=stored.size,
             storage_key=stored.key,
+            owner=p.owner,
+            visibility=p.visibility,
         )
         result["version"] = version.version
 

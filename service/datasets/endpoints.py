@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
 
 from service.bounds import IdPath
 from service.files import spool_upload
+from service.ownership import Visibility
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
-from service.deps import CtxDep, UowDep, Writer
+from service.deps import CtxDep, Reader, UowDep, Writer
 from service.errors import PayloadTooLarge, error_responses
 from service.pagination import Page, PageParams, page_params, paginate
 
@@ -25,22 +26,26 @@ def upload_dataset(
     caller: Writer,
     file: Annotated[UploadFile, File(description="A .zip or .tar(.gz) of an ImageFolder: one folder per class")],
     name: Annotated[str, Form(max_length=200)] = "",
+    visibility: Annotated[Visibility, Form(description="private (the default): only its owner and admins see or "
+                                                      "condense from it; public: everyone")] = "private",
 ) -> DatasetOut:
     """Use the returned `uri` (`dataset:<id>`) as a condensing job's dataset."""
     if int(request.headers.get("content-length") or 0) > ctx.settings.max_upload_bytes + 64 * 1024:
         raise PayloadTooLarge(f"upload exceeds {ctx.settings.max_upload_bytes} bytes", field="file")
     path = spool_upload(ctx, file.file, ctx.settings.max_upload_bytes)
-    row = service.register_upload(uow.session, ctx, path, name or (file.filename or "dataset"), owner=caller.owner)
+    row = service.register_upload(uow.session, ctx, path, name or (file.filename or "dataset"), owner=caller.owner,
+                                  visibility=visibility)
     return DatasetOut.model_validate(row)
 
 
 @router.get("", operation_id="list_datasets", response_model=Page[DatasetOut], responses=error_responses(422))
-def list_datasets(uow: UowDep, page: Annotated[PageParams, Depends(page_params)]) -> Page[DatasetOut]:
+def list_datasets(uow: UowDep, caller: Reader, page: Annotated[PageParams, Depends(page_params)]) -> Page[DatasetOut]:
+    """The datasets the caller may see: public ones, and private ones of their own (admins: all)."""
     after = page.after_id()
-    rows = service.list_page(uow.session, page.limit, after)
+    rows = service.list_page(uow.session, page.limit, after, caller)
     return paginate(rows, page, DatasetOut.model_validate, lambda r: r.id)
 
 
 @router.get("/{dataset_id}", operation_id="get_dataset", response_model=DatasetOut, responses=error_responses(404))
-def get_dataset(dataset_id: IdPath, uow: UowDep) -> DatasetOut:
-    return DatasetOut.model_validate(service.get_dataset(uow.session, dataset_id))
+def get_dataset(dataset_id: IdPath, uow: UowDep, caller: Reader) -> DatasetOut:
+    return DatasetOut.model_validate(service.get_dataset(uow.session, dataset_id, caller=caller))

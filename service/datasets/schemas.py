@@ -4,6 +4,8 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict
 
+from service.ownership import Visibility
+
 
 class DatasetOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -16,4 +18,5 @@ class DatasetOut(BaseModel):
     sha256: str
     size_bytes: int
     owner: str | None = None
+    visibility: Visibility
     created_at: dt.datetime

@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 
 from service.context import AppContext
 from service.errors import InvalidRequest, NotFound
+from service.keys.auth import Principal
 from service.models import DatasetRow
+from service.ownership import can_see, stored_visibility, visible
 from service.storage import sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -35,15 +37,19 @@ _ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, E
                    NotImplementedError, RuntimeError, ValueError)
 
 
-def get_dataset(session: Session, dataset_id: int, field: str | None = None) -> DatasetRow:
+def get_dataset(session: Session, dataset_id: int, field: str | None = None,
+                caller: Principal | None = None) -> DatasetRow:
+    """The dataset, as far as ``caller`` may see it (another owner's private one is not found, to read or to
+    condense from)."""
     row = session.get(DatasetRow, dataset_id)
-    if row is None:
+    if row is None or not can_see(caller, row.owner, row.visibility):
         raise NotFound(f"dataset {dataset_id} not found", field=field)
     return row
 
 
-def list_page(session: Session, limit: int, after: int | None) -> Sequence[DatasetRow]:
-    q = select(DatasetRow).order_by(DatasetRow.id.desc()).limit(limit + 1)
+def list_page(session: Session, limit: int, after: int | None, caller: Principal | None) -> Sequence[DatasetRow]:
+    q = (select(DatasetRow).where(visible(caller, DatasetRow.owner, DatasetRow.visibility))
+         .order_by(DatasetRow.id.desc()).limit(limit + 1))
     if after is not None:
         q = q.where(DatasetRow.id < after)
     return session.scalars(q).all()
@@ -199,15 +205,18 @@ def check_images(root: Path) -> None:
             raise InvalidRequest(f"{rel} is not a readable image: {exc}", field="file") from exc
 
 
-def register_upload(session: Session, ctx: AppContext, archive: Path, name: str, owner: str | None = None) -> DatasetRow:
+def register_upload(session: Session, ctx: AppContext, archive: Path, name: str, owner: str | None = None,
+                    visibility: str = "private") -> DatasetRow:
     """Validate and unpack ``archive`` (consumed), then store it and add the row; on error nothing stays."""
     created: Path | None = None
+    visibility = stored_visibility(owner, visibility)
     try:
         digest = sha256_file(archive)
-        # The same archive uploaded again by the same owner is the same dataset; another owner gets a row of
-        # their own (datasets belong to their owner), sharing the unpacked files.
+        # The same archive uploaded again by the same owner, as public or private again, is the same dataset;
+        # another owner gets a row of their own (datasets belong to their owner), sharing the unpacked files.
         same_owner = DatasetRow.owner == owner if owner is not None else DatasetRow.owner.is_(None)
-        existing = session.scalar(select(DatasetRow).where(DatasetRow.sha256 == digest, same_owner))
+        existing = session.scalar(select(DatasetRow).where(DatasetRow.sha256 == digest, same_owner,
+                                                           DatasetRow.visibility == visibility))
         if existing is not None:
             return existing
         dest = dataset_dir(ctx, digest)
@@ -221,7 +230,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
         stored = ctx.store.put_file(archive, move=True)
         row = DatasetRow(
             name=name, uri=f"dataset:pending-{digest[:12]}", num_classes=num_classes, num_images=num_images,
-            sha256=digest, size_bytes=stored.size, storage_key=stored.key, owner=owner,
+            sha256=digest, size_bytes=stored.size, storage_key=stored.key, owner=owner, visibility=visibility,
         )
         session.add(row)
         session.flush()

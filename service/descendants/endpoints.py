@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.bounds import MAX_ID, IdPath, IdQuery
 from service.context import AppContext
 from service.db import unit_of_work
-from service.deps import CtxDep, UowDep, Writer
+from service.deps import CtxDep, Reader, UowDep, Writer
 from service.descendants import repository, service
 from service.files import safetensors_header, serve_blob
 from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
@@ -42,9 +42,9 @@ def _request(ctx: AppContext, body: DescendantRequest, caller: Principal) -> tup
     return descendant_id, created, was_ready  # committed, and the job published, by now
 
 
-def _out(ctx: AppContext, descendant_id: int) -> DescendantOut:
+def _out(ctx: AppContext, descendant_id: int, caller: Principal) -> DescendantOut:
     with ctx.sessions() as session:
-        return service.descendant_out(session, service.get_descendant(session, descendant_id))
+        return service.descendant_out(session, service.get_descendant(session, descendant_id, caller), caller)
 
 
 @router.post(
@@ -75,7 +75,7 @@ async def create_descendant(
     descendant_id, created, was_ready = await run_in_threadpool(_request, ctx, body, caller)
     if not was_ready and wait_s > 0:
         await waiting.wait_until(ctx, is_settled(descendant_id), wait_s)
-    out = await run_in_threadpool(_out, ctx, descendant_id)
+    out = await run_in_threadpool(_out, ctx, descendant_id, caller)
     if out.status == "failed":
         raise JobFailedError(f"expanding descendant {descendant_id} failed: {out.error}; the same request retries")
     if was_ready and not created:
@@ -89,6 +89,7 @@ async def create_descendant(
 @router.get("", operation_id="list_descendants", response_model=Page[DescendantOut], responses=error_responses(404, 422))
 def list_descendants(
     uow: UowDep,
+    caller: Reader,
     page: Annotated[PageParams, Depends(page_params)],
     learngene: str | None = None,
     version: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -96,19 +97,19 @@ def list_descendants(
 ) -> Page[DescendantOut]:
     version_ids: list[int] | None = None
     if learngene is not None:
-        lg = learngenes.get_learngene(uow.session, learngene)
+        lg = learngenes.get_learngene(uow.session, learngene, caller)
         version_ids = [v.id for v in lg.versions if version is None or v.version == version]
     elif version is not None:
         raise InvalidRequest("filtering by version needs a learngene", field="version")
     after = page.after_id()
-    rows = repository.list_page(uow.session, page.limit, after, version_ids, ancestry)
-    return paginate(rows, page, lambda r: service.descendant_out(uow.session, r), lambda r: r.id)
+    rows = repository.list_page(uow.session, page.limit, after, version_ids, ancestry, caller)
+    return paginate(rows, page, lambda r: service.descendant_out(uow.session, r, caller), lambda r: r.id)
 
 
 @router.get("/{descendant_id}", operation_id="get_descendant", response_model=DescendantOut,
             responses=error_responses(404))
-def get_descendant(descendant_id: IdPath, uow: UowDep) -> DescendantOut:
-    return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id))
+def get_descendant(descendant_id: IdPath, uow: UowDep, caller: Reader) -> DescendantOut:
+    return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id, caller), caller)
 
 
 @router.get(
@@ -122,26 +123,26 @@ def get_descendant(descendant_id: IdPath, uow: UowDep) -> DescendantOut:
     }
     | error_responses(404, 409),
 )
-def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
+def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: UowDep, caller: Reader) -> Response:
     """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges."""
-    row = service.get_ready(uow.session, descendant_id)
+    row = service.get_ready(uow.session, descendant_id, caller)
     assert row.storage_key is not None and row.sha256 is not None
     return serve_blob(request, ctx, row.storage_key, row.sha256, filename="model.safetensors",
                       media_type="application/octet-stream")
 
 
 @router.get("/{descendant_id}/config", operation_id="get_descendant_config", responses=error_responses(404, 409))
-def get_config(descendant_id: IdPath, uow: UowDep) -> JSONResponse:
+def get_config(descendant_id: IdPath, uow: UowDep, caller: Reader) -> JSONResponse:
     """timm ``config.json`` (architecture, num_classes, model_args, pretrained_cfg)."""
-    row = service.get_ready(uow.session, descendant_id)
+    row = service.get_ready(uow.session, descendant_id, caller)
     return JSONResponse(row.config or {}, headers={"content-disposition": 'attachment; filename="config.json"'})
 
 
 @router.get("/{descendant_id}/metadata", operation_id="get_descendant_metadata", response_model=WeightsMetadata,
             responses=error_responses(404, 409))
-def get_metadata(descendant_id: IdPath, ctx: CtxDep, uow: UowDep) -> WeightsMetadata:
+def get_metadata(descendant_id: IdPath, ctx: CtxDep, uow: UowDep, caller: Reader) -> WeightsMetadata:
     """Tensor names, shapes, dtypes and provenance from the safetensors header, without the weights."""
-    row = service.get_ready(uow.session, descendant_id)
+    row = service.get_ready(uow.session, descendant_id, caller)
     assert row.storage_key is not None
     header, n = safetensors_header(ctx, row.storage_key)
     meta = header.pop("__metadata__", {}) or {}

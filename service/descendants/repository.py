@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from service.models import DescendantRow
+from service.keys.auth import Principal
+from service.models import Ancestry, DescendantRow, LearngeneRow, LearngeneVersion
+from service.ownership import visible
 
 
 def get(session: Session, descendant_id: int) -> DescendantRow | None:
@@ -18,9 +20,20 @@ def by_cache_key(session: Session, cache_key: str) -> DescendantRow | None:
 
 
 def list_page(
-    session: Session, limit: int, after: int | None, version_ids: list[int] | None, ancestry_id: int | None
+    session: Session, limit: int, after: int | None, version_ids: list[int] | None, ancestry_id: int | None,
+    caller: Principal | None,
 ) -> Sequence[DescendantRow]:
-    q = select(DescendantRow).order_by(DescendantRow.id.desc()).limit(limit + 1)
+    """A page of the descendants whose source (learngene or ancestry) ``caller`` may see."""
+    q = (
+        select(DescendantRow)
+        .outerjoin(LearngeneVersion, LearngeneVersion.id == DescendantRow.learngene_version_id)
+        .outerjoin(LearngeneRow, LearngeneRow.id == LearngeneVersion.learngene_id)
+        .outerjoin(Ancestry, Ancestry.id == DescendantRow.ancestry_id)
+        .where(or_(and_(LearngeneRow.id.is_not(None), visible(caller, LearngeneRow.owner, LearngeneRow.visibility)),
+                   and_(Ancestry.id.is_not(None), visible(caller, Ancestry.owner, Ancestry.visibility))))
+        .order_by(DescendantRow.id.desc())
+        .limit(limit + 1)
+    )
     if after is not None:
         q = q.where(DescendantRow.id < after)
     if version_ids is not None:

@@ -23,6 +23,7 @@ from service.limits import quotas
 from service.learngenes import service as learngenes
 from service.metrics import counts_cache_lookups
 from service.models import Ancestry, DescendantRow, Job, LearngeneVersion
+from service.ownership import PRIVATE, can_see
 
 #: Descendants are stored as float32: what a request will cost in bytes, known before it runs.
 FLOAT32_BYTES = 4
@@ -48,9 +49,10 @@ class Source:
         return f"ancestry-{self.ancestry.id}.{self.method}"  # type: ignore[union-attr]
 
 
-def resolve_source(session: Session, req: DescendantRequest) -> Source:
+def resolve_source(session: Session, req: DescendantRequest, caller: Principal | None = None) -> Source:
+    """The source, as far as ``caller`` may see it: another owner's private learngene or ancestry is not found."""
     if req.learngene is not None:
-        version = learngenes.resolve(session, req.learngene)
+        version = learngenes.resolve(session, req.learngene, caller=caller)
         if req.method is not None and req.method != version.method:
             raise InvalidRequest(
                 f"learngene {version.learngene.name!r} is a {version.method} learngene; leave method out "
@@ -59,7 +61,7 @@ def resolve_source(session: Session, req: DescendantRequest) -> Source:
             )
         return Source(method=version.method, meta=version.meta, version=version)
     assert req.ancestry is not None and req.method is not None
-    ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry")
+    ancestry = ancestries.get_ancestry(session, req.ancestry, field="ancestry", caller=caller)
     return Source(method=req.method, meta={"spec": ancestry.spec}, ancestry=ancestry)
 
 
@@ -81,7 +83,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     bytes (an existing descendant costs nothing). Returns (row, created).
     """
     session = uow.session
-    source = resolve_source(session, req)
+    source = resolve_source(session, req, caller)
     plan = sizing.plan(ctx.settings, source.method, source.meta, req.spec, req.budget)
     key = cache_key(source, plan.spec, req.seed, req.head)
     existing = repository.by_cache_key(session, key)
@@ -130,15 +132,25 @@ def _needs_new_job(session: Session, row: DescendantRow) -> bool:
     return job is not None and job.state in ("failed", "cancelled")
 
 
-def get_descendant(session: Session, descendant_id: int) -> DescendantRow:
+def get_descendant(session: Session, descendant_id: int, caller: Principal | None = None) -> DescendantRow:
+    """The descendant, when ``caller`` may see its source (a learngene or an ancestry): one made from another
+    owner's private one is not found, its weights included."""
     row = repository.get(session, descendant_id)
-    if row is None:
+    if row is None or not _source_seen(session, row, caller):
         raise NotFound(f"descendant {descendant_id} not found")
     return row
 
 
-def get_ready(session: Session, descendant_id: int) -> DescendantRow:
-    row = get_descendant(session, descendant_id)
+def _source_seen(session: Session, row: DescendantRow, caller: Principal | None) -> bool:
+    if row.learngene_version_id is not None:
+        version = session.get(LearngeneVersion, row.learngene_version_id)
+        return version is not None and can_see(caller, version.learngene.owner, version.learngene.visibility)
+    ancestry = session.get(Ancestry, row.ancestry_id) if row.ancestry_id is not None else None
+    return ancestry is not None and can_see(caller, ancestry.owner, ancestry.visibility)
+
+
+def get_ready(session: Session, descendant_id: int, caller: Principal | None = None) -> DescendantRow:
+    row = get_descendant(session, descendant_id, caller)
     if row.status != "ready" or row.storage_key is None:
         # 409, not 404: the descendant exists (its POST said so); its weights do not, yet or after a failure.
         raise Conflict(f"descendant {descendant_id} has no weights: it is {row.status}")
@@ -174,11 +186,14 @@ def parse_slug(slug: str) -> tuple[dict[str, Any], int]:
     return spec, seed
 
 
-def descendant_out(session: Session, row: DescendantRow) -> DescendantOut:
+def descendant_out(session: Session, row: DescendantRow, caller: Principal | None = None) -> DescendantOut:
+    """The API view; its job (who asked for it first may not be the caller: identical requests share a row) is
+    named only to whoever may see the job."""
     base = f"/v1/descendants/{row.id}"
     version = session.get(LearngeneVersion, row.learngene_version_id) if row.learngene_version_id else None
+    job = session.get(Job, row.job_id) if row.job_id else None
     error = error_code = None
-    if row.status == "failed" and row.job_id and (job := session.get(Job, row.job_id)) is not None:
+    if row.status == "failed" and job is not None:
         error, error_code = job.error or f"its job was {job.state}", job.error_code or job.state
     return DescendantOut(
         id=row.id,
@@ -199,7 +214,7 @@ def descendant_out(session: Session, row: DescendantRow) -> DescendantOut:
         config_url=f"{base}/config",
         metadata_url=f"{base}/metadata",
         hub_repo_id=_hub_repo_id(row, version),
-        job_id=row.job_id,
+        job_id=row.job_id if job is not None and can_see(caller, job.owner, PRIVATE) else None,
         error=error,
         error_code=error_code,
         details=row.details,

@@ -13,31 +13,37 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
-from service.deps import CtxDep, UowDep, Writer
-from service.errors import error_responses
+from service.deps import CtxDep, Reader, UowDep, Writer
+from service.errors import ErrorBody, ErrorResponse, error_responses
 from service.jobs import repository, service, waiting
 from service.jobs.kinds import FINISHED, JobState
 from service.jobs.schemas import JobOut
-from service.keys.auth import check_owner
+from service.keys.auth import Principal, still_valid
+from service.ownership import check_may_change
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+#: How often an open event stream looks its key up again (one indexed read): a revoked key's stream ends
+#: within this long.
+KEY_RECHECK_S = 5.0
 
 
 @router.get("", operation_id="list_jobs", response_model=Page[JobOut], responses=error_responses(422))
 def list_jobs(
     uow: UowDep,
+    caller: Reader,
     page: Annotated[PageParams, Depends(page_params)],
     state: JobState | None = None,
     kind: Annotated[str | None, Query(max_length=30)] = None,
 ) -> Page[JobOut]:
-    rows = repository.list_page(uow.session, page.limit, page.after_text(32), state, kind)
+    """The caller's jobs (and those nobody owns); admins see every job."""
+    rows = repository.list_page(uow.session, page.limit, page.after_text(32), state, kind, caller)
     return paginate(rows, page, JobOut.model_validate, lambda r: r.id)
 
 
 @router.get("/{job_id}", operation_id="get_job", response_model=JobOut, responses=error_responses(404))
-def get_job(job_id: str, uow: UowDep) -> JobOut:
-    return JobOut.model_validate(service.get_job(uow.session, job_id))
+def get_job(job_id: str, uow: UowDep, caller: Reader) -> JobOut:
+    return JobOut.model_validate(service.get_job(uow.session, job_id, caller))
 
 
 @router.post(
@@ -49,7 +55,7 @@ def get_job(job_id: str, uow: UowDep) -> JobOut:
 def cancel_job(job_id: str, ctx: CtxDep, uow: UowDep, caller: Writer) -> JobOut:
     """A queued job is cancelled at once (state `cancelled`); a running one gets `cancel_requested` and ends
     `cancelled` at its next check; it can no longer succeed. 409 once the job has ended."""
-    check_owner(caller, service.get_job(uow.session, job_id).owner, f"job {job_id}")
+    check_may_change(caller, service.get_job(uow.session, job_id, caller).owner, f"job {job_id}")
     return JobOut.model_validate(service.request_cancel(uow, ctx, job_id))
 
 
@@ -63,15 +69,19 @@ def cancel_job(job_id: str, ctx: CtxDep, uow: UowDep, caller: Writer) -> JobOut:
 async def stream_job_events(
     job_id: str,
     ctx: CtxDep,
+    caller: Reader,
     poll_s: Annotated[float, Query(ge=0.05, le=10)] = 0.5,
     timeout_s: Annotated[float, Query(ge=1, le=3600)] = 600,
 ) -> StreamingResponse:
     """Every progress event of the job, then a final ``state`` event when it ends (or at ``timeout_s``, at most
-    LEARNGENE_MAX_EVENT_STREAM_S)."""
-    await waiting.read(ctx, lambda session: service.get_job(session, job_id))
+    LEARNGENE_MAX_EVENT_STREAM_S). Revoking the key the stream was opened with ends it with an ``error`` event
+    (within a few seconds)."""
+    await waiting.read(ctx, lambda session: service.get_job(session, job_id, caller))
 
-    def poll(after: int) -> tuple[list[tuple[int, str, str]], str, str]:
+    def poll(after: int, check_key: bool) -> tuple[list[tuple[int, str, str]], str, str] | None:
         with ctx.sessions() as session:
+            if check_key and not still_valid(session, caller):
+                return None
             rows = [(ev.id, ev.kind, json.dumps(ev.data)) for ev in repository.events_after(session, job_id, after)]
             job = service.get_job(session, job_id)
             return rows, job.state, json.dumps(JobOut.model_validate(job).model_dump(mode="json"))
@@ -80,8 +90,16 @@ async def stream_job_events(
         last = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(timeout_s, ctx.settings.max_event_stream_s)
+        next_key_check = loop.time() + KEY_RECHECK_S
         while True:
-            rows, state, final = await run_in_threadpool(poll, last)
+            check_key = loop.time() >= next_key_check
+            if check_key:
+                next_key_check = loop.time() + KEY_RECHECK_S
+            polled = await run_in_threadpool(poll, last, check_key)
+            if polled is None:
+                yield f"event: error\ndata: {_revoked_error()}\n\n"
+                return
+            rows, state, final = polled
             for event_id, kind, data in rows:
                 last = event_id
                 yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
@@ -91,6 +109,11 @@ async def stream_job_events(
             await asyncio.sleep(poll_s)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _revoked_error() -> str:
+    return ErrorResponse(error=ErrorBody(code="unauthorized", message="the API key this stream was opened with was "
+                                         "revoked")).model_dump_json()
 
 
 class LossPoint(BaseModel):
@@ -103,9 +126,9 @@ class LossCurve(BaseModel):
     points: list[LossPoint]
 
 
-def _loss_points(ctx: AppContext, job_id: str) -> list[LossPoint]:
+def _loss_points(ctx: AppContext, job_id: str, caller: Principal) -> list[LossPoint]:
     with ctx.sessions() as session:
-        service.get_job(session, job_id)
+        service.get_job(session, job_id, caller)
         events = repository.events_of_kind(session, job_id, "progress")
     # Progress with a "phase" belongs to later stages (the evaluation card's fine-tuning), not to condensing.
     return [LossPoint(step=e.data["step"], loss=e.data["loss"]) for e in events
@@ -114,15 +137,15 @@ def _loss_points(ctx: AppContext, job_id: str) -> list[LossPoint]:
 
 @router.get("/{job_id}/loss", operation_id="get_job_loss_curve", response_model=LossCurve,
             responses=error_responses(404))
-def get_loss_curve(job_id: str, ctx: CtxDep) -> LossCurve:
+def get_loss_curve(job_id: str, ctx: CtxDep, caller: Reader) -> LossCurve:
     """The training loss as reported by the job's progress, step by step."""
-    return LossCurve(job_id=job_id, points=_loss_points(ctx, job_id))
+    return LossCurve(job_id=job_id, points=_loss_points(ctx, job_id, caller))
 
 
 @router.get("/{job_id}/loss.png", operation_id="get_job_loss_plot", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "Loss curve plot"}} | error_responses(404))
-def get_loss_plot(job_id: str, ctx: CtxDep) -> Response:
-    points = _loss_points(ctx, job_id)
+def get_loss_plot(job_id: str, ctx: CtxDep, caller: Reader) -> Response:
+    points = _loss_points(ctx, job_id, caller)
     import matplotlib
 
     matplotlib.use("Agg")

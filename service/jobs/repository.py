@@ -8,15 +8,18 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.keys.auth import Principal
 from service.models import Job, JobEvent, utcnow
+from service.ownership import visible
 
 
 def get(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def list_page(session: Session, limit: int, after: str | None, state: str | None, kind: str | None) -> Sequence[Job]:
-    q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+def list_page(session: Session, limit: int, after: str | None, state: str | None, kind: str | None,
+              caller: Principal | None) -> Sequence[Job]:
+    q = select(Job).where(visible(caller, Job.owner)).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if state:
         q = q.where(Job.state == state)
     if kind:

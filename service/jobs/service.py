@@ -17,7 +17,9 @@ from service.db import UnitOfWork
 from service.errors import Conflict, NotFound
 from service.jobs import repository
 from service.jobs.kinds import FinalState, JobKind
+from service.keys.auth import Principal
 from service.models import Job
+from service.ownership import PRIVATE, can_see
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,10 @@ def publish(ctx: AppContext, job_id: str, queue: str) -> bool:
     return True
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, caller: Principal | None = None) -> Job:
+    """The job, when ``caller`` may see it: jobs are private to their owner (and admins)."""
     job = repository.get(session, job_id)
-    if job is None:
+    if job is None or not can_see(caller, job.owner, PRIVATE):
         raise NotFound(f"job {job_id!r} not found")
     return job
 

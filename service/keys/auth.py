@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from service.errors import Forbidden
 from service.keys import repository
 from service.models import ApiKey
 from service.settings import Settings
@@ -44,6 +43,8 @@ class Principal:
     limits: Limits
     #: A bearer token was sent but is no key (wrong, revoked, malformed).
     bad_token: bool = False
+    #: The API key's row (None for anonymous callers and the bootstrap token): what a long request checks again.
+    key_id: int | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -77,7 +78,7 @@ def key_principal(settings: Settings, row: ApiKey) -> Principal:
         row.descendant_bytes_per_day or base.descendant_bytes_per_day,
         row.upload_bytes_per_day or base.upload_bytes_per_day,
     )
-    return Principal(f"key:{row.id}", row.owner, frozenset(row.scopes.split(",")), limits)
+    return Principal(f"key:{row.id}", row.owner, frozenset(row.scopes.split(",")), limits, key_id=row.id)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -100,11 +101,10 @@ def authenticate(session: Session, settings: Settings, token: str | None) -> Pri
     return anonymous(settings, bad_token=True)
 
 
-def check_owner(caller: Principal, owner: str | None, what: str, field: str | None = None) -> None:
-    """What an owner created is theirs (and admins'); what nobody owns (seeded, or made while keys were not
-    required) is everyone's."""
-    if owner is not None and caller.owner != owner and not caller.has("admin"):
-        raise Forbidden(f"{what} belongs to another owner", field=field)
+def still_valid(session: Session, caller: Principal) -> bool:
+    """Whether the key a long request (an event stream) began with is still active: a revocation ends what a
+    key holds open, not only its next request."""
+    return caller.key_id is None or repository.is_active(session, caller.key_id)
 
 
 def keys_required(session: Session, settings: Settings) -> bool:

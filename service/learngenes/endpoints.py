@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.deps import CtxDep, UowDep
+from service.deps import CtxDep, Reader, UowDep
 from service.errors import NotFound, error_responses
 from service.files import serve_blob
 from service.learngenes import repository, service
@@ -17,17 +17,18 @@ router = APIRouter(prefix="/v1/learngenes", tags=["learngenes"])
 
 @router.get("", operation_id="list_learngenes", response_model=Page[LearngeneOut], responses=error_responses(422))
 def list_learngenes(
-    uow: UowDep, page: Annotated[PageParams, Depends(page_params)],
+    uow: UowDep, caller: Reader, page: Annotated[PageParams, Depends(page_params)],
     method: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Page[LearngeneOut]:
-    rows = repository.list_page(uow.session, page.limit, page.after_text(), method)
+    """The learngenes the caller may see: public ones, and private ones of their own (admins: all)."""
+    rows = repository.list_page(uow.session, page.limit, page.after_text(), method, caller)
     outs = service.learngene_outs(uow.session, rows[: page.limit])
     return paginate(rows, page, lambda r: outs[r.id], lambda r: r.name)
 
 
 @router.get("/{name}", operation_id="get_learngene", response_model=LearngeneOut, responses=error_responses(404))
-def get_learngene(name: str, uow: UowDep) -> LearngeneOut:
-    return service.learngene_out(uow.session, service.get_learngene(uow.session, name))
+def get_learngene(name: str, uow: UowDep, caller: Reader) -> LearngeneOut:
+    return service.learngene_out(uow.session, service.get_learngene(uow.session, name, caller))
 
 
 @router.get(
@@ -37,12 +38,12 @@ def get_learngene(name: str, uow: UowDep) -> LearngeneOut:
     responses=error_responses(404, 422),
 )
 def list_versions(
-    name: str, uow: UowDep, page: Annotated[PageParams, Depends(page_params)]
+    name: str, uow: UowDep, caller: Reader, page: Annotated[PageParams, Depends(page_params)]
 ) -> Page[LearngeneVersionOut]:
-    lg = service.get_learngene(uow.session, name)
+    lg = service.get_learngene(uow.session, name, caller)
     after = page.after_id()
     rows = repository.versions_page(uow.session, lg.id, page.limit, after)
-    outs = service.version_outs(uow.session, rows[: page.limit])
+    outs = service.version_outs(uow.session, rows[: page.limit], caller)
     return paginate(rows, page, lambda r: outs[r.id], lambda r: r.version)
 
 
@@ -52,10 +53,10 @@ def list_versions(
     response_model=LearngeneVersionOut,
     responses=error_responses(404),
 )
-def get_version(name: str, ref: str, uow: UowDep) -> LearngeneVersionOut:
+def get_version(name: str, ref: str, uow: UowDep, caller: Reader) -> LearngeneVersionOut:
     """``ref`` is a version number or an alias such as ``latest``."""
-    lg = service.get_learngene(uow.session, name)
-    return service.version_out(uow.session, service.get_version(uow.session, lg, ref))
+    lg = service.get_learngene(uow.session, name, caller)
+    return service.version_out(uow.session, service.get_version(uow.session, lg, ref), caller)
 
 
 @router.get(
@@ -69,9 +70,9 @@ def get_version(name: str, ref: str, uow: UowDep) -> LearngeneVersionOut:
     }
     | error_responses(404),
 )
-def download_tensors(name: str, ref: str, request: Request, ctx: CtxDep, uow: UowDep) -> Response:
+def download_tensors(name: str, ref: str, request: Request, ctx: CtxDep, uow: UowDep, caller: Reader) -> Response:
     """The learngene itself, so a client can expand offline or audit it (metadata in the safetensors header)."""
-    lg = service.get_learngene(uow.session, name)
+    lg = service.get_learngene(uow.session, name, caller)
     v = service.get_version(uow.session, lg, ref)
     if v.storage_key is None or v.sha256 is None:
         raise NotFound(f"learngene {name}:{v.version} has no stored tensors")

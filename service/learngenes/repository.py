@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import LearngeneRow, LearngeneAlias, LearngeneVersion
+from service.keys.auth import Principal
+from service.models import DatasetRow, Job, LearngeneRow, LearngeneAlias, LearngeneVersion
+from service.ownership import visible
 
 
 def by_name(session: Session, name: str) -> LearngeneRow | None:
@@ -15,8 +17,10 @@ def by_name(session: Session, name: str) -> LearngeneRow | None:
     )
 
 
-def list_page(session: Session, limit: int, after: str | None, method: str | None) -> Sequence[LearngeneRow]:
-    q = select(LearngeneRow).order_by(LearngeneRow.name).limit(limit + 1)
+def list_page(session: Session, limit: int, after: str | None, method: str | None,
+              caller: Principal | None) -> Sequence[LearngeneRow]:
+    q = (select(LearngeneRow).where(visible(caller, LearngeneRow.owner, LearngeneRow.visibility))
+         .order_by(LearngeneRow.name).limit(limit + 1))
     if after is not None:
         q = q.where(LearngeneRow.name > after)
     if method:
@@ -103,3 +107,13 @@ def set_alias(session: Session, learngene_id: int, alias: str, version_id: int) 
         session.add(LearngeneAlias(learngene_id=learngene_id, alias=alias, version_id=version_id))
     else:
         row.version_id = version_id
+
+
+def job_owners(session: Session, job_ids: Sequence[str]) -> dict[str, str | None]:
+    """The owner of each job that made a version of a page (their lineage links), in one query."""
+    return {job_id: owner for job_id, owner in session.execute(select(Job.id, Job.owner).where(Job.id.in_(job_ids)))}
+
+
+def datasets(session: Session, dataset_ids: Sequence[int]) -> dict[int, DatasetRow]:
+    """The uploaded datasets a page of versions was condensed on, in one query."""
+    return {row.id: row for row in session.scalars(select(DatasetRow).where(DatasetRow.id.in_(dataset_ids)))}

@@ -5,12 +5,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from service.ownership import Visibility
+
 
 class LearngeneOut(BaseModel):
     name: str
     method: str
     family: str
     description: str
+    owner: str | None = Field(description="Its first publisher: only they (and admins) publish new versions")
+    visibility: Visibility
     created_at: dt.datetime
     latest_version: int | None
     version_count: int
@@ -18,7 +22,8 @@ class LearngeneOut(BaseModel):
 
 
 class Lineage(BaseModel):
-    """Where a version came from: its ancestry, the dataset it was condensed on, and the job that made it."""
+    """Where a version came from: its ancestry, the dataset it was condensed on, and the job that made it (each
+    null when it is private to someone else)."""
 
     ancestry_id: int | None
     ancestry_name: str | None

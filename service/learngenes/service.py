@@ -8,10 +8,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.bounds import parse_id
-from service.errors import InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.keys.auth import Principal
 from service.learngenes import repository
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut, Lineage
 from service.models import LearngeneRow, LearngeneVersion
+from service.ownership import PRIVATE, can_see, default_visibility, stored_visibility
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,59}$")
@@ -26,10 +28,12 @@ def check_name(name: str, field: str = "learngene") -> str:
     return name
 
 
-def get_learngene(session: Session, name: str) -> LearngeneRow:
+def get_learngene(session: Session, name: str, caller: Principal | None = None,
+                  field: str | None = None) -> LearngeneRow:
+    """The learngene ``name``, as far as ``caller`` may see it (another owner's private one is not found)."""
     lg = repository.by_name(session, name) if NAME_RE.match(name) else None
-    if lg is None:
-        raise NotFound(f"learngene {name!r} not found")
+    if lg is None or not can_see(caller, lg.owner, lg.visibility):
+        raise NotFound(f"learngene {name!r} not found", field=field)
     return lg
 
 
@@ -45,12 +49,13 @@ def get_version(session: Session, lg: LearngeneRow, ref: str) -> LearngeneVersio
     return v
 
 
-def resolve(session: Session, reference: str, field: str = "learngene") -> LearngeneVersion:
+def resolve(session: Session, reference: str, field: str = "learngene",
+            caller: Principal | None = None) -> LearngeneVersion:
     """``name`` or ``name:version-or-alias`` to a version (every version is ready: one is registered only when
     its job succeeds)."""
     name, _, ref = reference.partition(":")
     check_name(name, field)
-    lg = get_learngene(session, name)
+    lg = get_learngene(session, name, caller, field)
     return get_version(session, lg, ref or LATEST)
 
 
@@ -65,6 +70,8 @@ def learngene_outs(session: Session, rows: Sequence[LearngeneRow]) -> dict[int, 
             method=lg.method,
             family=lg.family,
             description=lg.description,
+            owner=lg.owner,
+            visibility=lg.visibility,  # type: ignore[arg-type]
             created_at=lg.created_at,
             latest_version=aliases[lg.id].get(LATEST),
             version_count=counts.get(lg.id, 0),
@@ -78,31 +85,44 @@ def learngene_out(session: Session, lg: LearngeneRow) -> LearngeneOut:
     return learngene_outs(session, [lg])[lg.id]
 
 
-def version_outs(session: Session, rows: Sequence[LearngeneVersion]) -> dict[int, LearngeneVersionOut]:
-    """API views of a page of versions, by id: one query for their aliases (the learngene and ancestries come from
-    the session's identity map after their first load)."""
+def version_outs(session: Session, rows: Sequence[LearngeneVersion],
+                 caller: Principal | None = None) -> dict[int, LearngeneVersionOut]:
+    """API views of a page of versions, by id: three queries whatever the page size (aliases, and the jobs and
+    datasets of their lineage; the learngene and ancestries come from the session's identity map)."""
     aliases = repository.aliases_by_version(session, [v.id for v in rows])
-    return {v.id: _version_out(v, aliases[v.id]) for v in rows}
+    job_owners = repository.job_owners(session, [v.job_id for v in rows if v.job_id])
+    datasets = repository.datasets(session, [i for v in rows if (i := _dataset_id(v.dataset)) is not None])
+
+    def lineage(v: LearngeneVersion) -> Lineage:
+        # A public learngene may come from a private ancestry, dataset or job: those links stay their owner's.
+        ancestry = v.ancestry if v.ancestry and can_see(caller, v.ancestry.owner, v.ancestry.visibility) else None
+        dataset_id = _dataset_id(v.dataset)
+        dataset_seen = dataset_id is None or (
+            (row := datasets.get(dataset_id)) is not None and can_see(caller, row.owner, row.visibility))
+        job_seen = v.job_id in job_owners and can_see(caller, job_owners[v.job_id], PRIVATE)
+        return Lineage(ancestry_id=ancestry.id if ancestry else None, ancestry_name=ancestry.name if ancestry else None,
+                       dataset=v.dataset if dataset_seen else None, job_id=v.job_id if job_seen else None,
+                       mode=v.mode)
+
+    return {v.id: _version_out(v, aliases[v.id], lineage(v)) for v in rows}
 
 
-def version_out(session: Session, v: LearngeneVersion) -> LearngeneVersionOut:
-    return version_outs(session, [v])[v.id]
+def version_out(session: Session, v: LearngeneVersion, caller: Principal | None = None) -> LearngeneVersionOut:
+    return version_outs(session, [v], caller)[v.id]
 
 
-def _version_out(v: LearngeneVersion, aliases: list[str]) -> LearngeneVersionOut:
+def _dataset_id(uri: str | None) -> int | None:
+    return parse_id(uri.removeprefix("dataset:")) if uri is not None and uri.startswith("dataset:") else None
+
+
+def _version_out(v: LearngeneVersion, aliases: list[str], lineage: Lineage) -> LearngeneVersionOut:
     name = v.learngene.name
     return LearngeneVersionOut(
         learngene=name,
         version=v.version,
         method=v.method,
         aliases=aliases,
-        lineage=Lineage(
-            ancestry_id=v.ancestry_id,
-            ancestry_name=v.ancestry.name if v.ancestry else None,
-            dataset=v.dataset,
-            job_id=v.job_id,
-            mode=v.mode,
-        ),
+        lineage=lineage,
         hyperparams=v.hyperparams,
         metrics=v.metrics,
         meta=v.meta,
@@ -129,15 +149,24 @@ def publish_version(
     sha256: str,
     size_bytes: int,
     storage_key: str,
+    owner: str | None = None,
+    visibility: str | None = None,
 ) -> LearngeneVersion:
-    """Add a ready version (creating the learngene on first use) and point ``latest`` at it."""
+    """Add a ready version (creating the learngene, owned by ``owner``, on first use) and point ``latest`` at it.
+    ``owner`` is whom the learngene belonged to when the work was accepted: if it has another owner now (two
+    owners raced for a new name), this version is refused. ``visibility`` None keeps the learngene's."""
     lg = repository.by_name(session, name)
     if lg is None:
-        lg = LearngeneRow(name=name, method=method, description=description)
+        lg = LearngeneRow(name=name, method=method, description=description, owner=owner,
+                          visibility=stored_visibility(owner, visibility or default_visibility(owner)))
         session.add(lg)
         session.flush()
+    elif lg.owner != owner:
+        raise Conflict(f"learngene {name!r} was published by another owner after this job was queued")
     elif lg.method != method:
         raise InvalidRequest(f"learngene {name!r} holds method {lg.method!r}, not {method!r}", field="learngene")
+    if visibility is not None:
+        lg.visibility = stored_visibility(lg.owner, visibility)
     version = LearngeneVersion(
         learngene_id=lg.id,
         version=repository.max_version(session, lg.id) + 1,

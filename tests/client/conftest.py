@@ -32,8 +32,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_ancestry_file: Path) -> 
     server, url = start_server(make_settings(tmp, api_token=TOKEN), tmp)
     try:
         with Client(url, TOKEN, progress=False) as client:
-            ancestry = client.upload_ancestry(tiny_ancestry_file, architecture=ARCH, model_args=TINY_ARGS)
-            client.condense(ancestry, "tleg", LEARNGENE, mode="fit", evaluate=False).follow(timeout=120)
+            # Public: the tests read them anonymously too.
+            ancestry = client.upload_ancestry(tiny_ancestry_file, architecture=ARCH, model_args=TINY_ARGS,
+                                              visibility="public")
+            client.condense(ancestry, "tleg", LEARNGENE, mode="fit", evaluate=False,
+                            visibility="public").follow(timeout=120)
         yield Live(url=url, token=TOKEN, ancestry_id=ancestry.id, server=server, tmp=tmp)
     finally:
         server.stop()

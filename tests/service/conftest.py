@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.context import AppContext
 from tests.support import wait_until
 
 TINY_ARGS: dict[str, Any] = {
@@ -56,3 +57,22 @@ def condense_fit(client: TestClient, ancestry_id: int, method: str, name: str, p
     job = wait_job(client, r.json()["id"])
     assert job["state"] == "succeeded", job["error"]
     return job
+
+
+def app_client(ctx: AppContext, **settings: Any) -> TestClient:
+    """A client of the app on ``ctx``, with ``settings`` changed first (``api_token="boot"``...)."""
+    from service.app import create_app
+
+    for name, value in settings.items():
+        setattr(ctx.settings, name, value)
+    return TestClient(create_app(ctx.settings, ctx=ctx))
+
+
+def new_key(c: TestClient, admin: str, **body: Any) -> str:
+    r = c.post("/v1/keys", json=body, headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

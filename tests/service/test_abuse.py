@@ -24,19 +24,11 @@ from sqlalchemy import func, select
 
 from service.context import AppContext
 from service.models import Ancestry, ApiKey, DatasetRow, DescendantRow, Job, LearngeneRow
-from tests.service.conftest import TINY_ARGS, upload_ancestry
+from tests.service.conftest import TINY_ARGS, app_client, bearer, new_key, upload_ancestry
 from tests.support import REPO, make_settings, service_env, start_server
 
 sqlite_only = pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
 HUB_HEAD = "/hub/ancestry-1.random/d12-e768-h12-s77/resolve/main/model.safetensors"
-
-
-def _app_client(ctx: AppContext, **settings: Any) -> TestClient:
-    from service.app import create_app
-
-    for name, value in settings.items():
-        setattr(ctx.settings, name, value)
-    return TestClient(create_app(ctx.settings, ctx=ctx))
 
 
 def _count(ctx: AppContext, model: type) -> int:
@@ -44,21 +36,11 @@ def _count(ctx: AppContext, model: type) -> int:
         return session.scalar(select(func.count()).select_from(model)) or 0
 
 
-def _new_key(c: TestClient, admin: str, **body: Any) -> str:
-    r = c.post("/v1/keys", json=body, headers={"Authorization": f"Bearer {admin}"})
-    assert r.status_code == 201, r.text
-    return str(r.json()["key"])
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 # --- keys --------------------------------------------------------------------------------------------------------
 
 def test_keys_are_stored_only_as_hashes_and_revoked_keys_stop_working(ctx: AppContext) -> None:
-    with _app_client(ctx, api_token="boot") as c:
-        r = c.post("/v1/keys", json={"owner": "alice", "scopes": ["read", "write"]}, headers=_bearer("boot"))
+    with app_client(ctx, api_token="boot") as c:
+        r = c.post("/v1/keys", json={"owner": "alice", "scopes": ["read", "write"]}, headers=bearer("boot"))
         assert r.status_code == 201, r.text
         created = r.json()
         key = created["key"]
@@ -67,33 +49,33 @@ def test_keys_are_stored_only_as_hashes_and_revoked_keys_stop_working(ctx: AppCo
             row = session.scalars(select(ApiKey)).one()
             stored = [str(getattr(row, col.key)) for col in ApiKey.__table__.columns]
         assert not any(key in value or value in key and len(value) > 10 for value in stored)
-        listed = c.get("/v1/keys", headers=_bearer("boot")).json()["items"]
+        listed = c.get("/v1/keys", headers=bearer("boot")).json()["items"]
         assert [k["owner"] for k in listed] == ["alice"] and "key" not in listed[0]
 
         spec = {"learngene": "none", "spec": {"depth": 2}}
-        assert c.post("/v1/descendants", json=spec, headers=_bearer(key)).status_code == 404  # past auth
-        assert c.post(f"/v1/keys/{created['id']}/revoke", headers=_bearer("boot")).json()["revoked_at"]
-        r = c.post("/v1/descendants", json=spec, headers=_bearer(key))
+        assert c.post("/v1/descendants", json=spec, headers=bearer(key)).status_code == 404  # past auth
+        assert c.post(f"/v1/keys/{created['id']}/revoke", headers=bearer("boot")).json()["revoked_at"]
+        r = c.post("/v1/descendants", json=spec, headers=bearer(key))
         assert r.status_code == 401 and "not a valid API key" in r.json()["error"]["message"]
 
 
 def test_scopes_read_write_admin(ctx: AppContext) -> None:
-    with _app_client(ctx, api_token="boot") as c:
-        reader = _new_key(c, "boot", owner="rita", scopes=["read"])
-        writer = _new_key(c, "boot", owner="will", scopes=["write"])
+    with app_client(ctx, api_token="boot") as c:
+        reader = new_key(c, "boot", owner="rita", scopes=["read"])
+        writer = new_key(c, "boot", owner="will", scopes=["write"])
         spec = {"learngene": "none", "spec": {"depth": 2}}
-        assert c.post("/v1/descendants", json=spec, headers=_bearer(reader)).status_code == 403
-        assert c.post("/v1/descendants", json=spec, headers=_bearer(writer)).status_code == 404
-        assert c.get("/v1/descendants", headers=_bearer(writer)).status_code == 200  # write includes read
-        assert c.post("/v1/keys", json={"owner": "x"}, headers=_bearer(writer)).status_code == 403
+        assert c.post("/v1/descendants", json=spec, headers=bearer(reader)).status_code == 403
+        assert c.post("/v1/descendants", json=spec, headers=bearer(writer)).status_code == 404
+        assert c.get("/v1/descendants", headers=bearer(writer)).status_code == 200  # write includes read
+        assert c.post("/v1/keys", json={"owner": "x"}, headers=bearer(writer)).status_code == 403
         assert c.get("/v1/keys").status_code == 401
         assert c.get("/v1/learngenes").status_code == 200  # the public registry stays open
 
 
 def test_reads_need_a_key_when_configured(ctx: AppContext) -> None:
-    with _app_client(ctx, api_token="boot", require_key_for_reads=True) as c:
+    with app_client(ctx, api_token="boot", require_key_for_reads=True) as c:
         assert c.get("/v1/learngenes").status_code == 401
-        assert c.get("/v1/learngenes", headers=_bearer("boot")).status_code == 200
+        assert c.get("/v1/learngenes", headers=bearer("boot")).status_code == 200
         assert c.get("/healthz").status_code == 200
 
 
@@ -102,17 +84,17 @@ def test_any_key_makes_writes_need_a_key_even_without_the_bootstrap_token(ctx: A
     from service.keys.schemas import KeyCreate
     from service.keys.service import create_key
 
-    with _app_client(ctx) as c:
+    with app_client(ctx) as c:
         spec = {"learngene": "none", "spec": {"depth": 2}}
         assert c.post("/v1/descendants", json=spec).status_code == 404  # open service: anonymous writes
         with ctx.sessions.begin() as session:
             _, key = create_key(session, KeyCreate(owner="first"))
         assert c.post("/v1/descendants", json=spec).status_code == 401
-        assert c.post("/v1/descendants", json=spec, headers=_bearer(key)).status_code == 404
+        assert c.post("/v1/descendants", json=spec, headers=bearer(key)).status_code == 404
 
 
 def test_non_ascii_bearer_token_is_401_not_500(ctx: AppContext) -> None:
-    with _app_client(ctx, api_token="boot") as c:
+    with app_client(ctx, api_token="boot") as c:
         for token in ("bööt", "lg_é" * 10, "\u00ff" * 300):
             # Sent as UTF-8 bytes, as a client that does not check would; Starlette reads headers as latin-1.
             r = c.post("/v1/descendants", json={"learngene": "x"},
@@ -123,7 +105,7 @@ def test_non_ascii_bearer_token_is_401_not_500(ctx: AppContext) -> None:
 def test_anonymous_hub_requests_produce_nothing_once_keys_are_required(ctx: AppContext,
                                                                       tiny_ancestry_file: Path) -> None:
     """Issue item 1: one anonymous HEAD made a 340 MB descendant; three GETs of config.json made three."""
-    with _app_client(ctx, api_token="boot") as c:
+    with app_client(ctx, api_token="boot") as c:
         c.headers["Authorization"] = "Bearer boot"
         assert upload_ancestry(c, tiny_ancestry_file).status_code == 201
         del c.headers["Authorization"]
@@ -136,13 +118,14 @@ def test_anonymous_hub_requests_produce_nothing_once_keys_are_required(ctx: AppC
 
 @sqlite_only
 def test_ownership_jobs_of_another_owner_cannot_be_cancelled(ctx: AppContext) -> None:
-    with _app_client(ctx, api_token="boot") as c:
-        alice = _new_key(c, "boot", owner="alice")
-        bob = _new_key(c, "boot", owner="bob")
+    """Jobs are private: to another owner, cancelling one is as if it did not exist (404, not 403)."""
+    with app_client(ctx, api_token="boot") as c:
+        alice = new_key(c, "boot", owner="alice")
+        bob = new_key(c, "boot", owner="bob")
         with ctx.sessions.begin() as session:
             session.add(Job(id="a" * 32, kind="expand", queue="cpu", owner="alice"))
-        assert c.post(f"/v1/jobs/{'a' * 32}/cancel", headers=_bearer(bob)).status_code == 403
-        r = c.post(f"/v1/jobs/{'a' * 32}/cancel", headers=_bearer(alice))
+        assert c.post(f"/v1/jobs/{'a' * 32}/cancel", headers=bearer(bob)).status_code == 404
+        r = c.post(f"/v1/jobs/{'a' * 32}/cancel", headers=bearer(alice))
         assert r.status_code == 200 and r.json()["owner"] == "alice" and r.json()["state"] == "cancelled"
 
 
@@ -170,10 +153,11 @@ def test_hub_with_huggingface_hub_sends_hf_token_as_the_key(tmp_path: Path, tiny
     try:
         with open(tiny_ancestry_file, "rb") as f:
             r = httpx.post(f"{url}/v1/ancestries", files={"file": ("tiny.safetensors", f)},
-                           data={"architecture": "vit_base_patch16_224", "model_args": json.dumps(TINY_ARGS)},
-                           headers=_bearer("boot-hub"), timeout=120)
+                           data={"architecture": "vit_base_patch16_224", "model_args": json.dumps(TINY_ARGS),
+                                 "visibility": "public"},
+                           headers=bearer("boot-hub"), timeout=120)
         assert r.status_code == 201, r.text
-        key = httpx.post(f"{url}/v1/keys", json={"owner": "hub-user"}, headers=_bearer("boot-hub")).json()["key"]
+        key = httpx.post(f"{url}/v1/keys", json={"owner": "hub-user"}, headers=bearer("boot-hub")).json()["key"]
         script = ("import sys; from huggingface_hub import hf_hub_download\n"
                   "try:\n"
                   "    print('OK', hf_hub_download('ancestry-1.weight-selection/d2-s3', 'config.json'))\n"
@@ -187,8 +171,9 @@ def test_hub_with_huggingface_hub_sends_hf_token_as_the_key(tmp_path: Path, tiny
         with_key = subprocess.run([sys.executable, "-c", script], env=base | {"HF_TOKEN": key},
                                   capture_output=True, text=True, timeout=120)
         assert with_key.stdout.startswith("OK"), with_key.stdout + with_key.stderr
-        jobs = httpx.get(f"{url}/v1/jobs").json()["items"]
+        jobs = httpx.get(f"{url}/v1/jobs", headers=bearer(key)).json()["items"]
         assert [j["owner"] for j in jobs] == ["hub-user"]
+        assert httpx.get(f"{url}/v1/jobs").json()["items"] == []  # jobs are their owner's
     finally:
         server.stop()
 
@@ -199,8 +184,8 @@ def test_wrong_token_flood_gets_429_with_retry_after(ctx: AppContext) -> None:
     """Issue item 1: 1000 wrong-token POSTs in 1.1 s all got 401, never 429. Wrong tokens share the anonymous
     bucket, so a flood of them is cut off after the burst."""
     # A slow refill so that the count does not depend on how fast this machine sends the flood.
-    with _app_client(ctx, api_token="boot", anonymous_rate_per_s=0.5, anonymous_burst=50) as c:
-        codes = [c.post("/v1/descendants", json={"learngene": "x"}, headers=_bearer(f"wrong{i}"))
+    with app_client(ctx, api_token="boot", anonymous_rate_per_s=0.5, anonymous_burst=50) as c:
+        codes = [c.post("/v1/descendants", json={"learngene": "x"}, headers=bearer(f"wrong{i}"))
                  for i in range(300)]
         statuses = [r.status_code for r in codes]
         assert statuses[:50] == [401] * 50
@@ -209,15 +194,15 @@ def test_wrong_token_flood_gets_429_with_retry_after(ctx: AppContext) -> None:
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"]["code"] == "too_many_requests"
         assert c.get("/healthz").status_code == 200  # probes are never limited
-        assert c.get("/v1/learngenes", headers=_bearer("boot")).status_code == 200  # a key has its own bucket
+        assert c.get("/v1/learngenes", headers=bearer("boot")).status_code == 200  # a key has its own bucket
 
 
 def test_anonymous_burst_sees_429_and_keys_are_limited_per_key(ctx: AppContext) -> None:
-    with _app_client(ctx, api_token="boot", anonymous_rate_per_s=0.5) as c:
-        slow = _new_key(c, "boot", owner="slow", rate_per_s=0.5, burst=3)
+    with app_client(ctx, api_token="boot", anonymous_rate_per_s=0.5) as c:
+        slow = new_key(c, "boot", owner="slow", rate_per_s=0.5, burst=3)
         statuses = [c.get("/v1/learngenes").status_code for _ in range(200)]
         assert 50 <= statuses.count(200) <= 55 and statuses.count(429) >= 145
-        keyed = [c.get("/v1/learngenes", headers=_bearer(slow)).status_code for _ in range(6)]
+        keyed = [c.get("/v1/learngenes", headers=bearer(slow)).status_code for _ in range(6)]
         assert keyed.count(200) == 3 and keyed.count(429) == 3
 
 
@@ -242,36 +227,37 @@ def test_redis_token_bucket_is_shared_by_processes(redis_url: str) -> None:
 
 
 def test_concurrent_jobs_quota(ctx: AppContext, tiny_ancestry_file: Path) -> None:
-    with _app_client(ctx, api_token="boot") as c:
-        key = _new_key(c, "boot", owner="busy", max_concurrent_jobs=1)
-        assert upload_ancestry_with(c, tiny_ancestry_file, "boot").status_code == 201
+    with app_client(ctx, api_token="boot") as c:
+        key = new_key(c, "boot", owner="busy", max_concurrent_jobs=1)
+        assert upload_ancestry_with(c, tiny_ancestry_file, "boot", visibility="public").status_code == 201
         with ctx.sessions.begin() as session:  # a job of theirs that is still queued
             session.add(Job(id="b" * 32, kind="condense", queue="gpu", owner="busy"))
         body = {"ancestry": 1, "method": "random", "spec": {"depth": 2}}
-        r = c.post("/v1/descendants", json=body, headers=_bearer(key))
+        r = c.post("/v1/descendants", json=body, headers=bearer(key))
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
         assert _count(ctx, DescendantRow) == 0
-        assert c.post("/v1/descendants", json=body, headers=_bearer("boot")).status_code in (201, 202)
+        assert c.post("/v1/descendants", json=body, headers=bearer("boot")).status_code in (201, 202)
 
 
-def upload_ancestry_with(c: TestClient, path: Path, key: str) -> httpx.Response:
+def upload_ancestry_with(c: TestClient, path: Path, key: str, visibility: str = "private") -> httpx.Response:
     with open(path, "rb") as f:
-        return c.post("/v1/ancestries", files={"file": ("tiny.safetensors", f)}, headers=_bearer(key),
-                      data={"architecture": "vit_base_patch16_224", "model_args": json.dumps(TINY_ARGS)})
+        return c.post("/v1/ancestries", files={"file": ("tiny.safetensors", f)}, headers=bearer(key),
+                      data={"architecture": "vit_base_patch16_224", "model_args": json.dumps(TINY_ARGS),
+                            "visibility": visibility})
 
 
 def test_descendant_bytes_and_upload_bytes_per_day(ctx: AppContext, tiny_ancestry_file: Path) -> None:
     size = tiny_ancestry_file.stat().st_size
-    with _app_client(ctx, api_token="boot") as c:
-        key = _new_key(c, "boot", owner="thrifty", descendant_bytes_per_day=100_000,
+    with app_client(ctx, api_token="boot") as c:
+        key = new_key(c, "boot", owner="thrifty", descendant_bytes_per_day=100_000,
                        upload_bytes_per_day=size + 2000)
         assert upload_ancestry_with(c, tiny_ancestry_file, key).status_code == 201
         r = upload_ancestry_with(c, tiny_ancestry_file, key)  # refused at Content-Length, before reading
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "upload" in r.text
         small = {"ancestry": 1, "method": "random", "spec": {"depth": 1, "embed_dim": 16, "num_heads": 1}}
-        assert c.post("/v1/descendants?wait=0", json=small, headers=_bearer(key)).status_code in (201, 202)
+        assert c.post("/v1/descendants?wait=0", json=small, headers=bearer(key)).status_code in (201, 202)
         big = {"ancestry": 1, "method": "random", "spec": {"depth": 4}}  # ~50k parameters: 200 kB
-        r = c.post("/v1/descendants", json=big, headers=_bearer(key))
+        r = c.post("/v1/descendants", json=big, headers=bearer(key))
         assert r.status_code == 429 and "descendant bytes" in r.text
         with ctx.sessions() as session:
             assert session.scalar(select(func.count()).select_from(DescendantRow)) == 1
@@ -464,7 +450,7 @@ HOSTILE_ARCHIVES = {
 @pytest.mark.parametrize("kind", sorted(HOSTILE_ARCHIVES))
 def test_hostile_dataset_archives_are_refused_and_leave_nothing(ctx: AppContext, kind: str) -> None:
     archive = HOSTILE_ARCHIVES[kind]()
-    with _app_client(ctx) as c:
+    with app_client(ctx) as c:
         r = c.post("/v1/datasets", files={"file": (f"{kind}.tar", archive)})
     assert r.status_code == 422, (kind, r.status_code, r.text)
     assert r.json()["error"]["details"][0]["field"] == "file"
