@@ -310,25 +310,53 @@ def read_upload(path: Path, architecture: str, model_args: dict[str, Any], limit
     if hf_config is None:
         state, spec, preprocessing = _read_checked(path, architecture, model_args, limits)
         return Upload(architecture, model_args, state, spec, preprocessing, None)
-    if architecture or model_args:
-        raise AncestryError("with a config.json, the architecture and model_args come from it: give neither",
-                            "architecture" if architecture else "model_args")
-    if "model_type" not in hf_config and isinstance(hf_config.get("architecture"), str):
+    _refuse_arguments_beside(architecture, model_args)
+    if _is_timm_hub(hf_config):
         return _read_timm_hub(path, hf_config, limits)
     architecture, model_args, state = from_hugging_face(read_weights(path), hf_config)
-    try:
-        spec, expected, preprocessing = inspect_architecture(architecture, model_args, limits)
-    except AncestryError as exc:
-        raise AncestryError(f"the Hugging Face config gives {architecture} with {model_args}: {exc}",
-                            exc.field.replace("model_args", "config", 1)) from exc
+    spec, expected, preprocessing = _inspect_converted(architecture, model_args, limits)
     check_weights(state, expected, architecture)
     return Upload(architecture, model_args, state, spec, preprocessing, str(hf_config["model_type"]))
 
 
-def _read_timm_hub(path: Path, config: dict[str, Any], limits: SpecLimits) -> Upload:
-    """A timm Hub snapshot: ``config.json`` as timm's ``save_for_hf`` writes it (architecture, num_classes,
-    model_args, pretrained_cfg), weights in timm's layout."""
-    architecture = config["architecture"]
+def check_arguments(architecture: str, model_args: dict[str, Any], limits: SpecLimits = SpecLimits(),
+                    hf_config: dict[str, Any] | None = None) -> None:
+    """Everything :func:`read_upload` checks before it reads the weights (the architecture and its arguments, or
+    what the config.json says), so that an upload can be refused before its file is stored."""
+    from engine.convert import config_arguments
+
+    if hf_config is None:
+        inspect_architecture(architecture, model_args, limits)
+        return
+    _refuse_arguments_beside(architecture, model_args)
+    if _is_timm_hub(hf_config):
+        _inspect_hub(*_hub_arguments(hf_config), limits)
+    else:
+        _inspect_converted(*config_arguments(hf_config), limits)
+
+
+def _refuse_arguments_beside(architecture: str, model_args: dict[str, Any]) -> None:
+    if architecture or model_args:
+        raise AncestryError("with a config.json, the architecture and model_args come from it: give neither",
+                            "architecture" if architecture else "model_args")
+
+
+def _is_timm_hub(config: dict[str, Any]) -> bool:
+    return "model_type" not in config and isinstance(config.get("architecture"), str)
+
+
+def _inspect_converted(architecture: str, model_args: dict[str, Any],
+                       limits: SpecLimits) -> tuple[ViTSpec, dict[str, str | tuple[int, ...]], dict[str, Any]]:
+    try:
+        return inspect_architecture(architecture, model_args, limits)
+    except AncestryError as exc:
+        raise AncestryError(f"the Hugging Face config gives {architecture} with {model_args}: {exc}",
+                            exc.field.replace("model_args", "config", 1)) from exc
+
+
+def _hub_arguments(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(architecture, model_args) of a timm Hub snapshot's ``config.json``, as timm's ``save_for_hf`` writes it
+    (architecture, num_classes, model_args, pretrained_cfg)."""
     model_args = config.get("model_args") or {}
     if not isinstance(model_args, dict):
         raise AncestryError("config.model_args must be an object", "config.model_args")
@@ -338,11 +366,25 @@ def _read_timm_hub(path: Path, config: dict[str, Any], limits: SpecLimits) -> Up
             model_args[key] = square_side(model_args[key])
     if "num_classes" in config:
         model_args.setdefault("num_classes", config["num_classes"])
+    return config["architecture"], model_args
+
+
+def _inspect_hub(architecture: str, model_args: dict[str, Any],
+                 limits: SpecLimits) -> tuple[ViTSpec, dict[str, str | tuple[int, ...]], dict[str, Any]]:
     try:
-        state, spec, preprocessing = _read_checked(path, architecture, model_args, limits)
-    except AncestryError as exc:  # what the config says is named config.<key>; the weights stay "file"
-        field = exc.field if exc.field == "architecture" else exc.field.replace("model_args", "config.model_args", 1)
-        raise AncestryError(str(exc), "config." + field if field == "architecture" else field) from exc
+        return inspect_architecture(architecture, model_args, limits)
+    except AncestryError as exc:  # what the config says is named config.<key>
+        field = "config.architecture" if exc.field == "architecture" else exc.field.replace(
+            "model_args", "config.model_args", 1)
+        raise AncestryError(str(exc), field) from exc
+
+
+def _read_timm_hub(path: Path, config: dict[str, Any], limits: SpecLimits) -> Upload:
+    """A timm Hub snapshot: weights in timm's layout, and its ``pretrained_cfg`` for their preprocessing."""
+    architecture, model_args = _hub_arguments(config)
+    spec, expected, preprocessing = _inspect_hub(architecture, model_args, limits)
+    state = read_weights(path)
+    check_weights(state, expected, architecture)
     given = config.get("pretrained_cfg") or {}
     if isinstance(given, dict) and len(given.get("mean") or ()) == spec.in_chans == len(given.get("std") or ()):
         preprocessing = {**preprocessing, **{k: given[k] for k in ("mean", "std", "interpolation", "crop_pct",

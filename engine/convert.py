@@ -35,6 +35,7 @@ choice as timm's own pretrained ViT and DeiT weights converted from those checkp
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -87,6 +88,13 @@ def _config_int(config: dict[str, Any], key: str, default: int | None = None) ->
     return value
 
 
+def _config_number(config: dict[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise AncestryError(f"config.{key} must be a positive number, got {value!r}", f"config.{key}")
+    return float(value)
+
+
 def _rename(key: str) -> str | None:
     for prefix in _PREFIXES:
         if key.startswith(prefix):
@@ -107,33 +115,66 @@ def _rename(key: str) -> str | None:
     raise AncestryError(f"unknown tensor {key!r} for a Hugging Face ViT-family checkpoint", "file")
 
 
-def from_hugging_face(state: StateDict, config: dict[str, Any]) -> tuple[str, dict[str, Any], StateDict]:
-    """(timm architecture, model_args, timm state dict) of a Hugging Face ViT, DeiT or DINOv2 checkpoint.
+def config_arguments(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(timm architecture, model_args) of a Hugging Face ViT, DeiT or DINOv2 ``config.json``, all but the head's
+    class count (the weights tell it: 0 here): everything the config says, checked before any weight is read.
 
-    Raises :class:`AncestryError` naming ``config.<key>`` or ``file``."""
+    Raises :class:`AncestryError` naming ``config.<key>``."""
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         raise AncestryError(f"config.model_type {model_type!r} is outside the ViT family; supported: "
                             f"{sorted(ARCHITECTURES)}", "config.model_type")
     if config.get("use_swiglu_ffn"):
         raise AncestryError("DINOv2's SwiGLU MLP is not a timm ViT MLP; no method supports it",
                             "config.use_swiglu_ffn")
     hidden_act = config.get("hidden_act", "gelu")
-    if hidden_act not in _ACTIVATIONS:
+    if not isinstance(hidden_act, str) or hidden_act not in _ACTIVATIONS:
         raise AncestryError(f"config.hidden_act {hidden_act!r} is not one of {sorted(_ACTIVATIONS)}",
                             "config.hidden_act")
     eps = config.get("layer_norm_eps", 1e-12)
     if eps not in (1e-12, *PLAIN_ARCHITECTURES):
         raise AncestryError(f"config.layer_norm_eps {eps!r} is not 1e-12, 1e-6 or 1e-5", "config.layer_norm_eps")
     dim = _config_int(config, "hidden_size")
-    heads = _config_int(config, "num_attention_heads")
     if model_type.startswith("dinov2"):
-        mlp_ratio = config.get("mlp_ratio", 4)
-        if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool) or mlp_ratio <= 0:
-            raise AncestryError(f"config.mlp_ratio must be a positive number, got {mlp_ratio!r}", "config.mlp_ratio")
+        mlp_ratio = _config_number(config, "mlp_ratio", 4)
     else:
         mlp_ratio = _config_int(config, "intermediate_size") / max(dim, 1)
+    qkv_bias = config.get("qkv_bias", True)
+    if not isinstance(qkv_bias, bool):
+        raise AncestryError(f"config.qkv_bias must be true or false, got {qkv_bias!r}", "config.qkv_bias")
+    model_args: dict[str, Any] = {
+        "img_size": _config_int(config, "image_size"),
+        "patch_size": _config_int(config, "patch_size"),
+        "in_chans": _config_int(config, "num_channels", 3),
+        "embed_dim": dim,
+        "depth": _config_int(config, "num_hidden_layers"),
+        "num_heads": _config_int(config, "num_attention_heads"),
+        "mlp_ratio": mlp_ratio,
+        "num_classes": 0,
+        "qkv_bias": qkv_bias,
+        "act_layer": _ACTIVATIONS[hidden_act],
+    }
+    if model_type.startswith("dinov2"):
+        model_args["init_values"] = _config_number(config, "layerscale_value", 1.0)
+    if model_type == "dinov2_with_registers":
+        model_args["reg_tokens"] = _config_int(config, "num_register_tokens", 4)
+        model_args["no_embed_class"] = True
+    architecture = ARCHITECTURES[model_type]
+    if eps == 1e-5 and model_type == "vit":
+        architecture = PLAIN_ARCHITECTURES[1e-5]
+        model_args["pre_norm"] = False  # that constructor's default is CLIP's pre-norm
+    elif eps == 1e-5:
+        raise AncestryError(f"config.layer_norm_eps 1e-5 with model_type {model_type!r} has no timm constructor",
+                            "config.layer_norm_eps")
+    return architecture, model_args
 
+
+def from_hugging_face(state: StateDict, config: dict[str, Any]) -> tuple[str, dict[str, Any], StateDict]:
+    """(timm architecture, model_args, timm state dict) of a Hugging Face ViT, DeiT or DINOv2 checkpoint.
+
+    Raises :class:`AncestryError` naming ``config.<key>`` or ``file``."""
+    architecture, model_args = config_arguments(config)
+    model_type = config["model_type"]
     renamed: StateDict = {}
     for key, tensor in state.items():
         new = _rename(key)
@@ -157,29 +198,6 @@ def from_hugging_face(state: StateDict, config: dict[str, Any]) -> tuple[str, di
         pos = renamed["pos_embed"]
         renamed["cls_token"] = renamed["cls_token"] + pos[:, :1]
         renamed["pos_embed"] = pos[:, 1:]
-
-    model_args: dict[str, Any] = {
-        "img_size": _config_int(config, "image_size"),
-        "patch_size": _config_int(config, "patch_size"),
-        "in_chans": _config_int(config, "num_channels", 3),
-        "embed_dim": dim,
-        "depth": _config_int(config, "num_hidden_layers"),
-        "num_heads": heads,
-        "mlp_ratio": mlp_ratio,
-        "num_classes": int(renamed["head.weight"].shape[0]) if "head.weight" in renamed else 0,
-        "qkv_bias": bool(config.get("qkv_bias", True)),
-        "act_layer": _ACTIVATIONS[hidden_act],
-    }
-    if model_type.startswith("dinov2"):
-        model_args["init_values"] = float(config.get("layerscale_value", 1.0))
-    if model_type == "dinov2_with_registers":
-        model_args["reg_tokens"] = _config_int(config, "num_register_tokens", 4)
-        model_args["no_embed_class"] = True
-    architecture = ARCHITECTURES[model_type]
-    if eps == 1e-5 and model_type == "vit":
-        architecture = PLAIN_ARCHITECTURES[1e-5]
-        model_args["pre_norm"] = False  # that constructor's default is CLIP's pre-norm
-    elif eps == 1e-5:
-        raise AncestryError(f"config.layer_norm_eps 1e-5 with model_type {model_type!r} has no timm constructor",
-                            "config.layer_norm_eps")
+    if "head.weight" in renamed:
+        model_args["num_classes"] = int(renamed["head.weight"].shape[0])
     return architecture, model_args, renamed

@@ -1,19 +1,15 @@
 """Files over HTTP: serving stored blobs (strong ETag = sha256, conditional GET, byte ranges, header-only
-reads) and spooling uploads into storage scratch space under a size cap."""
+reads). Uploads come in through ``service.uploads``."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import FileResponse
 
 from service.context import AppContext
-from service.errors import PayloadTooLarge
 from service.storage import CHUNK
 
 
@@ -51,21 +47,3 @@ def safetensors_header(ctx: AppContext, key: str) -> tuple[dict[str, Any], int]:
     with ctx.store.open(key) as f:
         (n,) = struct.unpack("<Q", f.read(8))
         return json.loads(f.read(n)), n
-
-
-def spool_upload(ctx: AppContext, src: BinaryIO, limit: int) -> Path:
-    """Copy an upload into the store's scratch space, refusing it past ``limit`` bytes."""
-    fd, name = tempfile.mkstemp(dir=ctx.store.scratch_dir(), suffix=".upload")
-    path = Path(name)
-    total = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := src.read(CHUNK):
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLarge(f"upload exceeds {limit} bytes", field="file")
-                out.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path

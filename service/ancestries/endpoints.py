@@ -1,22 +1,40 @@
 """HTTP for ancestries: upload (safetensors only), browse."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from service.ancestries import service
 from service.ancestries.schemas import AncestryOut
 from service.bounds import IdPath
 from service.deps import CtxDep, Reader, UowDep, Writer
-from service.errors import InvalidRequest, PayloadTooLarge, error_responses
-from service.files import spool_upload
-from service.ownership import Visibility
+from service.errors import error_responses
+from service.uploads import multipart_body, receive_upload
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/ancestries", tags=["ancestries"])
-#: A Hugging Face config.json is a few KiB; anything much larger is not one.
-MAX_CONFIG_BYTES = 1024 * 1024
+
+_TEXT = {"type": "string"}
+#: The multipart body, fields in the order they must be sent: every field before the file.
+UPLOAD_BODY = multipart_body({
+    "name": {**_TEXT, "maxLength": 200, "default": "", "description": "Default: the file's name"},
+    "visibility": {"type": "string", "enum": ["private", "public"], "default": "private",
+                   "description": "private: only its owner and admins see or use it; public: everyone"},
+    "architecture": {**_TEXT, "maxLength": 200, "default": "", "description": "timm architecture name (not with "
+                     "config)"},
+    "model_args": {**_TEXT, "default": "{}", "description": "JSON object of timm.create_model keyword arguments, "
+                   "only the spec's fields (depth, embed_dim, init_values...)"},
+    "mean": {**_TEXT, "default": "", "description": "JSON list, one per input channel: the normalization the "
+             "ancestry was trained with (default: its architecture's pretrained_cfg)"},
+    "std": {**_TEXT, "default": "", "description": "JSON list, one per input channel (with mean)"},
+    "config": {**_TEXT, "format": "binary", "description": "The Hugging Face config.json of a transformers ViT, "
+               "DeiT or DINOv2 checkpoint, or a timm Hub snapshot's; then no architecture"},
+    "file": {**_TEXT, "format": "binary", "description": "The weights, as .safetensors (nothing else is "
+             "accepted): timm's layout, or Hugging Face transformers' with `config`. Last: after every field"},
+}, required=["file"])
 
 
 @router.post(
@@ -27,49 +45,22 @@ MAX_CONFIG_BYTES = 1024 * 1024
     responses={**error_responses(401, 403, 411, 413, 422, 429),
                200: {"description": "The same file with the same arguments: the existing ancestry",
                      "model": AncestryOut}},
+    openapi_extra=UPLOAD_BODY,
 )
-def upload_ancestry(
-    request: Request,
-    response: Response,
-    ctx: CtxDep,
-    uow: UowDep,
-    caller: Writer,
-    file: Annotated[UploadFile, File(description="The weights, as .safetensors (nothing else is accepted): timm's "
-                                                 "layout, or Hugging Face transformers' with `config`")],
-    config: Annotated[UploadFile | None, File(description="The Hugging Face config.json of a transformers "
-                                                          "ViT, DeiT or DINOv2 checkpoint; then no architecture")] = None,
-    architecture: Annotated[str, Form(max_length=200, description="timm architecture name (not with config)")] = "",
-    model_args: Annotated[str, Form(description="JSON object of timm.create_model keyword arguments, only the "
-                                                "spec's fields (depth, embed_dim, init_values...)")] = "{}",
-    mean: Annotated[str, Form(description="JSON list, one per input channel: the normalization the ancestry "
-                                          "was trained with (default: its architecture's pretrained_cfg)")] = "",
-    std: Annotated[str, Form(description="JSON list, one per input channel (with mean)")] = "",
-    name: Annotated[str, Form(max_length=200)] = "",
-    visibility: Annotated[Visibility, Form(description="private (the default): only its owner and admins see or use "
-                                                      "it; public: everyone")] = "private",
-) -> AncestryOut:
-    """Validated by building the timm model and loading the weights strictly (after converting a Hugging Face
-    layout); stored content-addressed. The same file with the same arguments answers 200 with its ancestry."""
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > ctx.settings.max_upload_bytes + 64 * 1024:
-        raise PayloadTooLarge(f"upload exceeds {ctx.settings.max_upload_bytes} bytes", field="file")
-    if not (file.filename or "").endswith(".safetensors"):
-        raise InvalidRequest("only .safetensors weights are accepted", field="file")
-    args = service.parse_model_args(model_args)
-    normalization = service.parse_normalization(mean, std)
-    raw_config = config.file.read(MAX_CONFIG_BYTES + 1) if config is not None else None
-    if raw_config is not None and len(raw_config) > MAX_CONFIG_BYTES:
-        raise PayloadTooLarge(f"config exceeds {MAX_CONFIG_BYTES} bytes", field="config")
-    hf_config = service.parse_hf_config(raw_config)
-    if hf_config is None and not architecture:
-        raise InvalidRequest("give the timm architecture, or the Hugging Face config.json as `config`",
-                             field="architecture")
-    path = spool_upload(ctx, file.file, ctx.settings.max_upload_bytes)
-    row, created = service.register_upload(
-        uow.session, ctx, path, name=name or (file.filename or "ancestry").removesuffix(".safetensors"),
-        architecture=architecture, model_args=args, hf_config=hf_config, normalization=normalization,
-        owner=caller.owner, visibility=visibility,
-    )
+async def upload_ancestry(request: Request, response: Response, ctx: CtxDep, uow: UowDep,
+                          caller: Writer) -> AncestryOut:
+    """Multipart: the form fields, then the `file` part (a field after it is refused). The fields are checked
+    before a byte of the file is stored; the weights are then validated by building the timm model and loading
+    them strictly (after converting a Hugging Face layout), and stored content-addressed. The same file with the
+    same arguments answers 200 with its ancestry."""
+    received = await receive_upload(
+        request, ctx, caller, partial(service.check_upload_form, ctx), fields=frozenset(service.UPLOAD_FIELDS),
+        file_parts=frozenset({"config"}), max_file_part_bytes=service.MAX_CONFIG_BYTES)
+    form = received.checked
+    row, created = await run_in_threadpool(
+        service.register_upload, uow.session, ctx, received.path, name=form.name, architecture=form.architecture,
+        model_args=form.model_args, hf_config=form.hf_config, normalization=form.normalization,
+        owner=caller.owner, visibility=form.visibility, sha256=received.sha256)
     if not created:
         response.status_code = status.HTTP_200_OK
     return AncestryOut.model_validate(row)

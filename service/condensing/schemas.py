@@ -15,7 +15,7 @@ CondenseMode = Literal[MODES]  # type: ignore[valid-type]
 
 class CondenseRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", strict=True,
         json_schema_extra={
             "examples": [
                 {"ancestry": 1, "method": "tleg", "learngene": "my-tleg", "mode": "fit"},

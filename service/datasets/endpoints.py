@@ -3,38 +3,41 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, Depends, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from service.bounds import IdPath
-from service.files import spool_upload
-from service.ownership import Visibility
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
 from service.deps import CtxDep, Reader, UowDep, Writer
-from service.errors import PayloadTooLarge, error_responses
+from service.errors import error_responses
 from service.pagination import Page, PageParams, page_params, paginate
+from service.uploads import multipart_body, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
+#: The multipart body, fields in the order they must be sent: every field before the file.
+UPLOAD_BODY = multipart_body({
+    "name": {"type": "string", "maxLength": 200, "default": "", "description": "Default: the file's name"},
+    "visibility": {"type": "string", "enum": ["private", "public"], "default": "private",
+                   "description": "private: only its owner and admins see or condense from it; public: everyone"},
+    "file": {"type": "string", "format": "binary", "description": "A .zip or .tar(.gz) of an ImageFolder: one "
+             "folder per class. Last: after every field"},
+}, required=["file"])
+
+
 @router.post("", operation_id="upload_dataset", status_code=status.HTTP_201_CREATED, response_model=DatasetOut,
-             responses=error_responses(401, 403, 411, 413, 422, 429))
-def upload_dataset(
-    request: Request,
-    ctx: CtxDep,
-    uow: UowDep,
-    caller: Writer,
-    file: Annotated[UploadFile, File(description="A .zip or .tar(.gz) of an ImageFolder: one folder per class")],
-    name: Annotated[str, Form(max_length=200)] = "",
-    visibility: Annotated[Visibility, Form(description="private (the default): only its owner and admins see or "
-                                                      "condense from it; public: everyone")] = "private",
-) -> DatasetOut:
-    """Use the returned `uri` (`dataset:<id>`) as a condensing job's dataset."""
-    if int(request.headers.get("content-length") or 0) > ctx.settings.max_upload_bytes + 64 * 1024:
-        raise PayloadTooLarge(f"upload exceeds {ctx.settings.max_upload_bytes} bytes", field="file")
-    path = spool_upload(ctx, file.file, ctx.settings.max_upload_bytes)
-    row = service.register_upload(uow.session, ctx, path, name or (file.filename or "dataset"), owner=caller.owner,
-                                  visibility=visibility)
+             responses=error_responses(401, 403, 411, 413, 422, 429), openapi_extra=UPLOAD_BODY)
+async def upload_dataset(request: Request, ctx: CtxDep, uow: UowDep, caller: Writer) -> DatasetOut:
+    """Multipart: the form fields, then the `file` part. Use the returned `uri` (`dataset:<id>`) as a condensing
+    job's dataset."""
+    received = await receive_upload(request, ctx, caller, service.check_upload_form,
+                                    fields=frozenset(service.UPLOAD_FIELDS))
+    name, visibility = received.checked
+    row = await run_in_threadpool(service.register_upload, uow.session, ctx, received.path,
+                                  name or received.filename or "dataset", owner=caller.owner, visibility=visibility,
+                                  sha256=received.sha256)
     return DatasetOut.model_validate(row)
 
 

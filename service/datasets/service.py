@@ -17,7 +17,7 @@ from service.context import AppContext
 from service.errors import InvalidRequest, NotFound
 from service.keys.auth import Principal
 from service.models import DatasetRow
-from service.ownership import can_see, stored_visibility, visible
+from service.ownership import PRIVATE, PUBLIC, can_see, stored_visibility, visible
 from service.storage import sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -205,13 +205,28 @@ def check_images(root: Path) -> None:
             raise InvalidRequest(f"{rel} is not a readable image: {exc}", field="file") from exc
 
 
+#: The upload's text fields, in the order the OpenAPI document lists them.
+UPLOAD_FIELDS = ("name", "visibility")
+
+
+def check_upload_form(fields: dict[str, str], parts: dict[str, bytes], filename: str) -> tuple[str, str]:
+    """(name, visibility) of an upload, checked before its archive is stored."""
+    name, visibility = fields.get("name", ""), fields.get("visibility") or PRIVATE
+    if len(name) > 200:
+        raise InvalidRequest("name may have at most 200 characters", field="name")
+    if visibility not in (PUBLIC, PRIVATE):
+        raise InvalidRequest("visibility is public or private", field="visibility")
+    return name, visibility
+
+
 def register_upload(session: Session, ctx: AppContext, archive: Path, name: str, owner: str | None = None,
-                    visibility: str = "private") -> DatasetRow:
-    """Validate and unpack ``archive`` (consumed), then store it and add the row; on error nothing stays."""
+                    visibility: str = "private", sha256: str | None = None) -> DatasetRow:
+    """Validate and unpack ``archive`` (consumed; ``sha256`` its digest when the caller has it), then store it and
+    add the row; on error nothing stays."""
     created: Path | None = None
     visibility = stored_visibility(owner, visibility)
     try:
-        digest = sha256_file(archive)
+        digest = sha256 or sha256_file(archive)
         # The same archive uploaded again by the same owner, as public or private again, is the same dataset;
         # another owner gets a row of their own (datasets belong to their owner), sharing the unpacked files.
         same_owner = DatasetRow.owner == owner if owner is not None else DatasetRow.owner.is_(None)
@@ -227,7 +242,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
         num_classes, num_images = count_images(image_folder_root(dest))
         if num_classes < 2:
             raise InvalidRequest("an ImageFolder needs at least two class folders with images", field="file")
-        stored = ctx.store.put_file(archive, move=True)
+        stored = ctx.store.put_file(archive, move=True, sha256=digest)
         row = DatasetRow(
             name=name, uri=f"dataset:pending-{digest[:12]}", num_classes=num_classes, num_images=num_images,
             sha256=digest, size_bytes=stored.size, storage_key=stored.key, owner=owner, visibility=visibility,

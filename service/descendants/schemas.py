@@ -16,7 +16,7 @@ HeadChoice = Literal[HEADS]  # type: ignore[valid-type]
 class SpecIn(BaseModel):
     """A descendant size. Fields left out default to the source's own (``{"depth": 6}`` keeps its width)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     depth: int | None = Field(None, ge=1, le=1024)
     embed_dim: int | None = Field(None, ge=1, le=65536)
@@ -30,7 +30,7 @@ class SpecIn(BaseModel):
 class BudgetIn(BaseModel):
     """A resource budget; the planner picks the largest descendant (most parameters) that fits all limits."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_params: int | None = Field(None, ge=1)
     max_gflops: float | None = Field(None, gt=0)
@@ -47,7 +47,7 @@ class BudgetIn(BaseModel):
 
 class DescendantRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", strict=True,
         json_schema_extra={
             "examples": [
                 {"learngene": "digits-tleg", "spec": {"depth": 6}, "seed": 0},

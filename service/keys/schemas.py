@@ -10,7 +10,7 @@ from service.keys.auth import OWNER_PATTERN, SCOPES
 class KeyLimitsIn(BaseModel):
     """Per-key limits; a field left out uses the configured default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     rate_per_s: float | None = Field(None, gt=0, le=100_000)
     burst: int | None = Field(None, ge=1, le=1_000_000)

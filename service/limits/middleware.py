@@ -16,9 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import AppContext
-from service.errors import ErrorBody, ErrorResponse, TooManyRequests, retry_after_header
+from service.errors import ErrorBody, ErrorResponse, retry_after_header
 from service.keys.auth import Principal, anonymous, authenticate, bearer_token
-from service.limits.quotas import charge_upload
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +90,8 @@ class GuardMiddleware:
         elif is_upload and headers.get("transfer-encoding"):
             await _reply(send, 411, "length_required", "uploads must declare their Content-Length")
             return
-        if is_upload and declared is not None:
-            # Counted when announced, before a byte is read: what a client sends is what it costs us.
-            try:
-                await anyio.to_thread.run_sync(charge_upload, ctx, principal, int(declared))
-            except TooManyRequests as exc:
-                await _reply(send, 429, "too_many_requests", exc.message, retry_after_header(exc.retry_after))
-                return
+        # The upload quota is charged by the upload routes, on the bytes they receive once the caller may write
+        # (charged here, at Content-Length, ten connections that sent only headers spent a day's shared quota).
         await self.app(scope, _capped(receive, cap), send)
 
 

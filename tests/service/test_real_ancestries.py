@@ -21,9 +21,10 @@ from tests.service.conftest import condense_fit
 
 def _upload(client: TestClient, path: Path, architecture: str = "", model_args: dict | None = None,
             config: Path | None = None, **form: Any) -> Any:
-    files: dict[str, Any] = {"file": ("model.safetensors", path.read_bytes(), "application/octet-stream")}
-    if config is not None:
+    files: dict[str, Any] = {}
+    if config is not None:  # every part before the weights: the server checks them before it stores those
         files["config"] = ("config.json", config.read_bytes(), "application/json")
+    files["file"] = ("model.safetensors", path.read_bytes(), "application/octet-stream")
     data = {"architecture": architecture, "model_args": json.dumps(model_args or {}),
             **{k: json.dumps(v) for k, v in form.items()}}
     return client.post("/v1/ancestries", files=files, data=data)

@@ -1,0 +1,167 @@
+"""Work a request can make the server do, bounded (issue "Owners own what they make", items 4-8), measured against
+real server processes: bytes received and written, requests answered, series exposed, processes that exit."""
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import ARCH, TINY_ARGS, bearer
+from tests.support import Proc, make_settings, start_server
+
+BOUNDARY = "lgboundary"
+MIB = 1024 * 1024
+
+
+def _field(name: str, value: str) -> bytes:
+    return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+
+def _file_head(filename: str = "big.safetensors") -> bytes:
+    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
+def _request_head(port: str, length: int, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (f"POST /v1/ancestries HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def _send_while_listening(url: str, head: bytes, chunks: Iterator[bytes]) -> tuple[int, int, bytes]:
+    """Send a request by hand, reading between chunks; (status, body bytes sent before the answer, answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(head)
+        s.settimeout(0.02)
+        for chunk in chunks:
+            try:
+                answer += s.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                pass
+            if answer:
+                break
+            try:
+                s.sendall(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+        s.settimeout(60)
+        while b"\r\n\r\n" not in answer:
+            answer += s.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
+            b"content-length:"))
+        while len(body) < length:
+            body += s.recv(65536)
+    return int(answer.split(b" ")[1]), sent, body
+
+
+def _written_bytes(proc: Proc) -> int:
+    """Bytes the process has passed to write(2) so far (files, sockets, pipes alike)."""
+    for line in Path(f"/proc/{proc.popen.pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/<pid>/io")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str, Path]]:
+    tmp = tmp_path_factory.mktemp("bounded")
+    proc, url = start_server(make_settings(tmp), tmp)
+    try:
+        yield proc, url, tmp
+    finally:
+        proc.stop()
+
+
+def _scratch_files(data: Path) -> list[Path]:
+    return [p for p in (data / "artifacts" / "tmp").iterdir() if p.is_file()]
+
+
+def test_an_upload_with_a_bad_field_is_refused_before_its_file_is_stored(server: tuple[Proc, str, Path]) -> None:
+    """Item 7: a 2 GB upload with an unsupported architecture was refused after 16.8 s and 4 GB written. The
+    fields come first; they are checked when the file part begins, and the answer comes before the file is."""
+    proc, url, data = server
+    fields = _field("architecture", "resnet50") + _field("model_args", "{}")
+    body_size = 64 * MIB
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    length = len(fields) + len(_file_head()) + body_size + len(tail)
+    written = _written_bytes(proc)
+    status, sent, answer = _send_while_listening(
+        url, _request_head(url.rsplit(":", 1)[1], length),
+        iter([fields + _file_head(), *(b"\0" * MIB for _ in range(64)), tail]))
+    assert status == 422 and b'"field":"architecture"' in answer, answer[:400]
+    assert sent < 16 * MIB, sent  # the answer came while the client was still sending
+    assert _written_bytes(proc) - written < MIB  # nothing of the file was written anywhere
+    assert _scratch_files(data) == []
+
+
+def test_an_upload_is_written_once(server: tuple[Proc, str, Path]) -> None:
+    """Item 7: an upload was spooled to a temporary file, then copied into storage: written twice. 32 MiB that
+    are not safetensors: stored once in scratch space, read, refused, deleted."""
+    proc, url, data = server
+    payload = b"\1" * (32 * MIB)
+    written = _written_bytes(proc)
+    r = httpx.post(f"{url}/v1/ancestries", data={"architecture": ARCH, "model_args": json.dumps(TINY_ARGS)},
+                   files={"file": ("junk.safetensors", payload)}, timeout=120)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "file", r.text
+    delta = _written_bytes(proc) - written
+    assert len(payload) <= delta < 1.25 * len(payload), delta
+    assert _scratch_files(data) == []
+
+
+def test_a_field_after_the_file_part_is_refused(server: tuple[Proc, str, Path], tiny_ancestry_file: Path) -> None:
+    _, url, _ = server
+    head = _field("architecture", ARCH) + _field("model_args", json.dumps(TINY_ARGS)) + _file_head("tiny.safetensors")
+    body = head + tiny_ancestry_file.read_bytes() + b"\r\n" + _field("name", "late") + f"--{BOUNDARY}--\r\n".encode()
+    r = httpx.post(f"{url}/v1/ancestries", content=body, timeout=60,
+                   headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "name", r.text
+    assert "before the file" in r.json()["error"]["message"]
+    assert httpx.get(f"{url}/v1/ancestries").json()["items"] == []
+
+
+def test_headers_alone_do_not_spend_the_upload_quota(tmp_path: Path, tiny_ancestry_file: Path) -> None:
+    """Item 6: ten connections sending only headers (Content-Length 2 GiB) spent the anonymous callers' shared
+    20 GiB a day, before a byte arrived or any key was checked. Bytes are charged as they arrive."""
+    server, url = start_server(make_settings(tmp_path), tmp_path)
+    port = url.rsplit(":", 1)[1]
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            conn = socket.create_connection(("127.0.0.1", int(port)), timeout=30)
+            conn.sendall(_request_head(port, 2 * 1024**3))
+            idle.append(conn)
+        with open(tiny_ancestry_file, "rb") as f:
+            r = httpx.post(f"{url}/v1/ancestries", files={"file": ("tiny.safetensors", f)}, timeout=120,
+                           data={"architecture": ARCH, "model_args": json.dumps(TINY_ARGS)})
+        assert r.status_code == 201, r.text
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+
+
+def test_a_caller_without_the_right_is_refused_before_the_body_is_read(tmp_path: Path) -> None:
+    """With keys required, an anonymous upload is a 401 at once, its body unread (it was read, and charged to
+    the anonymous quota, first)."""
+    server, url = start_server(make_settings(tmp_path, api_token="boot"), tmp_path)
+    try:
+        length = 2 * 1024**3
+        status, sent, _ = _send_while_listening(url, _request_head(url.rsplit(":", 1)[1], length),
+                                                iter(b"\0" * MIB for _ in range(64)))
+        assert status == 401 and sent < 16 * MIB, sent
+        key = httpx.post(f"{url}/v1/keys", json={"owner": "reader", "scopes": ["read"]},
+                         headers=bearer("boot")).json()["key"]
+        status, sent, _ = _send_while_listening(url, _request_head(url.rsplit(":", 1)[1], length, key),
+                                                iter(b"\0" * MIB for _ in range(64)))
+        assert status == 403 and sent < 16 * MIB, sent
+    finally:
+        server.stop()
