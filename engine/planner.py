@@ -5,18 +5,24 @@
 2. Their Pareto front on (parameters up, GFLOPs down) is taken: a candidate is dropped when another has at least
    as many parameters for no more GFLOPs.
 3. With ``max_latency_ms``, front members are timed on the named device (batch 1, median of ``RUNS`` forward
-   passes after ``WARMUP``), cheapest first, stopping at the first one over the budget: latency is assumed to grow
-   with GFLOPs along the front, which spares timing the largest models when a budget is tight.
+   passes after ``WARMUP``). Latency is assumed to grow with GFLOPs along the front, so the largest member within
+   the budget is found by bisection, starting from the cheapest: at most ``MAX_TIMINGS`` models are timed (a
+   front of 2,000 needs 12), none above ``MAX_TIMED_PARAMS`` or ``MAX_TIMED_GFLOPS`` (timing one allocates its
+   weights and runs it, in the process that asked), none once ``time_limit_s`` have passed since the search
+   began (a model being timed then stops after the runs done so far, one at least). A model not timed counts as
+   over the budget; ``details`` says why the search stopped short. A budget of any size is so answered within
+   seconds.
 4. Rule: the largest parameter count that fits; ties go to fewer GFLOPs.
 
 Nothing fitting raises :class:`BudgetError` carrying the smallest parameters, GFLOPs (and latency, when asked)
-available, so the API can say what would fit.
+available, so the API can say what would fit. At most ``MAX_CANDIDATES`` specs of a method are considered.
 
 Latencies are cached in memory for the process and, when given a path, in a JSON file shared between processes;
 the key holds the device (CPU model and thread count, or GPU name), the architecture and its model_args.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -36,6 +42,16 @@ from engine.vit import build_model
 WARMUP = 2
 RUNS = 5
 RULE = "largest parameter count within the budget; ties: fewer GFLOPs"
+#: Specs of a method considered at most (FRONT offers about 6,000 at its default limits; costing is cheap).
+MAX_CANDIDATES = 20_000
+#: Models timed at most for one latency budget: a bisection of a front of 4,096.
+MAX_TIMINGS = 12
+#: The largest model timed: 400 MB of float32 weights, allocated to time it, and a forward pass of a second or
+#: two on a small CPU (ViT-B/16 at 224 px: 86M parameters, 17.6 GFLOPs).
+MAX_TIMED_PARAMS = 100_000_000
+MAX_TIMED_GFLOPS = 50.0
+#: Seconds a latency search may take, by default.
+TIME_LIMIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,9 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def measure_latency_ms(spec: ViTSpec, device: str = "cpu") -> float:
-    """Median wall time of one batch-1 forward pass of ``spec``'s architecture on ``device``, in ms."""
+def measure_latency_ms(spec: ViTSpec, device: str = "cpu", deadline: float | None = None) -> float:
+    """Median wall time of one batch-1 forward pass of ``spec``'s architecture on ``device``, in ms; past
+    ``deadline`` (``time.monotonic()``), of the runs done so far (one at least, after one warm-up)."""
     target = _resolve_device(device)
     # Weights do not change the time: build without timm's (slow, CPU) init, then fill in one pass.
     with torch.device("meta"):
@@ -111,17 +128,25 @@ def measure_latency_ms(spec: ViTSpec, device: str = "cpu") -> float:
             parameter.normal_(0.0, 0.02, generator=generator)
     model.eval()
     image = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size, generator=generator, device=target)
-    times = []
+    times: list[float] = []
+    warmups = WARMUP
     with torch.inference_mode():
-        for run in range(WARMUP + RUNS):
+        while len(times) < RUNS:
             if target.type == "cuda":
                 torch.cuda.synchronize(target)
             start = time.perf_counter()
             model(image)
             if target.type == "cuda":
                 torch.cuda.synchronize(target)
-            if run >= WARMUP:
+            late = deadline is not None and time.monotonic() >= deadline
+            if warmups > 0 and not late:
+                warmups -= 1
+            elif warmups > 0:
+                warmups = 0  # one warm-up was run: time the next pass, then stop
+            else:
                 times.append(time.perf_counter() - start)
+                if late:
+                    break
     return statistics.median(times) * 1000
 
 
@@ -135,14 +160,15 @@ def _read_cache(path: Path) -> dict[str, float]:
         return {}  # missing or damaged: measuring again is the cure
 
 
-def latency_ms(spec: ViTSpec, device: str = "cpu", cache_file: Path | None = None) -> float:
+def latency_ms(spec: ViTSpec, device: str = "cpu", cache_file: Path | None = None,
+               deadline: float | None = None) -> float:
     """:func:`measure_latency_ms`, cached in memory and (when given) in ``cache_file``."""
     key = "|".join([_device_label(_resolve_device(device)), spec.architecture,
                     json.dumps(spec.timm_model_args(), sort_keys=True)])
     if key not in _latencies and cache_file is not None:
         _latencies.update(_read_cache(cache_file))
     if key not in _latencies:
-        _latencies[key] = measure_latency_ms(spec, device)
+        _latencies[key] = measure_latency_ms(spec, device, deadline)
         if cache_file is not None:
             merged = {**_read_cache(cache_file), key: _latencies[key]}
             partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
@@ -154,7 +180,7 @@ def latency_ms(spec: ViTSpec, device: str = "cpu", cache_file: Path | None = Non
 def _candidates(method: Method, learngene: Learngene, num_classes: int | None,
                 limits: SpecLimits | None) -> list[Candidate]:
     candidates = []
-    for spec in method.candidate_specs(learngene):
+    for spec in itertools.islice(method.candidate_specs(learngene), MAX_CANDIDATES):
         request = spec.to_dict() if num_classes is None else {**spec.to_dict(), "num_classes": num_classes}
         try:
             resolved = method.resolve_spec(learngene, request)
@@ -176,8 +202,55 @@ def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
     return front
 
 
+class _LatencySearch:
+    """The bisection of step 3: which front members were timed, and why it stopped short, if it did."""
+
+    def __init__(self, budget: Budget, cache_file: Path | None, time_limit_s: float) -> None:
+        self.budget = budget
+        self.cache_file = cache_file
+        self.deadline = time.monotonic() + time_limit_s
+        self.timings = 0
+        self.stopped: str | None = None
+
+    def fits(self, candidate: Candidate) -> Candidate | None:
+        """The candidate with its latency when it is timed within the budget; None when it is over, or not timed."""
+        if candidate.params > MAX_TIMED_PARAMS or candidate.gflops > MAX_TIMED_GFLOPS:
+            self.stopped = f"models above {MAX_TIMED_PARAMS:,} parameters or {MAX_TIMED_GFLOPS:g} GFLOPs are not timed"
+            return None
+        if self.timings >= MAX_TIMINGS:
+            self.stopped = f"at most {MAX_TIMINGS} models are timed"
+            return None
+        if self.timings and time.monotonic() >= self.deadline:  # the cheapest is always timed: it may be the answer
+            self.stopped = "the time limit of the search was reached"
+            return None
+        measured = latency_ms(candidate.spec, self.budget.device, self.cache_file, deadline=self.deadline)
+        self.timings += 1
+        if self.budget.max_latency_ms is not None and measured > self.budget.max_latency_ms:
+            return None
+        return Candidate(candidate.spec, candidate.params, candidate.gflops, measured)
+
+    def largest_within(self, front: list[Candidate]) -> list[Candidate]:
+        """The front members timed within the budget, most parameters first, its largest fitting one first."""
+        cheapest_first = front[::-1]
+        low, high = 0, len(cheapest_first) - 1
+        fitting: list[Candidate] = []
+        while low <= high:
+            # The cheapest first: when it is over the budget, so is everything else.
+            i = low if not fitting else (low + high + 1) // 2
+            timed = self.fits(cheapest_first[i])
+            if timed is None:
+                high = i - 1
+                if not fitting:
+                    break
+            else:
+                fitting.append(timed)
+                low = i + 1
+        return sorted(fitting, key=lambda c: -c.params)
+
+
 def plan_budget(method: Method, learngene: Learngene, budget: Budget, *, num_classes: int | None = None,
-                limits: SpecLimits | None = None, latency_cache: Path | None = None) -> PlanResult:
+                limits: SpecLimits | None = None, latency_cache: Path | None = None,
+                time_limit_s: float = TIME_LIMIT_S) -> PlanResult:
     """The spec to expand for ``budget`` (see the module docstring for the rule)."""
     candidates = _candidates(method, learngene, num_classes, limits)
     if not candidates:
@@ -186,14 +259,10 @@ def plan_budget(method: Method, learngene: Learngene, budget: Budget, *, num_cla
               if (budget.max_params is None or c.params <= budget.max_params)
               and (budget.max_gflops is None or c.gflops <= budget.max_gflops)]
     front = pareto_front(within)
+    search = None
     if budget.max_latency_ms is not None:
-        timed = []
-        for candidate in reversed(front):  # cheapest first
-            measured = latency_ms(candidate.spec, budget.device, latency_cache)
-            if measured > budget.max_latency_ms:
-                break
-            timed.append(Candidate(candidate.spec, candidate.params, candidate.gflops, measured))
-        front = timed[::-1]
+        search = _LatencySearch(budget, latency_cache, time_limit_s)
+        front = search.largest_within(front)
     if not front:
         raise _nothing_fits(method, candidates, budget, latency_cache)
     chosen = front[0]
@@ -206,6 +275,10 @@ def plan_budget(method: Method, learngene: Learngene, budget: Budget, *, num_cla
         "chosen": chosen.to_dict(),
         "front": [c.to_dict() for c in front],
     }
+    if search is not None:
+        details["timed"] = search.timings
+        if search.stopped:
+            details["latency_search_stopped"] = search.stopped
     return PlanResult(chosen=chosen, front=front, within=within, details=details)
 
 
@@ -216,7 +289,8 @@ def _nothing_fits(method: Method, candidates: list[Candidate], budget: Budget,
     message = (f"no {method.name} descendant fits the budget; the smallest available has {min_params:,} parameters "
                f"and {cheapest.gflops:.4g} GFLOPs")
     min_latency = None
-    if budget.max_latency_ms is not None:
+    if budget.max_latency_ms is not None and cheapest.params <= MAX_TIMED_PARAMS and \
+            cheapest.gflops <= MAX_TIMED_GFLOPS:  # timed already, or quick to
         min_latency = latency_ms(cheapest.spec, budget.device, latency_cache)
         message += f", and runs in {min_latency:.3g} ms on {budget.device}"
     return BudgetError(message, min_params, cheapest.gflops, min_latency, budget.device)

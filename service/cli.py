@@ -71,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"Learngene Service on http://{args.host}:{args.port}  (API docs: /docs)", flush=True)
     # Our logging setup, not uvicorn's: its lines come out in LEARNGENE_LOG_FORMAT, and the request middleware
     # writes the access log (with request ids and route templates).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
     ctx.close()
     return 0
 

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     #: Roots under which ``imagefolder:`` dataset paths may lie (empty list: none allowed).
     allowed_dataset_roots: list[Path] = Field(default_factory=list)
 
+    #: On SIGTERM, requests still running this many seconds later (event streams, a slow download) are cut, so
+    #: that a stop always completes.
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
     seed_on_start: bool = True
     #: ``json`` (one object per line, for log collectors) or ``text`` (for people); empty: json in production,
     #: text in development.

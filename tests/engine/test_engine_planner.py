@@ -62,9 +62,40 @@ def test_latency_is_measured_cached_and_bounds_the_choice(learngenes: dict[str, 
     assert roomy.chosen.latency_ms is not None and 0 < roomy.chosen.latency_ms < 60_000
     assert roomy.spec.depth == 3
     stored = json.loads(cache.read_text())
-    assert len(stored) == len(roomy.front) == 3  # every front member timed once
+    # Bisection: the cheapest, then the middle of the rest (the deepest), each once; both fit.
+    assert len(stored) == len(roomy.front) == roomy.details["timed"] == 2
     with pytest.raises(BudgetError) as caught:
         plan_budget(method, learngenes["tleg"], Budget(max_latency_ms=1e-6), limits=limits, latency_cache=cache)
     shallowest = next(v for k, v in stored.items() if '"depth": 1,' in k)
     assert caught.value.min_latency_ms == shallowest  # the cheapest candidate's, from the cache
     assert caught.value.device == "cpu"
+
+
+def test_a_latency_budget_of_any_size_times_a_bounded_number_of_models(learngenes: dict[str, Learngene],
+                                                                       tmp_path: Path) -> None:
+    """A FRONT learngene offers thousands of sizes; ``max_latency_ms: 1e300`` timed every one of its front (1,338 on
+    the seeded one, over 15 CPU-minutes). Bisection times about log2 of the front's size."""
+    import math
+
+    from engine.planner import MAX_TIMINGS
+
+    method, learngene = get_method("front"), learngenes["front"]
+    limits = SpecLimits(max_params=3_000_000)  # small models: the timings themselves stay short
+    cache = tmp_path / "latency.json"
+    result = plan_budget(method, learngene, Budget(max_latency_ms=1e300), limits=limits, latency_cache=cache,
+                         time_limit_s=600)  # the count is bounded here, not the time (a busy machine is slow)
+    front = pareto_front(result.within)
+    assert len(front) > 100
+    assert result.details["timed"] == len(json.loads(cache.read_text())) <= math.ceil(math.log2(len(front))) + 1
+    assert result.details["timed"] <= MAX_TIMINGS
+    assert result.chosen == result.front[0] and result.chosen.latency_ms is not None
+    assert result.chosen.params == front[0].params  # everything fits 1e300 ms: the largest of the front
+
+
+def test_a_latency_search_stops_at_its_time_limit(learngenes: dict[str, Learngene], tmp_path: Path) -> None:
+    method, learngene = get_method("front"), learngenes["front"]
+    result = plan_budget(method, learngene, Budget(max_latency_ms=1e300), limits=SpecLimits(max_params=3_000_000),
+                         latency_cache=tmp_path / "latency.json", time_limit_s=0)
+    assert result.details["timed"] == 1  # the cheapest only: an answer, within its budget
+    assert result.details["latency_search_stopped"] == "the time limit of the search was reached"
+    assert result.chosen.params == min(c.params for c in result.within)

@@ -165,3 +165,54 @@ def test_a_caller_without_the_right_is_refused_before_the_body_is_read(tmp_path:
         assert status == 403 and sent < 16 * MIB, sent
     finally:
         server.stop()
+
+
+def _peak_rss_bytes(proc: Proc) -> int:
+    for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+def test_a_latency_budget_of_any_size_is_answered_within_seconds_and_sigterm_stops_the_server(
+        tmp_path: Path, tiny_ancestry_file: Path) -> None:
+    """Item 4: ``{"max_latency_ms": 1e300}`` on a FRONT learngene timed 1,338 candidate sizes inside the request
+    (over 15 CPU-minutes, 2.7 GB peak), and SIGTERM did not stop the server. The planner bisects the front within
+    bounds; a stop cuts what is still open after LEARNGENE_SHUTDOWN_GRACE_S."""
+    from service.context import build_context
+    from service.models import Job
+
+    settings = make_settings(tmp_path, republish_after_s=3600, shutdown_grace_s=2)
+    server, url = start_server(settings, tmp_path)
+    try:
+        with open(tiny_ancestry_file, "rb") as f:
+            ancestry = httpx.post(f"{url}/v1/ancestries", files={"file": ("tiny.safetensors", f)}, timeout=120,
+                                  data={"architecture": ARCH, "model_args": json.dumps(TINY_ARGS)}).json()
+        job = httpx.post(f"{url}/v1/condense-jobs", json={"ancestry": ancestry["id"], "method": "front",
+                                                          "learngene": "t-front", "mode": "fit"}).json()
+        with httpx.stream("GET", f"{url}/v1/jobs/{job['id']}/events", timeout=120) as events:
+            events.read()
+        # A client timeout far below the 15 minutes it took: the answer has to come from a bounded search.
+        r = httpx.post(f"{url}/v1/descendants", params={"wait": 0}, timeout=120,
+                       json={"learngene": "t-front", "budget": {"max_latency_ms": 1e300}})
+        assert r.status_code in (201, 202), r.text
+        details = r.json()["details"]
+        assert details["candidates"] > 1000 and 1 <= details["timed"] <= 12, details
+        assert details["chosen"]["params"] <= 100_000_000 and "latency_search_stopped" in details
+        peak = _peak_rss_bytes(server)
+        assert peak < 1.5 * 1024**3, peak
+
+        ctx = build_context(settings, with_dispatcher=False)
+        try:
+            with ctx.sessions.begin() as session:  # a job nobody runs: its event stream would stay open an hour
+                session.add(Job(id="d" * 32, kind="condense", queue="gpu"))
+        finally:
+            ctx.close()
+        stream = httpx.stream("GET", f"{url}/v1/jobs/{'d' * 32}/events", params={"timeout_s": 3600}, timeout=120)
+        response = stream.__enter__()
+        assert response.status_code == 200
+        server.popen.terminate()
+        assert server.popen.wait(timeout=60) is not None  # was: still serving the stream
+        stream.__exit__(None, None, None)
+    finally:
+        server.stop()
