@@ -82,8 +82,17 @@ async def require_reader(
     return await anyio.to_thread.run_sync(_authorize, ctx, caller, "read")
 
 
+def require_metrics_reader(
+    request: Request, ctx: CtxDep, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """``/metrics`` is open, or for admin keys only (LEARNGENE_METRICS_ACCESS): its labels name every route."""
+    caller = _principal(request, ctx)
+    return _authorize(ctx, caller, "admin") if ctx.settings.resolved_metrics_access == "admin" else caller
+
+
 WriterDep = Depends(require_writer)
 #: The caller of a write, for routes that record who owns what they create.
 Writer = Annotated[Principal, Depends(require_writer)]
 Admin = Annotated[Principal, Depends(require_admin)]
 Reader = Annotated[Principal, Depends(require_reader)]
+MetricsReader = Annotated[Principal, Depends(require_metrics_reader)]

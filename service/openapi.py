@@ -25,6 +25,7 @@ _EVERYWHERE = (400, 401, 429, 503)
 _WITH_BODY = (400, 413, 422)
 _BEARER = {"HTTPBearer": []}
 ADMIN_PREFIX = "/v1/keys"
+METRICS_PATH = "/metrics"
 
 
 def _error(status: int) -> dict[str, Any]:
@@ -72,6 +73,8 @@ def install_openapi(app: FastAPI) -> None:
                         continue
                     if path.startswith(ADMIN_PREFIX):
                         needed = True
+                    elif path == METRICS_PATH:
+                        needed = ctx.settings.resolved_metrics_access == "admin"
                     elif method in ("get", "head"):
                         needed = ctx.settings.require_key_for_reads
                     else:

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     #: ``json`` (one object per line, for log collectors) or ``text`` (for people); empty: json in production,
     #: text in development.
     log_format: Literal["json", "text", ""] = ""
+    #: Who may scrape ``/metrics``: ``open`` (anyone), ``admin`` (an admin key); empty: admin in production, open
+    #: in development.
+    metrics_access: Literal["open", "admin", ""] = ""
 
     @model_validator(mode="after")
     def _storage_url_is_known(self) -> "Settings":
@@ -139,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def resolved_log_format(self) -> str:
         return self.log_format or ("json" if self.environment == "production" else "text")
+
+    @property
+    def resolved_metrics_access(self) -> str:
+        return self.metrics_access or ("admin" if self.environment == "production" else "open")
 
     @property
     def uses_celery(self) -> bool:
