@@ -4,9 +4,11 @@ job runs. The ids live in context variables, so any logger anywhere picks them u
 from __future__ import annotations
 
 import contextvars
+import copy
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,9 @@ class ContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``json.dumps`` escapes every control character (and, ASCII only, the Unicode
+    line separators), so no value can break the line."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
@@ -59,8 +64,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+#: What could end a log line or fake a new one on a terminal: C0 and C1 controls, DEL, the Unicode line and
+#: paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: each control character written as its escape (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                                       else f"\\u{ord(m[0]):04x}"), text)
+
+
 class TextFormatter(logging.Formatter):
-    """One readable line; the ids in brackets only when there are some."""
+    """One readable line per record, whatever its message holds (a request path may carry ``%0d%0a``): control
+    characters are escaped; a traceback follows on lines of its own, indented, so none of its lines can pass for
+    a record. The ids are in brackets, only when there are some."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(ids)s: %(message)s")
@@ -71,6 +90,17 @@ class TextFormatter(logging.Formatter):
             ids.append(f"job={record.job_id} {record.job_kind} attempt={record.attempt}")
         record.ids = f" [{' '.join(ids)}]" if ids else ""
         return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        safe = copy.copy(record)
+        safe.message = escape_controls(record.message)
+        return super().formatMessage(safe)
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(f"    {escape_controls(line)}" for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(f"    {escape_controls(line)}" for line in stack_info.splitlines())
 
 
 def configure(fmt: str, level: int | str = logging.INFO) -> None:

@@ -149,3 +149,31 @@ def test_json_booleans_are_not_numbers(ctx: AppContext) -> None:
         assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "body.ancestry", r.text
         r = c.post("/v1/keys", json={"owner": "x", "burst": 3, "rate_per_s": 2}, headers=bearer("boot"))
         assert r.status_code == 201 and r.json()["rate_per_s"] == 2.0  # an integer is a number
+
+
+FORGED = "2026-12-02 20:00:00 ERROR service FORGED: the database was deleted"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_control_characters_cannot_forge_log_lines(tmp_path: Path, log_format: str) -> None:
+    """Item 12: ``GET /v1/jobs/abc%0d%0a2026-12-02 20:00:00 ERROR service FORGED...`` wrote a forged line into the
+    text log."""
+    import httpx
+
+    from tests.support import make_settings, start_server
+
+    server, url = start_server(make_settings(tmp_path), tmp_path, env={"LEARNGENE_LOG_FORMAT": log_format})
+    try:
+        for tail in ("%0d%0a", "%0a", "%e2%80%a8", "%1b%5b2K%0d"):  # CRLF, LF, U+2028, an ANSI line erase
+            path = f"/v1/jobs/abc{tail}{FORGED.replace(' ', '%20')}"
+            assert httpx.get(url + path).status_code == 404
+    finally:
+        server.stop()
+    lines = server.log_path.read_text().splitlines()
+    assert not [line for line in lines if line.startswith(FORGED[:19]) or line.lstrip("\r\x1b[2K").startswith("2026-12-02")]
+    forged = [line for line in lines if "FORGED" in line]
+    assert len(forged) == 4, forged  # one access line per request, each whole
+    if log_format == "json":
+        assert all(json.loads(line)["path"].startswith("/v1/jobs/abc") for line in forged)
+    else:
+        assert all(" GET /v1/jobs/abc" in line and "\\" in line for line in forged)
