@@ -62,9 +62,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         requeue_stale(ctx)
         start_maintenance(ctx, threading.Event())
     if settings.seed_on_start and not args.no_seed:
-        from service.seed import seed_if_empty
+        from service.seed import NoWorker, seed_if_empty
 
-        seed_if_empty(ctx, log=lambda msg: print(f"[seed] {msg}", flush=True))
+        try:
+            seed_if_empty(ctx, log=lambda msg: print(f"[seed] {msg}", flush=True))
+        except NoWorker as exc:  # the API serves meanwhile; the seeded learngenes come when a worker does
+            print(f"[seed] {exc}", flush=True)
     app = create_app(settings, ctx=ctx)
     # The API imports torch lazily; pay for it now, in the background, rather than in the first request.
     threading.Thread(target=_warm_engine, name="lg-warm", daemon=True).start()
@@ -104,12 +107,16 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     from service.context import build_context
-    from service.seed import seed_if_empty
+    from service.seed import NoWorker, seed_if_empty
 
     _migrate()
     ctx = build_context(get_settings())
     try:
-        seed_if_empty(ctx, log=lambda msg: print(f"[seed] {msg}", flush=True), force=args.force)
+        seed_if_empty(ctx, log=lambda msg: print(f"[seed] {msg}", flush=True), force=args.force,
+                      worker_wait_s=args.wait_for_worker)
+    except NoWorker as exc:
+        print(f"learngene seed: {exc}", file=sys.stderr)
+        return 1
     finally:
         ctx.close()
     return 0
@@ -191,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="seed the registry with the built-in learngenes")
     seed.add_argument("--force", action="store_true", help="seed even when learngenes exist")
+    seed.add_argument("--wait-for-worker", type=float, default=120, metavar="SECONDS",
+                      help="with a broker: give up when no worker has taken a job after this long (default 120)")
     seed.set_defaults(func=cmd_seed)
 
     keys = sub.add_parser("keys", help="API keys: create (printed once), revoke, list")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -125,6 +126,7 @@ _DESCRIPTIONS = {
     409: "Conflict",
     411: "Uploads must declare their Content-Length",
     413: "Payload too large",
+    416: "The byte range starts past the end of the file (Content-Range says its size)",
     429: "Rate limit or quota spent (see Retry-After)",
     500: "The job behind the request failed (not the client's fault)",
     422: "Invalid request (the field is named in details)",
@@ -136,7 +138,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
-def _body(status: int, code: str, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
+    """An error in the one JSON shape (also for a route that answers one without raising)."""
     payload = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or []))
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse(status_code=status, content=payload.model_dump(), headers=headers)
@@ -171,10 +174,27 @@ def _allowed_methods(request: Request) -> str | None:
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
+def _server_paths(request: Request) -> Callable[[str], str]:
+    """What replaces this server's own folders (data, artifacts, cache) in a message: a library's error about a
+    stored file names its absolute path, which is nobody's business but the operator's."""
+    settings = request.app.state.ctx.settings
+    roots = sorted({str(p) for p in (settings.data_dir.resolve(), settings.artifact_root, settings.resolved_cache_dir)},
+                   key=len, reverse=True)
+
+    def hide(message: str) -> str:
+        for root in roots:
+            message = message.replace(root, "<server>")
+        return message
+
+    return hide
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        response = _body(exc.status_code, exc.code, exc.message, exc.details)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        hide = _server_paths(request)
+        details = [ErrorDetail(field=d.field, message=hide(d.message)) for d in exc.details]
+        response = error_response(exc.status_code, exc.code, hide(exc.message), details)
         if isinstance(exc, TooManyRequests):
             response.headers.update(retry_after_header(exc.retry_after))
         return response
@@ -184,18 +204,18 @@ def install_error_handlers(app: FastAPI) -> None:
         # The last line of defence: inputs are bounded before they reach the database (ids < 2^31, names by
         # pattern), but a value the database still refuses is the client's, not a server error.
         log.warning("database refused a value: %s", exc.orig)
-        return _body(422, "invalid_request", "a value is outside what the registry can store")
+        return error_response(422, "invalid_request", "a value is outside what the registry can store")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [ErrorDetail(field=_loc_to_field(e.get("loc", ())), message=e.get("msg", "")) for e in exc.errors()]
         fields = ", ".join(d.field or "?" for d in details)
-        return _body(422, "validation_error", f"invalid request: {fields}", details)
+        return error_response(422, "validation_error", f"invalid request: {fields}", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        response = _body(exc.status_code, code, str(exc.detail))
+        response = error_response(exc.status_code, code, str(exc.detail))
         if exc.headers:
             response.headers.update(exc.headers)
         if exc.status_code == 405 and (allowed := _allowed_methods(request)):
@@ -204,7 +224,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return _body(503, Unavailable.code, "the database is unavailable; try again shortly")
+        return error_response(503, Unavailable.code, "the database is unavailable; try again shortly")
 
     for error in DATABASE_DOWN:
         app.add_exception_handler(error, _database_down)
@@ -212,4 +232,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return _body(500, "internal_error", "internal server error")
+        return error_response(500, "internal_error", "internal server error")

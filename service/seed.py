@@ -28,6 +28,9 @@ from service.jobs.kinds import FINISHED
 from service.models import Ancestry, Job, LearngeneRow
 
 SEED_DATA = Path(__file__).resolve().parent / "seed_data"
+#: How to get the jobs of a deployment with a broker done.
+NO_WORKER_HINT = ("start one with `learngene worker --queues cpu,gpu`, with the same LEARNGENE_BROKER_URL and "
+                  "LEARNGENE_DATABASE_URL")
 #: Each shipped ancestry (its entry in seed_data/ancestries.json) and the prefix of its learngenes' names:
 #: fashion-tleg, ..., digits-tleg, ... The quick start uses the Fashion-MNIST ones; digits' stay for the tests.
 SEED_ANCESTRIES = {"fashion-vit": "fashion", "digits-vit": "digits"}
@@ -46,9 +49,19 @@ def seed_manifest() -> dict[str, dict[str, Any]]:
     return json.loads((SEED_DATA / "ancestries.json").read_text())
 
 
+#: Seconds without any seeding job taken by a worker before the waiting is said out loud.
+NOTICE_AFTER_S = 10.0
+
+
+class NoWorker(RuntimeError):
+    """Seeding jobs were queued, and no worker took any of them in time."""
+
+
 def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bool = False,
-                  timeout_s: float = 1800) -> list[str]:
-    """Seed an empty registry; returns the names of the learngenes created."""
+                  timeout_s: float = 1800, worker_wait_s: float = 120) -> list[str]:
+    """Seed an empty registry; returns the names of the learngenes created. With a broker, the jobs need a
+    Celery worker: when none has taken one ``worker_wait_s`` after they were queued, raises :class:`NoWorker`
+    (the jobs stay queued and run once a worker starts)."""
     with ctx.sessions() as session:
         if not force and session.scalar(select(func.count()).select_from(LearngeneRow)):
             return []
@@ -75,22 +88,40 @@ def seed_if_empty(ctx: AppContext, log: Callable[[str], None] = print, force: bo
             with unit_of_work(ctx.sessions) as uow:
                 job_ids[name] = submit(uow, ctx, req).id
             log(f"condensing {name} as job {job_ids[name]}")
-    deadline = time.monotonic() + timeout_s
+    _follow(ctx, job_ids, log, timeout_s, worker_wait_s)
+    with ctx.sessions() as session:
+        done = [n for n, j in job_ids.items() if (job := session.get(Job, j)) and job.state == "succeeded"]
+    return done
+
+
+def _follow(ctx: AppContext, job_ids: dict[str, str], log: Callable[[str], None], timeout_s: float,
+            worker_wait_s: float) -> None:
+    """Log each seeding job as it ends, for at most ``timeout_s``; say so when no worker takes any of them, and
+    give up (:class:`NoWorker`) after ``worker_wait_s``."""
+    queued_at = time.monotonic()
     pending = dict(job_ids)
-    while pending and time.monotonic() < deadline:
+    taken = not ctx.settings.uses_celery  # the in-process worker is there
+    noticed = False
+    while pending and time.monotonic() < queued_at + timeout_s:
         time.sleep(0.5)
         with ctx.sessions() as session:
             for name, job_id in list(pending.items()):
                 job = session.get(Job, job_id)
                 assert job is not None
+                taken = taken or job.state != "queued"
                 if job.state in FINISHED:
                     log(f"{name}: {job.state}" + (f" ({job.error.splitlines()[0]})" if job.error else ""))
                     del pending[name]
+        waited = time.monotonic() - queued_at
+        if not taken and waited >= worker_wait_s:
+            raise NoWorker(f"no worker took a seeding job in {waited:.0f} s: {NO_WORKER_HINT}; the {len(pending)} "
+                           "jobs stay queued and run once one does")
+        if not taken and not noticed and waited >= min(NOTICE_AFTER_S, worker_wait_s / 2):
+            noticed = True
+            log(f"waiting for a worker to take the seeding jobs ({NO_WORKER_HINT}); giving up after "
+                f"{worker_wait_s:.0f} s")
     if pending:
         log(f"still running after {timeout_s:.0f}s: {sorted(pending)}; they finish in the background")
-    with ctx.sessions() as session:
-        done = [n for n, j in job_ids.items() if (job := session.get(Job, j)) and job.state == "succeeded"]
-    return done
 
 
 def _seed_ancestry(ctx: AppContext, name: str, entry: dict[str, Any]) -> int:

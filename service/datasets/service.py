@@ -202,7 +202,9 @@ def check_images(root: Path) -> None:
                                          field="file")
                 img.verify()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidRequest(f"{rel} is not a readable image: {exc}", field="file") from exc
+            # PIL names the file by its path on this machine: the client knows it by its name in the archive.
+            reason = str(exc).replace(str(path), str(rel))
+            raise InvalidRequest(f"{rel} is not a readable image: {reason}", field="file") from exc
 
 
 #: The upload's text fields, in the order the OpenAPI document lists them.

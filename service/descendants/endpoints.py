@@ -112,6 +112,14 @@ def get_descendant(descendant_id: IdPath, uow: UowDep, caller: Reader) -> Descen
     return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id, caller), caller)
 
 
+@router.head(
+    "/{descendant_id}/weights",
+    operation_id="head_descendant_weights",
+    response_class=Response,
+    responses={200: {"description": "The size (Content-Length) and sha256 ETag of model.safetensors, no body"},
+               304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"}}
+    | error_responses(404, 409),
+)
 @router.get(
     "/{descendant_id}/weights",
     operation_id="download_descendant_weights",
@@ -121,10 +129,11 @@ def get_descendant(descendant_id: IdPath, uow: UowDep, caller: Reader) -> Descen
         206: {"description": "The requested byte range"},
         304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
     }
-    | error_responses(404, 409),
+    | error_responses(404, 409, 416),
 )
 def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: UowDep, caller: Reader) -> Response:
-    """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges."""
+    """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges (one past the end: 416; one that
+    cannot be parsed is ignored: the whole file); HEAD gives its size and ETag."""
     row = service.get_ready(uow.session, descendant_id, caller)
     assert row.storage_key is not None and row.sha256 is not None
     return serve_blob(request, ctx, row.storage_key, row.sha256, filename="model.safetensors",

@@ -59,6 +59,14 @@ def get_version(name: str, ref: str, uow: UowDep, caller: Reader) -> LearngeneVe
     return service.version_out(uow.session, service.get_version(uow.session, lg, ref), caller)
 
 
+@router.head(
+    "/{name}/versions/{ref}/tensors",
+    operation_id="head_learngene_tensors",
+    response_class=Response,
+    responses={200: {"description": "The size (Content-Length) and sha256 ETag of the tensors, no body"},
+               304: {"description": "Not modified"}}
+    | error_responses(404),
+)
 @router.get(
     "/{name}/versions/{ref}/tensors",
     operation_id="download_learngene_tensors",
@@ -68,7 +76,7 @@ def get_version(name: str, ref: str, uow: UowDep, caller: Reader) -> LearngeneVe
         206: {"description": "The requested byte range"},
         304: {"description": "Not modified"},
     }
-    | error_responses(404),
+    | error_responses(404, 416),
 )
 def download_tensors(name: str, ref: str, request: Request, ctx: CtxDep, uow: UowDep, caller: Reader) -> Response:
     """The learngene itself, so a client can expand offline or audit it (metadata in the safetensors header)."""

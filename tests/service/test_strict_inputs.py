@@ -177,3 +177,72 @@ def test_control_characters_cannot_forge_log_lines(tmp_path: Path, log_format: s
         assert all(json.loads(line)["path"].startswith("/v1/jobs/abc") for line in forged)
     else:
         assert all(" GET /v1/jobs/abc" in line and "\\" in line for line in forged)
+
+
+@sqlite_only
+def test_ranges_and_head_on_weights(ctx: AppContext, tiny_ancestry_file: Path) -> None:
+    """Item 13: ``Range: bytes=100-50`` and ``bytes=abc`` were a 400 with a text body; HEAD on weights a 405."""
+    from tests.service.conftest import condense_fit, upload_ancestry
+
+    with app_client(ctx) as c:
+        ancestry = upload_ancestry(c, tiny_ancestry_file).json()["id"]
+        r = c.post("/v1/descendants?wait=60", json={"ancestry": ancestry, "method": "random", "spec": {"depth": 1}})
+        assert r.status_code == 201, r.text
+        d = r.json()
+        weights, size, etag = d["weights_url"], d["size_bytes"], f'"{d["sha256"]}"'
+        for unparseable in ("bytes=100-50", "bytes=abc", "pages=0-1", "bytes=-"):
+            r = c.get(weights, headers={"Range": unparseable})
+            assert r.status_code == 200 and len(r.content) == size, (unparseable, r.status_code, r.text[:80])
+        r = c.get(weights, headers={"Range": f"bytes={size + 10}-"})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{size}"
+        assert r.json()["error"]["code"] == "range_not_satisfiable"
+        r = c.get(weights, headers={"Range": "bytes=0-9"})
+        assert r.status_code == 206 and len(r.content) == 10
+        head = c.head(weights)
+        assert head.status_code == 200 and int(head.headers["content-length"]) == size and head.content == b""
+        assert head.headers["etag"] == etag
+        assert c.head(weights, headers={"If-None-Match": etag}).status_code == 304
+        condense_fit(c, ancestry, "tleg", "ranged")
+        tensors = "/v1/learngenes/ranged/versions/1/tensors"
+        head = c.head(tensors)
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(c.get(tensors).content)
+        assert c.get(tensors, headers={"Range": "bytes=9-3"}).status_code == 200
+
+
+@sqlite_only
+def test_error_messages_name_no_server_path(ctx: AppContext) -> None:
+    """Item 13: a dataset whose image could not be read was refused naming the file's absolute path here."""
+    import io
+    import os
+    import zipfile
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("L", (8, 8)).save(png, format="PNG")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/1.png", os.urandom(2000))
+        zf.writestr("b/1.png", png.getvalue())
+    with app_client(ctx) as c:
+        r = c.post("/v1/datasets", files={"file": ("d.zip", archive.getvalue())})
+    assert r.status_code == 422, r.text
+    message = json.dumps(r.json())
+    assert "a/1.png" in message
+    for root in (ctx.settings.data_dir.resolve(), ctx.settings.artifact_root):
+        assert str(root) not in message, message
+
+
+def test_seed_with_a_broker_and_no_worker_says_so_and_gives_up(tmp_path: Path, redis_url: str) -> None:
+    """Item 13: ``learngene seed`` with a broker and no worker waited silently (13 minutes, until stopped)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO, make_settings, service_env
+
+    env = service_env(make_settings(tmp_path, broker_url=redis_url))
+    run = subprocess.run([sys.executable, "-m", "service.cli", "seed", "--wait-for-worker", "4"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "waiting for a worker" in run.stdout and "learngene worker" in run.stdout
+    assert "no worker took a seeding job" in run.stderr and "learngene worker --queues" in run.stderr
