@@ -32,6 +32,12 @@ class BlobResponse(FileResponse):
             return []  # no range: the whole file
 
 
+def head_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a HEAD on a blob (``what`` names it), besides its errors."""
+    return {200: {"description": f"The size (Content-Length) and sha256 ETag of {what}, no body"},
+            304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"}}
+
+
 def etag_matches(request: Request, etag: str) -> bool:
     header = request.headers.get("if-none-match")
     if not header:

@@ -14,7 +14,7 @@ from service.context import AppContext
 from service.db import unit_of_work
 from service.deps import CtxDep, Reader, UowDep, Writer
 from service.descendants import repository, service
-from service.files import safetensors_header, serve_blob
+from service.files import head_responses, safetensors_header, serve_blob
 from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
 from service.errors import InvalidRequest, JobFailedError, error_responses
 from service.jobs import waiting
@@ -112,14 +112,8 @@ def get_descendant(descendant_id: IdPath, uow: UowDep, caller: Reader) -> Descen
     return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id, caller), caller)
 
 
-@router.head(
-    "/{descendant_id}/weights",
-    operation_id="head_descendant_weights",
-    response_class=Response,
-    responses={200: {"description": "The size (Content-Length) and sha256 ETag of model.safetensors, no body"},
-               304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"}}
-    | error_responses(404, 409),
-)
+@router.head("/{descendant_id}/weights", operation_id="head_descendant_weights", response_class=Response,
+             responses=head_responses("model.safetensors") | error_responses(404, 409))
 @router.get(
     "/{descendant_id}/weights",
     operation_id="download_descendant_weights",

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.deps import CtxDep, Reader, UowDep
 from service.errors import NotFound, error_responses
-from service.files import serve_blob
+from service.files import head_responses, serve_blob
 from service.learngenes import repository, service
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut
 from service.pagination import Page, PageParams, page_params, paginate
@@ -59,14 +59,8 @@ def get_version(name: str, ref: str, uow: UowDep, caller: Reader) -> LearngeneVe
     return service.version_out(uow.session, service.get_version(uow.session, lg, ref), caller)
 
 
-@router.head(
-    "/{name}/versions/{ref}/tensors",
-    operation_id="head_learngene_tensors",
-    response_class=Response,
-    responses={200: {"description": "The size (Content-Length) and sha256 ETag of the tensors, no body"},
-               304: {"description": "Not modified"}}
-    | error_responses(404),
-)
+@router.head("/{name}/versions/{ref}/tensors", operation_id="head_learngene_tensors", response_class=Response,
+             responses=head_responses("the learngene's tensors") | error_responses(404))
 @router.get(
     "/{name}/versions/{ref}/tensors",
     operation_id="download_learngene_tensors",
