@@ -139,6 +139,58 @@ class _Sink:
         self.path.unlink(missing_ok=True)
 
 
+class _Receiver(Generic[T]):
+    """What the parts of one upload made so far: its text fields, its small file parts, and its file."""
+
+    def __init__(self, ctx: AppContext, check: Callable[[dict[str, str], dict[str, bytes], str], T],
+                 fields: frozenset[str], file_parts: frozenset[str], file_field: str, max_file_part_bytes: int) -> None:
+        self.ctx, self.check = ctx, check
+        self.fields, self.file_parts, self.file_field = fields, file_parts, file_field
+        self.max_file_part_bytes = max_file_part_bytes
+        self.texts: dict[str, str] = {}
+        self.small: dict[str, bytes] = {}
+        self.part: _Part | None = None
+        self.sink: _Sink | None = None
+        self.checked: T | None = None
+        self.filename = ""
+
+    async def handle(self, kind: str, value: Any) -> None:
+        if kind == "part":
+            await self._begin(_part_of(value))
+        elif kind == "data" and self.part is not None:
+            await self._data(self.part, value)
+        elif kind == "end" and self.part is not None and self.part.name != self.file_field:
+            if self.part.name in self.file_parts:
+                self.small[self.part.name] = bytes(self.part.data)
+            else:
+                self.texts[self.part.name] = self.part.data.decode("utf-8", "replace")
+
+    async def _begin(self, part: _Part) -> None:
+        self.part = part
+        if self.sink is not None:
+            raise InvalidRequest(f"form field {part.name!r} came after the {self.file_field} part: send every "
+                                 "field before the file", field=part.name)
+        if part.name in self.texts or part.name in self.small:
+            raise InvalidRequest(f"form field {part.name!r} is given twice", field=part.name)
+        if part.name == self.file_field:
+            # Every field is in: check them all before a byte of the file is stored.
+            self.filename = part.filename or ""
+            self.checked = await anyio.to_thread.run_sync(self.check, self.texts, self.small, self.filename)
+            self.sink = _Sink(self.ctx)
+        elif part.name not in self.fields | self.file_parts:
+            raise InvalidRequest(f"unknown form field {part.name!r}; this upload takes "
+                                 f"{sorted(self.fields | self.file_parts | {self.file_field})}", field=part.name)
+
+    async def _data(self, part: _Part, data: bytes) -> None:
+        if self.sink is not None:  # the file part: the last one
+            await self.sink.add(data, self.ctx.settings.max_upload_bytes)
+            return
+        part.data += data
+        cap = self.max_file_part_bytes if part.name in self.file_parts else MAX_FIELD_BYTES
+        if len(part.data) > cap:
+            raise PayloadTooLarge(f"{part.name} exceeds {cap} bytes", field=part.name)
+
+
 async def receive_upload(
     request: Request, ctx: AppContext, caller: Principal, check: Callable[[dict[str, str], dict[str, bytes], str], T],
     *, fields: frozenset[str], file_parts: frozenset[str] = frozenset(), file_field: str = "file",
@@ -148,20 +200,14 @@ async def receive_upload(
     file parts (read into memory, at most ``max_file_part_bytes``), ``file_field`` the upload itself.
     ``check(fields, file_parts, filename)`` runs in a worker thread when the upload's part begins and may raise
     a ServiceError (then nothing was stored); its result comes back in :class:`Received`."""
-    _, options = parse_options_header(request.headers.get("content-type", ""))
-    boundary = options.get(b"boundary")
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data") or not boundary:
+    content_type = request.headers.get("content-type", "")
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not content_type.lower().startswith("multipart/form-data") or not boundary:
         raise InvalidRequest("send the upload as multipart/form-data", field=file_field)
     events = _Events()
     parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
-    texts: dict[str, str] = {}
-    small: dict[str, bytes] = {}
-    part: _Part | None = None
-    sink: _Sink | None = None
-    checked: Any = None
-    filename = ""
+    upload = _Receiver(ctx, check, fields, file_parts, file_field, max_file_part_bytes)
     uncharged = 0
-    limit = ctx.settings.max_upload_bytes
     try:
         async for chunk in request.stream():
             uncharged += len(chunk)
@@ -173,45 +219,20 @@ async def receive_upload(
             except FormParserError as exc:
                 raise InvalidRequest(f"the multipart body is malformed: {exc}", field=file_field) from exc
             for kind, value in events.queue:
-                if kind == "part":
-                    part = _part_of(value)
-                    if sink is not None:
-                        raise InvalidRequest(f"form field {part.name!r} came after the {file_field} part: send "
-                                             f"every field before the file", field=part.name)
-                    if part.name in texts or part.name in small:
-                        raise InvalidRequest(f"form field {part.name!r} is given twice", field=part.name)
-                    if part.name == file_field:
-                        filename = part.filename or ""
-                        checked = await anyio.to_thread.run_sync(check, texts, small, filename)
-                        sink = _Sink(ctx)
-                    elif part.name not in fields | file_parts:
-                        raise InvalidRequest(f"unknown form field {part.name!r}; this upload takes "
-                                             f"{sorted(fields | file_parts | {file_field})}", field=part.name)
-                elif kind == "data" and part is not None:
-                    if part.name == file_field and sink is not None:
-                        await sink.add(value, limit)
-                        continue
-                    part.data += value
-                    cap = max_file_part_bytes if part.name in file_parts else MAX_FIELD_BYTES
-                    if len(part.data) > cap:
-                        raise PayloadTooLarge(f"{part.name} exceeds {cap} bytes", field=part.name)
-                elif kind == "end" and part is not None and part.name != file_field:
-                    if part.name in file_parts:
-                        small[part.name] = bytes(part.data)
-                    else:
-                        texts[part.name] = part.data.decode("utf-8", "replace")
+                await upload.handle(kind, value)
             events.queue.clear()
         parser.finalize()
-        if sink is None:
+        if upload.sink is None:
             raise InvalidRequest(f"the upload has no {file_field} part", field=file_field)
         if uncharged:
             await anyio.to_thread.run_sync(charge_upload, ctx, caller, uncharged)
-        digest = await sink.close()
+        digest = await upload.sink.close()
     except BaseException:
-        if sink is not None:
-            sink.discard()
+        if upload.sink is not None:
+            upload.sink.discard()
         raise
-    return Received(checked=checked, path=sink.path, filename=filename, sha256=digest, size=sink.size)
+    return Received(checked=upload.checked,  # type: ignore[arg-type]  (set with the sink)
+                    path=upload.sink.path, filename=upload.filename, sha256=digest, size=upload.sink.size)
 
 
 def multipart_body(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:

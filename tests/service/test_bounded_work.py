@@ -14,6 +14,7 @@ from service.context import AppContext
 from tests.service.conftest import ARCH, TINY_ARGS, app_client, bearer, new_key
 from tests.support import Proc, make_settings, start_server
 
+sqlite_only = pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
 BOUNDARY = "lgboundary"
 MIB = 1024 * 1024
 
@@ -217,9 +218,6 @@ def test_a_latency_budget_of_any_size_is_answered_within_seconds_and_sigterm_sto
         stream.__exit__(None, None, None)
     finally:
         server.stop()
-
-
-sqlite_only = pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
 
 
 @sqlite_only

@@ -3,7 +3,6 @@ naming the field, before anything is stored, or is served as the HTTP specificat
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
