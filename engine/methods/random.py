@@ -1,4 +1,4 @@
-"""Random: timm's own default initialization, the baseline every method must beat (METHODS.md section 5).
+"""Random: timm's own default initialization, the baseline every method must beat (METHODS.md section 6).
 
 Any valid spec; the learngene only supplies defaults for fields a request leaves out, so any learngene (of any
 method) can be expanded this way. ``fit`` records the ancestry's spec and keeps no tensors.
@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import FAMILY_DEFAULTS, ViTSpec, merge_request
-from engine.vit import build_model, make_descendant, seeded
+from engine.vit import build_seeded, make_descendant
 
 name = "random"
 
@@ -39,7 +39,4 @@ def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
 
 def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     spec = resolve_spec(learngene, spec.to_dict())
-    # Exactly `torch.manual_seed(seed); timm.create_model(...)`, without touching the caller's RNG state.
-    with seeded(seed):
-        model = build_model(spec)
-    return make_descendant(model.state_dict(), spec)
+    return make_descendant(build_seeded(spec, seed).state_dict(), spec)
