@@ -44,6 +44,11 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     "dynamic_img_size": False,
     "distilled": False,  # DeiT's distillation token and second head: dist_token, head_dist
 }
+#: What a request may change where a method makes any size from the weights it holds (weight selection, FRONT;
+#: random init, which holds none, also patch size and input channels): size, classes, image size, class token
+#: and pooling.
+FREE_FIELDS = frozenset({"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
+                         "global_pool"})
 
 
 class SpecError(ValueError):
@@ -318,7 +323,7 @@ def validate_structure(spec: ViTSpec) -> None:
     validate_family(spec)
 
 
-def merge_request(base: ViTSpec, partial: dict[str, Any], free: set[str], method: str) -> ViTSpec:
+def merge_request(base: ViTSpec, partial: dict[str, Any], free: frozenset[str] | set[str], method: str) -> ViTSpec:
     """Fill a partial request from ``base`` and refuse changes to fields the method fixes.
 
     Fields in ``free`` may change; any other field named in ``partial`` must equal ``base``'s. A new width
