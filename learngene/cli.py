@@ -72,9 +72,9 @@ def _ls(client: Any, args: argparse.Namespace) -> Any:
         if not args.name:
             raise SystemExit("learngene ls versions NAME")
         items = client.versions(args.name)
-        rows = [(v.version, v.status, ",".join(v.aliases), v.lineage.get("mode"), v.lineage.get("dataset"),
-                 v.size_bytes, v.created_at) for v in items]
-        return items, ("version", "status", "aliases", "mode", "dataset", "bytes", "created"), rows
+        rows = [(v.version, ",".join(v.aliases), v.lineage.get("mode"), v.lineage.get("dataset"), v.size_bytes,
+                 v.created_at) for v in items]
+        return items, ("version", "aliases", "mode", "dataset", "bytes", "created"), rows
     if args.what == "jobs":
         items = client.jobs(state=args.state, kind=args.kind, limit=args.limit)
         rows = [(j.id, j.kind, j.state, _step(j.progress), j.attempts, j.created_at) for j in items]
@@ -163,7 +163,7 @@ def cmd_condense(client: Any, args: argparse.Namespace) -> int:
         return 0
     version = job.follow()
     print(json.dumps(_plain(version), indent=2, default=str) if args.json else
-          f"{version.learngene}:{version.version} {version.status} (job {job.id})")
+          f"{version.learngene}:{version.version} (job {job.id})")
     return 0
 
 
