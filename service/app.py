@@ -10,7 +10,7 @@ from service import telemetry
 from service.context import AppContext, build_context
 from service.docs_ui import install_docs
 from service.deps import require_reader
-from service.errors import install_error_handlers
+from service.http_errors import install_error_handlers
 from service.limits.counters import make_counters
 from service.limits.middleware import GuardMiddleware
 from service.openapi import install_openapi

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from service.condensing import service
 from service.condensing.schemas import CondenseRequest, MethodOut, MethodParam
 from service.deps import CtxDep, UowDep, Writer
-from service.errors import error_responses
+from service.http_errors import error_responses
 from service.jobs.schemas import JobOut
 
 router = APIRouter(tags=["condensing"])

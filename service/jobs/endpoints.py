@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.context import AppContext
 from service.deps import CtxDep, UowDep, Writer
-from service.errors import error_responses
+from service.http_errors import error_responses
 from service.jobs import repository, service, waiting
 from service.jobs.kinds import FINISHED, JobState
 from service.jobs.schemas import JobOut
