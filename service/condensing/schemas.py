@@ -61,3 +61,13 @@ class MethodOut(BaseModel):
     baseline: bool = Field(description="Expands straight from an ancestry (`POST /v1/descendants` with `ancestry`)")
     condensing: list[str] = Field(description="Modes a condensing job may use (empty: expansion-only baseline)")
     params: list[MethodParam]
+
+
+class LossPoint(BaseModel):
+    step: int
+    loss: float
+
+
+class LossCurve(BaseModel):
+    job_id: str
+    points: list[LossPoint]
