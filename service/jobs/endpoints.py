@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import CtxDep, UowDep, Writer
 from service.http_errors import error_responses
 from service.jobs import repository, service, waiting
-from service.jobs.kinds import FINISHED, JobState
 from service.jobs.schemas import JobOut
+from service.jobs.states import FINISHED, JobState
 from service.keys.auth import check_owner
 from service.pagination import Page, PageParams, page_params, paginate
 
