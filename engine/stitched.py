@@ -20,9 +20,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, named_apply
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
+from engine.blocks import vit_block
 from engine.numerics import normal_
 from engine.spec import STITCHED_ARCHITECTURE
-from engine.vit import vit_block
 
 
 class StitchedViT(nn.Module):

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import timm
 import torch
-from timm.layers import LayerNorm, get_act_layer, trunc_normal_
-from timm.models.vision_transformer import Block
+from timm.layers import trunc_normal_
 from torch import nn
 
 from engine.costs import block_shapes, head_modules, spec_block_shapes
@@ -142,15 +140,6 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         yield
-
-
-def vit_block(dim: int, num_heads: int, mlp_ratio: float, family: ViTSpec | None = None, **factory: Any) -> Block:
-    """The block exactly as timm's ``VisionTransformer`` builds it for ``family`` (default: the plain ViT's qkv
-    bias, timm LayerNorm with eps 1e-6, GELU, no layer scale)."""
-    family = family or ViTSpec(depth=1, embed_dim=dim, num_heads=num_heads)
-    return Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=family.qkv_bias,
-                 init_values=family.init_values, norm_layer=partial(LayerNorm, eps=family.norm_eps),
-                 act_layer=get_act_layer(family.act_layer), **factory)
 
 
 def block_width(spec: ViTSpec, index: int) -> tuple[int, int, float]:

@@ -37,7 +37,7 @@ import torch
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.numerics import fixed_sum, resample_grid
-from engine.spec import FAMILY_DEFAULTS, SpecError, SpecLimits, ViTSpec, merge_request, require_features
+from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, SpecError, SpecLimits, ViTSpec, merge_request, require_features
 from engine.vit import (as_float32, assemble, block_key, block_tensors, check_layout, head_state, pos_prefix,
                         stack_blocks)
 
@@ -102,9 +102,6 @@ OUTSIDE: dict[str, tuple[str | None, ...]] = {
 #: Every ViT family feature: its tensors are in the tables above, the rest (activation, norm eps, pooling
 #: placement, position layout) only changes how timm builds the descendant.
 FEATURES = frozenset(FAMILY_DEFAULTS)
-#: Fields a request may change; the class token may be dropped, never added (there would be nothing to inherit).
-FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
-               "global_pool"}
 #: A block whose reconstruction has a smaller std than this (Z blocks have std 1) is constant: it gets its mean.
 _FLAT = 1e-9
 

@@ -9,8 +9,9 @@ from service.ancestries import service
 from service.ancestries.schemas import AncestryOut
 from service.bounds import IdPath
 from service.deps import CtxDep, UowDep, Writer
-from service.errors import InvalidRequest, PayloadTooLarge, error_responses
+from service.errors import InvalidRequest, PayloadTooLarge
 from service.files import spool_upload
+from service.http_errors import error_responses
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/ancestries", tags=["ancestries"])

@@ -94,8 +94,9 @@ def register_upload(
     """Validate ``path`` (strict timm load, after conversion from a Hugging Face layout when ``hf_config`` is
     given), move it into storage and add the row; ``(row, True)``. The same file with the same arguments from the
     same owner answers its existing row, ``(row, False)``. ``path`` is consumed."""
-    from engine.ancestry import AncestryError, read_upload  # torch stays out of the API's import time
+    from engine.ancestry import AncestryError  # torch stays out of the API's import time
     from engine.artifacts import sha256_file, write_safetensors
+    from engine.upload import read_upload
 
     normalization = normalization or {}
     try:

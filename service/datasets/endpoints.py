@@ -10,7 +10,8 @@ from service.files import spool_upload
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
 from service.deps import CtxDep, UowDep, Writer
-from service.errors import PayloadTooLarge, error_responses
+from service.errors import PayloadTooLarge
+from service.http_errors import error_responses
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from service.context import AppContext
 from service.errors import InvalidRequest, NotFound
 from service.models import DatasetRow
-from service.storage import sha256_file
+from service.settings import Settings
+from service.storage import ArtifactStore, sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: Unpacked size may be at most this many times the archive (zip bombs).
@@ -49,9 +50,9 @@ def list_page(session: Session, limit: int, after: int | None) -> Sequence[Datas
     return session.scalars(q).all()
 
 
-def dataset_dir(ctx: AppContext, sha256: str) -> Path:
+def dataset_dir(store: ArtifactStore, sha256: str) -> Path:
     """Where the dataset's archive lies unpacked on this machine (derived data, rebuilt when missing)."""
-    return ctx.store.local_dir(f"datasets/{sha256}")
+    return store.local_dir(f"datasets/{sha256}")
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -210,7 +211,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
         existing = session.scalar(select(DatasetRow).where(DatasetRow.sha256 == digest, same_owner))
         if existing is not None:
             return existing
-        dest = dataset_dir(ctx, digest)
+        dest = dataset_dir(ctx.store, digest)
         if not dest.exists():
             unpack(archive, dest, ctx.settings.dataset_max_files, ctx.settings.dataset_max_bytes)
             created = dest
@@ -234,11 +235,11 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
             shutil.rmtree(created, ignore_errors=True)
 
 
-def resolve_path(ctx: AppContext, row: DatasetRow) -> Path:
+def resolve_path(store: ArtifactStore, settings: Settings, row: DatasetRow) -> Path:
     """The ImageFolder root of an uploaded dataset, unpacked from its stored archive first on a machine that has
     not unpacked it yet (a worker elsewhere, or after the folder was cleaned)."""
-    dest = dataset_dir(ctx, row.sha256)
+    dest = dataset_dir(store, row.sha256)
     if not dest.is_dir():
-        archive = ctx.store.local_path(row.storage_key)
-        unpack(archive, dest, ctx.settings.dataset_max_files, ctx.settings.dataset_max_bytes)
+        archive = store.local_path(row.storage_key)
+        unpack(archive, dest, settings.dataset_max_files, settings.dataset_max_bytes)
     return image_folder_root(dest)

@@ -41,12 +41,6 @@ class Source:
     def key(self) -> str:
         return f"lgv:{self.version.id}" if self.version else f"anc:{self.ancestry.id}"  # type: ignore[union-attr]
 
-    @property
-    def hub_namespace(self) -> str:
-        if self.version is not None:
-            return f"{self.version.learngene.name}.v{self.version.version}"
-        return f"ancestry-{self.ancestry.id}.{self.method}"  # type: ignore[union-attr]
-
 
 def resolve_source(session: Session, req: DescendantRequest) -> Source:
     if req.learngene is not None:
@@ -208,6 +202,7 @@ def descendant_out(session: Session, row: DescendantRow) -> DescendantOut:
 
 
 def _hub_repo_id(row: DescendantRow, version: LearngeneVersion | None) -> str:
+    """The name ``/hub`` serves this descendant under (``service/hub.py`` parses it back)."""
     namespace = (
         f"{version.learngene.name}.v{version.version}" if version else f"ancestry-{row.ancestry_id}.{row.method}"
     )

@@ -1,23 +1,21 @@
-"""HTTP for jobs: follow, list, cancel, and stream progress (server-sent events)."""
+"""HTTP for jobs: follow, list, cancel, and stream progress (server-sent events). What a job of one kind reports
+beyond that is its domain's (a condensing job's loss curve: ``service/condensing/endpoints.py``)."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.context import AppContext
 from service.deps import CtxDep, UowDep, Writer
-from service.errors import error_responses
+from service.http_errors import error_responses
 from service.jobs import repository, service, waiting
-from service.jobs.kinds import FINISHED, JobState
 from service.jobs.schemas import JobOut
+from service.jobs.states import FINISHED, JobState
 from service.keys.auth import check_owner
 from service.pagination import Page, PageParams, page_params, paginate
 
@@ -91,54 +89,3 @@ async def stream_job_events(
             await asyncio.sleep(poll_s)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-class LossPoint(BaseModel):
-    step: int
-    loss: float
-
-
-class LossCurve(BaseModel):
-    job_id: str
-    points: list[LossPoint]
-
-
-def _loss_points(ctx: AppContext, job_id: str) -> list[LossPoint]:
-    with ctx.sessions() as session:
-        service.get_job(session, job_id)
-        events = repository.events_of_kind(session, job_id, "progress")
-    # Progress with a "phase" belongs to later stages (the evaluation card's fine-tuning), not to condensing.
-    return [LossPoint(step=e.data["step"], loss=e.data["loss"]) for e in events
-            if isinstance(e.data.get("loss"), (int, float)) and "step" in e.data and "phase" not in e.data]
-
-
-@router.get("/{job_id}/loss", operation_id="get_job_loss_curve", response_model=LossCurve,
-            responses=error_responses(404))
-def get_loss_curve(job_id: str, ctx: CtxDep) -> LossCurve:
-    """The training loss as reported by the job's progress, step by step."""
-    return LossCurve(job_id=job_id, points=_loss_points(ctx, job_id))
-
-
-@router.get("/{job_id}/loss.png", operation_id="get_job_loss_plot", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "Loss curve plot"}} | error_responses(404))
-def get_loss_plot(job_id: str, ctx: CtxDep) -> Response:
-    points = _loss_points(ctx, job_id)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3.5), dpi=100)
-    ax = fig.add_subplot()
-    if points:
-        ax.plot([p.step for p in points], [p.loss for p in points], marker=".", linewidth=1)
-    else:
-        ax.text(0.5, 0.5, "no loss reported yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"job {job_id[:12]}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return Response(buf.getvalue(), media_type="image/png")
