@@ -4,11 +4,12 @@ patch 16, 1000 classes). Times are medians of alternating runs (ours, timm, ours
 whatever else the machine is doing. The ratio is ours / timm: below 1 means inheriting is cheaper than a random
 start; 'random' is timm's own init and so the baseline itself (its ratio shows the noise).
 
-Learngenes are fitted here from a randomly initialized ViT-B ancestry (nothing is downloaded). TLEG and Learngene
-layers keep their ancestry's width, so their ViT-S learngenes are fitted from a ViT-S ancestry weight-selected out
-of the ViT-B one. The pool holds two 12-block students (ViT-S and ViT-B by weight selection) and is also timed on
-a stitched descendant (6 blocks at 384, 6 at 768). FRONT keeps its default whole spectrum (``keep_ratio`` 1), so
-its ViT-B descendant is the full inverse transform and its ViT-S one a truncation.
+Learngenes are fitted here from a randomly initialized ViT-B ancestry (nothing is downloaded). A method whose
+learngene keeps its ancestry's width (TLEG, Learngene layers) gets its ViT-S learngene fitted from a ViT-S
+ancestry weight-selected out of the ViT-B one. The pool holds two 12-block students (ViT-S and ViT-B by weight
+selection) and is also timed on a stitched descendant (6 blocks at 384, 6 at 768). FRONT keeps its default
+whole spectrum (``keep_ratio`` 1), so its ViT-B descendant is the full inverse transform and its ViT-S one a
+truncation.
 
 "peak/weights" is the growth of the process's peak resident memory during expand + save, over the descendant's
 weight bytes (Linux/glibc only). Methods that hand out the learngene's own tensors (weight selection at equal
@@ -39,7 +40,7 @@ import engine.stitched  # noqa: F401  (registers the stitched architecture)
 from engine.artifacts import descendant_metadata, save_descendant
 from engine.methods import METHOD_NAMES, get_method, weight_selection
 from engine.methods.base import Learngene
-from engine.spec import FrontSpec, ViTSpec
+from engine.spec import FrontSpec, SpecError, ViTSpec
 from engine.vit import build_model, seeded
 
 SEED = 0
@@ -56,7 +57,6 @@ FIT_PARAMS = {
                           {"embed_dim": 768, "num_heads": 12, "depth": 12}], "batch": 2},
     "wave": {"tile": [32, 32], "counts": 64},
 }
-WIDTH_FIXED = ("tleg", "layers")
 
 
 def _peak_rss_reset() -> int | None:
@@ -91,21 +91,27 @@ def _fit_learngenes(ancestry: dict[str, torch.Tensor], methods: list[str]) -> di
     learngenes = {}
     for name in methods:
         method = get_method(name)
-        sources = {"ViT-S": (small, small_spec), "ViT-B": (ancestry, ANCESTRY)} if name in WIDTH_FIXED else \
-            {"all": (ancestry, ANCESTRY)}
-        for label, (state, spec) in sources.items():
+
+        def fit(label: str, state: dict[str, torch.Tensor], spec: ViTSpec) -> Learngene:
             start = time.perf_counter()
             learngene = method.fit(state, spec, FIT_PARAMS.get(name, {}))
             print(f"fit {name:<17} from {label:<5} {time.perf_counter() - start:7.2f} s")
-            for size in SIZES if label == "all" else [label]:
-                learngenes[(name, size)] = learngene
+            return learngene
+
+        whole = fit("ViT-B", ancestry, ANCESTRY)
+        for size, spec in SIZES.items():
+            try:
+                method.resolve_spec(whole, {k: getattr(spec, k) for k in ("depth", "embed_dim", "num_heads")})
+                learngenes[(name, size)] = whole
+            except SpecError:  # the method keeps its ancestry's width: a ViT-S learngene needs a ViT-S ancestry
+                learngenes[(name, size)] = fit(size, small, small_spec)
     return learngenes
 
 
 def _methods(selected: list[str]) -> list[str]:
     """The selected methods that handle the ancestry's family features."""
     return [name for name in selected
-            if all(f in getattr(get_method(name), "FEATURES", ()) for f in ANCESTRY.features)]
+            if all(f in get_method(name).FEATURES for f in ANCESTRY.features)]
 
 
 def main() -> None:

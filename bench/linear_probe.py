@@ -30,9 +30,9 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    from bench.quality_real import _target
-    from engine.train.ancestry import FASHION_ANCESTRY_SPEC, classification_loss
-    from engine.train.loop import NoHooks, TrainConfig, accuracy, train
+    from bench.finetune import Recipe, finetune
+    from bench.quality_real import target_sample
+    from engine.train.ancestry import FASHION_ANCESTRY_SPEC
     from engine.vit import build_model, seeded
     from service.seed import SEED_DATA, seed_manifest
 
@@ -45,19 +45,16 @@ def main() -> None:
         for lr in args.lrs:
             scores = []
             for seed in range(args.seeds):
-                task, val = _target(args.shots, seed, 1000)
+                task, val = target_sample(args.shots, seed, 1000)
                 with seeded(seed):
                     model = build_model(FASHION_ANCESTRY_SPEC.replace(num_classes=5, depth=args.depth))
                 if init != "random":
                     model.load_state_dict(body, strict=False)
                 for name, param in model.named_parameters():
                     param.requires_grad_(name.startswith("head."))
-                config = TrainConfig(steps=args.steps, batch_size=25, lr=lr, min_lr=lr / 100,
-                                     warmup_steps=max(1, args.steps // 10), weight_decay=0.0, seed=seed,
-                                     log_every=args.steps, checkpoint_every_s=0.0, device="cpu")
-                train(model, classification_loss, task.train, config, NoHooks())
-                assert task.test is not None
-                scores.append((accuracy(model, val), accuracy(model, task.test)))
+                recipe = Recipe(steps=args.steps, lr=lr, seed=seed, weight_decay=0.0, eval_every=args.steps)
+                metrics = finetune(model, task.train, val, recipe, test=task.test)
+                scores.append((metrics["val_accuracy"], metrics["test_accuracy"]))
             by_lr[lr] = scores
         best = max(by_lr, key=lambda lr: statistics.fmean(v for v, _ in by_lr[lr]))
         test = [t for _, t in by_lr[best]]

@@ -1,6 +1,7 @@
 """Report v2: initialization quality on real data (Fashion-MNIST, MNIST), robust to the fine-tuning recipe.
 
-Run through ``bench/quality_report.py`` (``--budget small|full``; ``--quick`` is the digits smoke run).
+Run through ``bench/quality_report.py`` (``--budget small|full``); fine-tuning is ``bench/finetune.py``'s, shared
+with the other reports.
 
 Protocol (every number follows from the budget's settings and the seeds):
 
@@ -35,19 +36,30 @@ import json
 import multiprocessing
 import os
 import statistics
+import tempfile
 import time
 from collections import defaultdict
-from concurrent.futures import Future, ProcessPoolExecutor, wait, FIRST_COMPLETED
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from bench.finetune import Recipe, descendant_model, finetune, resolve, single_threaded
+from bench.reporting import BASELINES, color, first_reaching, mean_curve, mean_sd, method_inits, row, table_head
+from engine.methods import FIT, REFINE, TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"fashion": "builtin:fashion-mnist?classes=0-4", "mnist": "builtin:mnist"}
 TARGET = "builtin:fashion-mnist"
 TARGET_CLASSES = (5, 6, 7, 8, 9)
-BASELINES = ("random", "weight-selection")
+CLASSES = {"fashion": 5, "mnist": 10}
 ANCESTRY_WIDTH = 64
+#: Every learngene of the grid, in the registry's order; a refinement starts from its method's trained one.
+INITS = method_inits((FIT, TRAIN, REFINE))
+REFINED_FROM = {f"{method} {TRAIN}": (init, method) for init, method, mode in INITS if mode == REFINE}
+#: The widths a refinement trains for (the ancestry's is 64).
+REFINE_SIZES = [{"embed_dim": 32, "num_heads": 2}, {"embed_dim": 96, "num_heads": 4}]
 
 
 @dataclass(frozen=True)
@@ -175,26 +187,8 @@ points (`condense()`, `expand()`), not over HTTP: the service adds storage and q
   broader ancestry; the MNIST one already meets +0.10 at 10 shots with WAVE and trained TLEG."""
 
 
-def method_inits() -> list[tuple[str, str, str]]:
-    """(init name, method, mode) of every learngene in the grid, FRONT included when the registry has it."""
-    from engine.methods import METHOD_NAMES
-
-    inits = [("tleg fit", "tleg", "fit"), ("tleg train", "tleg", "train"), ("wave fit", "wave", "fit"),
-             ("wave train", "wave", "train"), ("wave refined", "wave", "refine"), ("layers fit", "layers", "fit"),
-             ("layers train", "layers", "train"), ("pool fit", "pool", "fit"), ("pool train", "pool", "train")]
-    if "front" in METHOD_NAMES:
-        inits.append(("front fit", "front", "fit"))
-    return inits
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Tasks (worker processes, one thread each, pure functions of their arguments).
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def ancestry_spec(source: str, num_classes: int) -> Any:
@@ -255,7 +249,9 @@ def _target_dataset() -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _target(shots: int | None, seed: int, val_images: int) -> Any:
+def target_sample(shots: int | None, seed: int, val_images: int) -> Any:
+    """The target task with ``shots`` training images per class drawn by ``seed`` (None: all), and the fixed
+    sample of ``val_images`` validation images that rates are chosen on."""
     from engine.data import target_task
 
     task = target_task(_target_dataset(), TARGET_CLASSES, shots, seed)
@@ -279,47 +275,19 @@ class Run:
 
 
 def task_finetune(run: Run) -> dict[str, Any]:
-    from bench.quality_report import inherit
     from engine.spec import ViTSpec
-    from engine.train.ancestry import classification_loss
-    from engine.train.loop import NoHooks, TrainConfig, accuracy, train
-    from engine.vit import build_model, seeded
 
-    task, val = _target(run.shots, run.seed, run.val_images)
+    task, val = target_sample(run.shots, run.seed, run.val_images)
     spec = ViTSpec.from_dict(run.spec)
-    with seeded(run.seed):
-        model = build_model(spec.replace(num_classes=task.num_classes))
-    if run.learngene_path is not None:
-        inherit(model, run.init, run.learngene_path, spec, run.seed)
-    curve = [(0, accuracy(model, val))]
-
-    class EvalHooks(NoHooks):
-        def on_progress(self, progress: dict[str, Any]) -> None:
-            curve.append((progress["step"], accuracy(model, val)))
-
-    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, min_lr=run.lr / 100,
-                         warmup_steps=max(1, run.steps // 10), weight_decay=0.05, seed=run.seed,
-                         log_every=run.eval_every, checkpoint_every_s=0.0, device="cpu")
-    started = time.process_time()
-    train(model, classification_loss, task.train, config, EvalHooks())
+    model, _ = descendant_model(spec, task.num_classes, run.seed, run.learngene_path)
+    recipe = Recipe(steps=run.steps, lr=run.lr, seed=run.seed, batch_size=run.batch_size, eval_every=run.eval_every)
     assert task.test is not None
     return {**dataclasses.asdict(run), "depth": spec.depth, "width": spec.embed_dim,
-            "params": sum(p.numel() for p in model.parameters()), "val_accuracy": curve[-1][1],
-            "test_accuracy": accuracy(model, task.test), "curve": curve, "cpu_s": time.process_time() - started}
+            **finetune(model, task.train, val, recipe, test=task.test)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Orchestration.
-
-
-def resolve(method: str, learngene: Any, depth: int, width: int) -> Any | None:
-    from engine.methods import get_method
-    from engine.spec import SpecError
-
-    try:
-        return get_method(method).resolve_spec(learngene, {"depth": depth, "embed_dim": width, "num_classes": 0})
-    except (SpecError, ValueError):
-        return None
 
 
 def runs_for(budget: Budget, source: str, init: str, method: str, learngene: Any, path: str | None,
@@ -339,8 +307,9 @@ def runs_for(budget: Budget, source: str, init: str, method: str, learngene: Any
 
 
 def condense_params(budget: Budget, method: str, mode: str) -> dict[str, Any]:
-    """The budget's condensing settings for a mode that trains (none for a fit or the layers' selection)."""
-    if mode == "fit" or method == "layers":
+    """The budget's condensing settings for a mode that trains (none for a fit, for the layers' selection, or for
+    a method the budget gives no steps: its defaults)."""
+    if mode == FIT or method not in budget.condense_steps:
         return {}
     return {"steps": budget.condense_steps[method], "checkpoint_every_s": 0.0}
 
@@ -360,7 +329,7 @@ class Runner:
     def __init__(self, budget: Budget, work: Path, raw: Path, jobs: int, deadline: float | None) -> None:
         self.budget, self.work, self.raw, self.deadline = budget, work, raw, deadline
         context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=single_threaded)
         self.data: dict[str, Any] = {"budget": budget.name, "ancestries": {}, "learngenes": {}, "results": [],
                                      "skipped": [], "started": time.time()}
         self.futures: dict[Future[Any], tuple[str, Any]] = {}
@@ -369,6 +338,7 @@ class Runner:
         self.queue: list[tuple[int, int, str, Any, Callable[..., Any], tuple[Any, ...]]] = []
         self.order = itertools.count()
         self.jobs = jobs
+        self.paths: dict[str, str] = {}  # source -> its ancestry file
 
     def save(self) -> None:
         # How busy the machine was: CPU figures in the report are only comparable at a similar load.
@@ -384,45 +354,18 @@ class Runner:
             self.futures[self.pool.submit(fn, *args)] = (kind, label)
 
     def run(self) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        from engine.artifacts import save_learngene
-        from engine.methods import weight_selection
         from engine.methods.base import Learngene
         from engine.train.ancestry import FASHION_ANCESTRY_SPEC
         from service.seed import SEED_DATA, seed_manifest
 
-        b = self.budget
         fashion = seed_manifest()["fashion-vit"]
-        paths = {"fashion": str(SEED_DATA / fashion["file"]), "mnist": str(self.work / "mnist-vit.safetensors")}
+        self.paths = {"fashion": str(SEED_DATA / fashion["file"]), "mnist": str(self.work / "mnist-vit.safetensors")}
         self.data["ancestries"]["fashion"] = {**fashion["metrics"], "steps": fashion["recipe"]["steps"]}
-        self.submit(STAGE["mnist"], "ancestry", "mnist", task_mnist_ancestry, b.mnist_steps, paths["mnist"])
-        classes = {"fashion": 5, "mnist": 10}
+        self.submit(STAGE["mnist"], "ancestry", "mnist", task_mnist_ancestry, self.budget.mnist_steps,
+                    self.paths["mnist"])
         random_lg = Learngene("random", {}, {"spec": FASHION_ANCESTRY_SPEC.replace(num_classes=0).to_dict()})
         self.learngene_ready("none", "random", "random", random_lg, None)
-
-        def condense_all(source: str) -> None:
-            state_path = paths[source]
-            for init, method, mode in method_inits():
-                if mode == "refine":
-                    continue  # after "wave train"
-                params = condense_params(b, method, mode)
-                out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
-                self.submit(0 if source == "fashion" else STAGE["mnist"], "condense", (source, init),
-                            task_condense, init, method, mode, state_path, classes[source], SOURCES[source], params,
-                            out)
-            if source == "fashion":
-                for init, (method, mode, params) in b.variants.items():
-                    params = {**condense_params(b, method, mode), **params}
-                    out = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
-                    self.submit(STAGE["variants"], "condense", (source, init), task_condense, init, method, mode,
-                                state_path, classes[source], SOURCES[source], params, out)
-            ws = weight_selection.fit(load_file(state_path), ancestry_spec(source, classes[source]), {})
-            ws_path = str(self.work / f"{source}-weight-selection.safetensors")
-            save_learngene(ws, Path(ws_path))  # a run without a learngene file is random init
-            self.learngene_ready(source, "weight-selection", "weight-selection", ws, ws_path)
-
-        condense_all("fashion")
+        self.condense_all("fashion")
         self.dispatch()
         while self.futures:
             if self.deadline is not None and time.time() > self.deadline:
@@ -430,44 +373,77 @@ class Runner:
                 break
             done, _ = wait(list(self.futures), timeout=30, return_when=FIRST_COMPLETED)
             for future in done:
-                kind, label = self.futures.pop(future)
-                try:
-                    result = future.result()
-                except Exception as exc:  # a failed condensing is a finding, not a crash of the report
-                    self.data["skipped"].append({"kind": kind, "label": str(label), "error": repr(exc)[:500]})
-                    print(f"FAILED {kind} {label}: {exc!r}", flush=True)
-                    continue
-                if kind == "ancestry":
-                    self.data["ancestries"]["mnist"] = result
-                    print(f"mnist ancestry: test {result['test_accuracy']:.3f}", flush=True)
-                    condense_all("mnist")
-                elif kind == "condense":
-                    source, init = label
-                    from engine.artifacts import load_learngene
-
-                    path = str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
-                    self.data["learngenes"][f"{source}/{init}"] = {k: v for k, v in result.items() if k != "init"}
-                    print(f"condensed {source}/{init} ({result['cpu_s']:.0f} CPU s)", flush=True)
-                    learngene = load_learngene(Path(path))
-                    self.learngene_ready(source, init, learngene.method, learngene, path)
-                    if init == "wave train":
-                        out = str(self.work / f"{source}-wave-refined.safetensors")
-                        params = {**condense_params(b, "wave", "train"), "steps": b.condense_steps["refine"],
-                                  "sizes": [{"embed_dim": 32, "num_heads": 2}, {"embed_dim": 96, "num_heads": 4}]}
-                        params = {k: v for k, v in params.items() if k not in ("tile", "counts")}
-                        self.submit(0 if source == "fashion" else STAGE["mnist"], "condense",
-                                    (source, "wave refined"), task_condense, "wave refined", "wave",
-                                    "refine", paths[source], classes[source], SOURCES[source], params, out, path)
-                else:
-                    self.data["results"].append(result)
-                    if len(self.data["results"]) % 20 == 0:
-                        print(f"fine-tuned {len(self.data['results'])} (queued {len(self.futures)})", flush=True)
-                        self.save()
+                self.finished(future)
             self.dispatch()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.data["finished"] = time.time()
         self.save()
         return self.data
+
+    def finished(self, future: Future[Any]) -> None:
+        kind, label = self.futures.pop(future)
+        try:
+            result = future.result()
+        except Exception as exc:  # a failed condensing is a finding, not a crash of the report
+            self.data["skipped"].append({"kind": kind, "label": str(label), "error": repr(exc)[:500]})
+            print(f"FAILED {kind} {label}: {exc!r}", flush=True)
+            return
+        if kind == "ancestry":
+            self.data["ancestries"]["mnist"] = result
+            print(f"mnist ancestry: test {result['test_accuracy']:.3f}", flush=True)
+            self.condense_all("mnist")
+        elif kind == "condense":
+            self.condensed(*label, result)
+        else:
+            self.data["results"].append(result)
+            if len(self.data["results"]) % 20 == 0:
+                print(f"fine-tuned {len(self.data['results'])} (queued {len(self.futures)})", flush=True)
+                self.save()
+
+    def _learngene_path(self, source: str, init: str) -> str:
+        return str(self.work / f"{source}-{init.replace(' ', '-')}.safetensors")
+
+    def _condense(self, source: str, init: str, method: str, mode: str, params: dict[str, Any],
+                  priority: int | None = None, refining: str | None = None) -> None:
+        priority = (0 if source == "fashion" else STAGE["mnist"]) if priority is None else priority
+        self.submit(priority, "condense", (source, init), task_condense, init, method, mode, self.paths[source],
+                    CLASSES[source], SOURCES[source], params, self._learngene_path(source, init), refining)
+
+    def condense_all(self, source: str) -> None:
+        """Every learngene of ``source``'s ancestry (refinements wait for what they refine), the size-knob variants
+        of the Fashion one, and weight selection, which needs no task."""
+        from safetensors.torch import load_file
+
+        from engine.artifacts import save_learngene
+        from engine.methods import weight_selection
+
+        b = self.budget
+        for init, method, mode in INITS:
+            if mode != REFINE:
+                self._condense(source, init, method, mode, condense_params(b, method, mode))
+        if source == "fashion":
+            for init, (method, mode, params) in b.variants.items():
+                self._condense(source, init, method, mode, {**condense_params(b, method, mode), **params},
+                               priority=STAGE["variants"])
+        ws = weight_selection.fit(load_file(self.paths[source]), ancestry_spec(source, CLASSES[source]), {})
+        ws_path = self._learngene_path(source, "weight-selection")
+        save_learngene(ws, Path(ws_path))  # a run without a learngene file is random init
+        self.learngene_ready(source, "weight-selection", "weight-selection", ws, ws_path)
+
+    def condensed(self, source: str, init: str, result: dict[str, Any]) -> None:
+        """Queue a new learngene's fine-tunes, and its refinement when it is one its method refines."""
+        from engine.artifacts import load_learngene
+
+        path = self._learngene_path(source, init)
+        self.data["learngenes"][f"{source}/{init}"] = {k: v for k, v in result.items() if k != "init"}
+        print(f"condensed {source}/{init} ({result['cpu_s']:.0f} CPU s)", flush=True)
+        learngene = load_learngene(Path(path))
+        self.learngene_ready(source, init, learngene.method, learngene, path)
+        if init in REFINED_FROM:
+            refined, method = REFINED_FROM[init]
+            params = {**condense_params(self.budget, method, TRAIN), "steps": self.budget.condense_steps[REFINE],
+                      "sizes": REFINE_SIZES}
+            self._condense(source, refined, method, REFINE, params, refining=path)
 
     def learngene_ready(self, source: str, init: str, method: str, learngene: Any, path: str | None) -> None:
         """Queue this learngene's fine-tunes at their stage's priority (:data:`STAGE`). Random init (source
@@ -530,15 +506,13 @@ def baseline_key(key: Key, init: str) -> Key:
 
 
 def fmt(runs: list[dict[str, Any]]) -> str:
-    values = [r["test_accuracy"] for r in runs]
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+    return mean_sd([r["test_accuracy"] for r in runs])
 
 
 def row_inits(data: dict[str, Any]) -> list[str]:
     """Every initialization of the grid, then the size-knob variants measured at more than one size (a
     supplementary pass), which get rows of their own in the tables by size."""
-    inits = ["random", "weight-selection"] + [i for i, _, _ in method_inits()]
+    inits = [*BASELINES, *(init for init, _, _ in INITS)]
     sizes: dict[str, set[tuple[int, int]]] = defaultdict(set)
     for r in data["results"]:
         sizes[r["init"]].add((r["depth"], r["width"]))
@@ -556,31 +530,53 @@ def gain(table: dict[Key, dict[str, Any]], key: Key, baseline: str) -> float | N
     return statistics.fmean(diffs) if diffs else None
 
 
-def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
-    table = cells(data["results"])
-    inits = row_inits(data)
-    b = budget
-    fa = data["ancestries"]["fashion"]
-    mn = data["ancestries"].get("mnist")
-    short, long_ = b.short_steps, b.long_steps
+@dataclass
+class Report:
+    """What every section of the report reads: the run's raw data, its budget, and per cell the rate chosen on
+    validation with the runs at it."""
 
-    def src(init: str, source: str = "fashion") -> str:
-        return "none" if init == "random" else source
+    data: dict[str, Any]
+    budget: Budget
+    table: dict[Key, dict[str, Any]]
+    inits: list[str]
 
-    def cell(init: str, depth: int, width: int, shots: Any, steps: int, source: str = "fashion",
+    @property
+    def main_size(self) -> tuple[int, int]:
+        return self.budget.width_depth, ANCESTRY_WIDTH
+
+    def key(self, init: str, depth: int, width: int, shots: Any, steps: int, source: str = "fashion") -> Key:
+        return ("none" if init == "random" else source, init, depth, width, shots, steps)
+
+    def cell(self, init: str, depth: int, width: int, shots: Any, steps: int, source: str = "fashion",
              with_lr: bool = False) -> str:
-        c = table.get((src(init, source), init, depth, width, shots, steps))
+        c = self.table.get(self.key(init, depth, width, shots, steps, source))
         if c is None:
             return "—"
         return fmt(c["runs"]) + (f" (lr {c['lr']:g})" if with_lr else "")
 
-    lines = [
+
+def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
+    report = Report(data, budget, cells(data["results"]), row_inits(data))
+    sections = [_intro(report), [findings, ""] if findings else [], _by_size(report), _summary(report),
+                _targets(report), _mnist(report), _steps_to_random(report), _bytes(report), _condensing(report),
+                _footer(report)]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _intro(report: Report) -> list[str]:
+    b, data = report.budget, report.data
+    fa, mn = data["ancestries"]["fashion"], data["ancestries"].get("mnist")
+    widths = " and ".join(str(size["embed_dim"]) for size in REFINE_SIZES)
+    refined = "; ".join(f"`{init}` = `{train}` + {b.condense_steps[REFINE]} refine steps for widths {widths} (what "
+                        "it holds stays frozen)" for train, (init, _) in REFINED_FROM.items())
+    return [
         "# Initialization quality on real data: learngenes against random init and weight selection",
         "",
         "Generated by `bench/quality_report.py --budget " + b.name + "` (protocol in `bench/quality_real.py`'s "
         "docstring). Every accuracy is on the target's **test** images (Fashion-MNIST's official test set, "
         "classes 5-9: 5,000 images) at the learning rate chosen for that initialization and size on the "
-        f"validation split ({b.val_images} fixed validation images) from the grid {', '.join(f'{x:g}' for x in b.lrs)}; "
+        f"validation split ({b.val_images} fixed validation images) from the grid "
+        f"{', '.join(f'{x:g}' for x in b.lrs)}; "
         f"mean ± sample sd over {len(b.seeds)} seeds ({', '.join(map(str, b.seeds))}).",
         "",
         "The digits report (the former `docs/quality.md`) is [`quality_digits.md`](quality_digits.md); "
@@ -604,150 +600,171 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
         f"- Ancestry `fashion-vit` (the seed a fresh install ships): ViT 28 px / patch 7, width 64, depth 6, 4 heads, "
         f"average pooling, {fa['steps']} steps on Fashion-MNIST classes 0-4 ({fa['train_images']:,} images): "
         f"validation **{fa['val_accuracy']:.3f}**, test **{fa['test_accuracy']:.3f}**.",
-    ]
-    if mn:
-        lines.append(f"- Ancestry `mnist-vit` (cross-dataset): the same architecture and recipe, {mn['steps']} steps on "
-                     f"all of MNIST ({mn['train_images']:,} images): validation {mn['val_accuracy']:.3f}, test "
-                     f"**{mn['test_accuracy']:.3f}**.")
-    lines += [
+        *([f"- Ancestry `mnist-vit` (cross-dataset): the same architecture and recipe, {mn['steps']} steps on "
+           f"all of MNIST ({mn['train_images']:,} images): validation {mn['val_accuracy']:.3f}, test "
+           f"**{mn['test_accuracy']:.3f}**."] if mn else []),
         "- Target: Fashion-MNIST classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) with 10 or 100 training "
         "images per class (drawn by the seed) or all 24,000; fine-tuning: AdamW, 10% warmup then cosine to lr/100, "
-        f"weight decay 0.05, batch {b.batch_size}, {short} steps (short) or {long_} (long); the head is timm's "
-        "seeded init for everyone.",
+        f"weight decay 0.05, batch {b.batch_size}, {b.short_steps} steps (short) or {b.long_steps} (long); the head "
+        "is timm's seeded init for everyone.",
         "- Condensing: the worker's `condense()` with each method's default parameters (what a user gets), on the "
         "ancestry's own data for `train`: "
-        + ", ".join(f"{m} {n} steps" for m, n in b.condense_steps.items() if m != "refine")
-        + f"; `wave refined` = `wave train` + {b.condense_steps['refine']} scaler-only steps for widths 32 and 96 "
-        "(refine mode); layers train = the default window selection. `fit` = the data-free fit.",
+        + ", ".join(f"{m} {n} steps" for m, n in b.condense_steps.items() if m != REFINE)
+        + f"; {refined}; layers train = the default window selection. `fit` = the data-free fit.",
         "",
     ]
-    if findings:
-        lines += [findings, ""]
 
-    lines += [f"## Fashion 0-4 → 5-9, 10 shots, {short} steps: accuracy by depth (width 64)", "",
-              "| initialization | " + " | ".join(f"depth {d}" for d in b.depths) + " |",
-              "| --- | " + " | ".join("---:" for _ in b.depths) + " |"]
-    for init in inits:
-        lines.append(f"| {init} | " + " | ".join(cell(init, d, ANCESTRY_WIDTH, 10, short) for d in b.depths) + " |")
+
+def _by_size(report: Report) -> list[str]:
+    b, short = report.budget, report.budget.short_steps
+    lines = [f"## Fashion 0-4 → 5-9, 10 shots, {short} steps: accuracy by depth (width 64)", "",
+             *table_head("initialization", [f"depth {d}" for d in b.depths])]
+    lines += [row([init, *(report.cell(init, d, ANCESTRY_WIDTH, 10, short) for d in b.depths)])
+              for init in report.inits]
     lines += ["", "— : not made (the method cannot make that size: weight selection only shrinks the 6-block "
                   "ancestry; layers needs at least its blocks; TLEG keeps the ancestry's width; the pool offers "
                   "its students' sizes) or not measured before the deadline (see \"Run\").", ""]
-
     lines += [f"## Accuracy by width (depth {b.width_depth}, 10 shots, {short} steps)", "",
-              "| initialization | " + " | ".join(f"width {w}" for w in b.widths) + " |",
-              "| --- | " + " | ".join("---:" for _ in b.widths) + " |"]
-    for init in inits:
-        lines.append(f"| {init} | " + " | ".join(cell(init, b.width_depth, w, 10, short) for w in b.widths) + " |")
-    lines.append("")
+              *table_head("initialization", [f"width {w}" for w in b.widths])]
+    lines += [row([init, *(report.cell(init, b.width_depth, w, 10, short) for w in b.widths)])
+              for init in report.inits]
+    return [*lines, ""]
 
-    lines += ["## Summary: gain over the baselines (Fashion 0-4 → 5-9, 10 shots, short budget)", "",
-              "Mean over every size of the grid the initialization makes, and over seeds, of its test accuracy "
-              "minus the baseline's on the same size and seed (each at its own chosen rate); wins count sizes "
-              "whose mean beats the baseline's. Target: ≥ +0.10 over random everywhere.", "",
-              "| initialization | sizes | mean accuracy | vs random | min over sizes vs random | wins vs random "
-              "| vs weight selection | wins vs weight selection |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for init in inits:
-        keys = [k for k in table if k[1] == init and k[0] == src(init) and k[4] == 10 and k[5] == short]
+
+def _summary(report: Report) -> list[str]:
+    table, short = report.table, report.budget.short_steps
+    lines = ["## Summary: gain over the baselines (Fashion 0-4 → 5-9, 10 shots, short budget)", "",
+             "Mean over every size of the grid the initialization makes, and over seeds, of its test accuracy "
+             "minus the baseline's on the same size and seed (each at its own chosen rate); wins count sizes "
+             "whose mean beats the baseline's. Target: ≥ +0.10 over random everywhere.", "",
+             "| initialization | sizes | mean accuracy | vs random | min over sizes vs random | wins vs random "
+             "| vs weight selection | wins vs weight selection |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for init in report.inits:
+        source = report.key(init, 0, 0, 10, short)[0]
+        keys = [k for k in table if k[1] == init and k[0] == source and k[4] == 10 and k[5] == short]
         if not keys:
-            lines.append(f"| {init} | 0 | — | — | — | — | — | — |")
+            lines.append(row([init, "0", *["—"] * 6]))
             continue
-        accs = [r["test_accuracy"] for k in keys for r in table[k]["runs"]]
-        row = [init, str(len(keys)), f"{statistics.fmean(accs):.3f}"]
+        accuracies = [r["test_accuracy"] for k in keys for r in table[k]["runs"]]
+        out = [init, str(len(keys)), f"{statistics.fmean(accuracies):.3f}"]
         for baseline in BASELINES:
             gains = [g for k in keys if (g := gain(table, k, baseline)) is not None]
             if init == baseline or not gains:
-                row += ["—", "—"] if baseline == "weight-selection" else ["—", "—", "—"]
+                out += ["—", "—"] if baseline == "weight-selection" else ["—", "—", "—"]
                 continue
             wins = f"{sum(g > 0 for g in gains)}/{len(gains)}"
-            row += ([f"{statistics.fmean(gains):+.3f}", f"{min(gains):+.3f}", wins] if baseline == "random"
+            out += ([f"{statistics.fmean(gains):+.3f}", f"{min(gains):+.3f}", wins] if baseline == "random"
                     else [f"{statistics.fmean(gains):+.3f}", wins])
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
+        lines.append(row(out))
+    return [*lines, ""]
 
-    d6 = (b.width_depth, ANCESTRY_WIDTH)
-    settings = [(10, short), (100, short), (None, short), (10, long_)]
-    label = {None: "all"}
-    lines += [f"## Target size and budget (depth {d6[0]}, width {d6[1]})", "",
-              "Test accuracy, with the learning rate chosen on validation in parentheses.", "",
-              "| initialization | " + " | ".join(f"{label.get(s, s)} shots, {n} steps" for s, n in settings) + " |",
-              "| --- | " + " | ".join("---:" for _ in settings) + " |"]
-    for init in inits:
-        lines.append(f"| {init} | " + " | ".join(cell(init, *d6, s, n, with_lr=True) for s, n in settings) + " |")
-    lines.append("")
 
-    if mn:
-        lines += [f"## Cross-dataset: MNIST ancestry → Fashion 5-9 (depth {d6[0]}, width {d6[1]}, {short} steps)", "",
-                  "| initialization | 10 shots | vs random | 100 shots | vs random | fashion-vit, 10 shots |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for init in inits:
-            row = [init]
-            for shots in (10, 100):
-                key = (src(init, "mnist"), init, *d6, shots, short)
-                g = gain(table, key, "random") if init != "random" else None
-                row += [cell(init, *d6, shots, short, source="mnist"), "—" if g is None else f"{g:+.3f}"]
-            row.append(cell(init, *d6, 10, short))
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
+def _targets(report: Report) -> list[str]:
+    b, (depth, width) = report.budget, report.main_size
+    settings = [(10, b.short_steps), (100, b.short_steps), (None, b.short_steps), (10, b.long_steps)]
+    lines = [f"## Target size and budget (depth {depth}, width {width})", "",
+             "Test accuracy, with the learning rate chosen on validation in parentheses.", "",
+             *table_head("initialization", [f"{'all' if s is None else s} shots, {n} steps" for s, n in settings])]
+    lines += [row([init, *(report.cell(init, depth, width, s, n, with_lr=True) for s, n in settings)])
+              for init in report.inits]
+    return [*lines, ""]
 
-    lines += [f"## Fine-tuning steps to reach random init's final accuracy (depth {d6[0]}, width {d6[1]}, 10 shots)",
-              "", f"On the validation curve ({b.curve_points} points per run) at each initialization's chosen "
-              "rate, mean over seeds.", "",
-              f"| initialization | {short}-step budget: steps | {long_}-step budget: steps |", "| --- | ---: | ---: |"]
-    for init in inits:
-        row = [init]
-        for steps in (short, long_):
-            rand = table.get(("none", "random", *d6, 10, steps))
-            mine = table.get((src(init), init, *d6, 10, steps))
+
+def _mnist(report: Report) -> list[str]:
+    if not report.data["ancestries"].get("mnist"):
+        return []
+    (depth, width), short = report.main_size, report.budget.short_steps
+    lines = [f"## Cross-dataset: MNIST ancestry → Fashion 5-9 (depth {depth}, width {width}, {short} steps)", "",
+             "| initialization | 10 shots | vs random | 100 shots | vs random | fashion-vit, 10 shots |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for init in report.inits:
+        out = [init]
+        for shots in (10, 100):
+            g = gain(report.table, report.key(init, depth, width, shots, short, "mnist"), "random") \
+                if init != "random" else None
+            out += [report.cell(init, depth, width, shots, short, source="mnist"), "—" if g is None else f"{g:+.3f}"]
+        lines.append(row([*out, report.cell(init, depth, width, 10, short)]))
+    return [*lines, ""]
+
+
+def _steps_to_random(report: Report) -> list[str]:
+    b, (depth, width) = report.budget, report.main_size
+    lines = [f"## Fine-tuning steps to reach random init's final accuracy (depth {depth}, width {width}, 10 shots)",
+             "", f"On the validation curve ({b.curve_points} points per run) at each initialization's chosen "
+             "rate, mean over seeds.", "",
+             f"| initialization | {b.short_steps}-step budget: steps | {b.long_steps}-step budget: steps |",
+             "| --- | ---: | ---: |"]
+    for init in report.inits:
+        out = [init]
+        for steps in (b.short_steps, b.long_steps):
+            rand = report.table.get(report.key("random", depth, width, 10, steps))
+            mine = report.table.get(report.key(init, depth, width, 10, steps))
             if rand is None or mine is None:
-                row.append("—")
+                out.append("—")
                 continue
-            target = statistics.fmean(r["val_accuracy"] for r in rand["runs"])
-            curve = mean_curve(mine["runs"])
-            reached = next((s for s, acc in curve if acc >= target), None)
-            row.append("never" if reached is None else str(reached))
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
+            reached = first_reaching(mean_curve(mine["runs"]),
+                                     statistics.fmean(r["val_accuracy"] for r in rand["runs"]))
+            out.append("never" if reached is None else str(reached[0]))
+        lines.append(row(out))
+    return [*lines, ""]
 
-    lines += ["## Quality against bytes", "",
-              f"Learngene file size against test accuracy at depth {d6[0]}, width {d6[1]} (10 shots, {short} steps); "
-              "weight selection stores the whole ancestry. Target: the best method's quality at ≤ 1/10 of the "
-              "ancestry's bytes.", "",
-              "| learngene | bytes | vs ancestry | accuracy | vs random |", "| --- | ---: | ---: | ---: | ---: |"]
-    ancestry_bytes = (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
-    for init in dict.fromkeys([i for i in inits if i != "random"] + list(b.variants)):
-        info = data["learngenes"].get(f"fashion/{init}")
-        size = ancestry_bytes if init == "weight-selection" else (info or {}).get("bytes")
-        key = ("fashion", init, *d6, 10, short)
-        g = gain(table, key, "random")
-        lines.append(f"| {init} | {'—' if size is None else f'{size:,}'} | "
-                     f"{'—' if size is None else f'{size / ancestry_bytes:.2f}'} | {cell(init, *d6, 10, short)} | "
-                     f"{'—' if g is None else f'{g:+.3f}'} |")
-    lines.append("")
 
-    lines += ["## Condensing", "", "| learngene | CPU s | result |", "| --- | ---: | --- |"]
-    for name, info in sorted(data["learngenes"].items()):
+def ancestry_bytes() -> int:
+    return (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
+
+
+def learngene_bytes(report: Report, init: str) -> int | None:
+    """The stored size of a Fashion learngene (the whole ancestry for weight selection)."""
+    if init == "weight-selection":
+        return ancestry_bytes()
+    return report.data["learngenes"].get(f"fashion/{init}", {}).get("bytes")
+
+
+def _bytes(report: Report) -> list[str]:
+    (depth, width), short = report.main_size, report.budget.short_steps
+    lines = ["## Quality against bytes", "",
+             f"Learngene file size against test accuracy at depth {depth}, width {width} (10 shots, {short} steps); "
+             "weight selection stores the whole ancestry. Target: the best method's quality at ≤ 1/10 of the "
+             "ancestry's bytes.", "",
+             "| learngene | bytes | vs ancestry | accuracy | vs random |", "| --- | ---: | ---: | ---: | ---: |"]
+    for init in dict.fromkeys([i for i in report.inits if i != "random"] + list(report.budget.variants)):
+        size = learngene_bytes(report, init)
+        g = gain(report.table, report.key(init, depth, width, 10, short), "random")
+        lines.append(row([init, "—" if size is None else f"{size:,}",
+                          "—" if size is None else f"{size / ancestry_bytes():.2f}",
+                          report.cell(init, depth, width, 10, short), "—" if g is None else f"{g:+.3f}"]))
+    return [*lines, ""]
+
+
+def _condensing(report: Report) -> list[str]:
+    lines = ["## Condensing", "", "| learngene | CPU s | result |", "| --- | ---: | --- |"]
+    for name, info in sorted(report.data["learngenes"].items()):
         m = info["metrics"]
-        result = ", ".join(f"{k} {v:.3f}" for k, v in m.items()
-                           if k in ("val_accuracy", "teacher_agreement", "val_accuracy_before") and isinstance(v, float))
+        result = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)
+                           and k in ("val_accuracy", "teacher_agreement", "val_accuracy_before"))
         if isinstance(m.get("fit"), dict) and "relative_residual" in m["fit"]:
             res = m["fit"]["relative_residual"]
             res = statistics.fmean(res.values()) if isinstance(res, dict) else res
             result = (result + ", " if result else "") + f"fit residual {res:.2f}"
-        lines.append(f"| {name} | {info['cpu_s']:.0f} | {result or '—'} |")
-    lines.append("")
+        lines.append(row([name, f"{info['cpu_s']:.0f}", result or "—"]))
+    return [*lines, ""]
 
-    lines += ["## Plots", "", "![accuracy vs depth](quality_real_depth.png)", "",
-              "![accuracy vs fine-tuning steps](quality_real_steps.png)", "",
-              "![accuracy vs learngene bytes](quality_real_bytes.png)", ""]
+
+def _footer(report: Report) -> list[str]:
+    data, b = report.data, report.budget
     cpu = sum(r["cpu_s"] for r in data["results"]) + sum(i["cpu_s"] for i in data["learngenes"].values())
     wall = (data.get("finished", time.time()) - data["started"]) / 60
-    lines += ["## Run", "",
-              f"{len(data['results'])} fine-tuning runs, {len(data['learngenes'])} learngenes; {wall:.0f} min wall, "
-              f"{cpu / 60:.0f} CPU min in tasks, on a {os.cpu_count()}-core machine{load_note(data)}. "
-              f"Not measured (deadline or failure): {len(data['skipped'])} entries"
-              + (": " + "; ".join(f"{s['label']} ({s['error'][:120]})" for s in data["skipped"][:30]) if data["skipped"] else "")
-              + ".", ""]
+    skipped = data["skipped"]
+    lines = ["## Plots", "", "![accuracy vs depth](quality_real_depth.png)", "",
+             "![accuracy vs fine-tuning steps](quality_real_steps.png)", "",
+             "![accuracy vs learngene bytes](quality_real_bytes.png)", "",
+             "## Run", "",
+             f"{len(data['results'])} fine-tuning runs, {len(data['learngenes'])} learngenes; {wall:.0f} min wall, "
+             f"{cpu / 60:.0f} CPU min in tasks, on a {os.cpu_count()}-core machine{load_note(data)}. "
+             f"Not measured (deadline or failure): {len(skipped)} entries"
+             + (": " + "; ".join(f"{s['label']} ({s['error'][:120]})" for s in skipped[:30]) if skipped else "")
+             + ".", ""]
     for extra in data.get("supplementary", []):
         sizes = ", ".join(f"depth {d} width {w}" for d, w in extra["sizes"])
         settings = ", ".join(f"{'all' if shots is None else shots} shots {steps} steps"
@@ -755,7 +772,7 @@ def markdown(data: dict[str, Any], budget: Budget, findings: str) -> str:
         lines += [f"Supplementary pass (`bench/quality_supplement.py`, same code, settings and seeds): "
                   f"{', '.join(extra['variants'])} at {sizes} ({settings}); {extra['runs']} fine-tuning runs"
                   + (f" ({extra['note']})" if extra.get("note") else "") + ".", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def load_note(data: dict[str, Any]) -> str:
@@ -765,101 +782,119 @@ def load_note(data: dict[str, Any]) -> str:
     return f" (1-minute load average {min(loads):.1f}-{max(loads):.1f} over the run)"
 
 
-def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    steps = [s for s, _ in runs[0]["curve"]]
-    return [(s, statistics.fmean(r["curve"][i][1] for r in runs)) for i, s in enumerate(steps)]
+# ----------------------------------------------------------------------------------------------------------------
+# Plots.
 
 
-def plots(data: dict[str, Any], budget: Budget, out: Path) -> None:
-    import matplotlib
+def _style(init: str) -> dict[str, Any]:
+    return {"color": color(init), "linestyle": "--" if init.endswith("fit") else "-",
+            "marker": "s" if init in BASELINES else "o"}
 
-    matplotlib.use("Agg")
+
+def plot_depth(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    table = cells(data["results"])
-    inits = row_inits(data)
-    b = budget
-    colors = {"random": "0.5", "weight-selection": "black", "tleg": "tab:blue", "wave": "tab:orange",
-              "pool": "tab:red", "layers": "tab:green", "front": "tab:purple"}
-
-    def style(init: str) -> dict[str, Any]:
-        method = init.split()[0]
-        dashed = init.endswith("fit")
-        return {"color": colors.get(method, "tab:gray"), "linestyle": "--" if dashed else "-",
-                "marker": "s" if init in BASELINES else "o"}
-
+    b = report.budget
     fig, ax = plt.subplots(figsize=(8, 5))
-    for init in inits:
-        src = "none" if init == "random" else "fashion"
-        pts = [(d, table[k]) for d in b.depths if (k := (src, init, d, ANCESTRY_WIDTH, 10, b.short_steps)) in table]
+    for init in report.inits:
+        pts = [c for d in b.depths if (c := report.table.get(report.key(init, d, ANCESTRY_WIDTH, 10, b.short_steps)))]
         if pts:
-            xs = [d for d, _ in pts]
-            means = [statistics.fmean(r["test_accuracy"] for r in c["runs"]) for _, c in pts]
-            sds = [statistics.stdev([r["test_accuracy"] for r in c["runs"]]) if len(c["runs"]) > 1 else 0
-                   for _, c in pts]
-            ax.errorbar(xs, means, yerr=sds, capsize=3, label=init, **style(init))
+            accuracies = [[r["test_accuracy"] for r in c["runs"]] for c in pts]
+            means = [statistics.fmean(a) for a in accuracies]
+            sds = [statistics.stdev(a) if len(a) > 1 else 0 for a in accuracies]
+            ax.errorbar([c["runs"][0]["depth"] for c in pts], means, yerr=sds, capsize=3, label=init, **_style(init))
     ax.set_xlabel("descendant depth (width 64)")
     ax.set_ylabel(f"test accuracy, 10 shots, {b.short_steps} steps")
     ax.set_title("Fashion 0-4 → 5-9 (lr chosen on validation)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "quality_real_depth.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def plot_steps(report: Report, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    b = report.budget
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     for ax, steps in zip(axes, (b.short_steps, b.long_steps)):
-        for init in inits:
-            src = "none" if init == "random" else "fashion"
-            c = table.get((src, init, b.width_depth, ANCESTRY_WIDTH, 10, steps))
+        for init in report.inits:
+            c = report.table.get(report.key(init, b.width_depth, ANCESTRY_WIDTH, 10, steps))
             if c:
                 curve = mean_curve(c["runs"])
-                s = style(init)
-                s.pop("marker")
-                ax.plot([x for x, _ in curve], [y for _, y in curve], label=init, **s)
+                style = _style(init)
+                style.pop("marker")
+                ax.plot([x for x, _ in curve], [y for _, y in curve], label=init, **style)
         ax.set_title(f"{steps}-step budget, depth {b.width_depth}, 10 shots")
         ax.set_xlabel("fine-tuning steps")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy (mean over seeds)")
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "quality_real_steps.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def plot_bytes(report: Report, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    b, whole = report.budget, ancestry_bytes()
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    ancestry_bytes = (ROOT / "service" / "seed_data" / "fashion-vit.safetensors").stat().st_size
-    for init in dict.fromkeys([i for i in inits if i != "random"] + list(b.variants)):
-        c = table.get(("fashion", init, b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
-        size = ancestry_bytes if init == "weight-selection" else data["learngenes"].get(f"fashion/{init}", {}).get("bytes")
+    for init in dict.fromkeys([i for i in report.inits if i != "random"] + list(b.variants)):
+        c = report.table.get(report.key(init, b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
+        size = learngene_bytes(report, init)
         if c and size:
             acc = statistics.fmean(r["test_accuracy"] for r in c["runs"])
-            ax.scatter([size / 1e3], [acc], color=style(init)["color"], marker=style(init)["marker"])
+            ax.scatter([size / 1e3], [acc], color=_style(init)["color"], marker=_style(init)["marker"])
             ax.annotate(init, (size / 1e3, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    rand = table.get(("none", "random", b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
+    rand = report.table.get(report.key("random", b.width_depth, ANCESTRY_WIDTH, 10, b.short_steps))
     if rand:
         ax.axhline(statistics.fmean(r["test_accuracy"] for r in rand["runs"]), color="0.5", linestyle=":",
                    label="random init")
-    ax.axvline(ancestry_bytes / 1e3, color="black", linestyle="-.", label="ancestry (weight selection)")
-    ax.axvline(ancestry_bytes / 1e4, color="tab:gray", linestyle=":", label="1/10 of the ancestry")
+    ax.axvline(whole / 1e3, color="black", linestyle="-.", label="ancestry (weight selection)")
+    ax.axvline(whole / 1e4, color="tab:gray", linestyle=":", label="1/10 of the ancestry")
     ax.set_xscale("log")
     ax.set_xlabel("learngene bytes (KB, log)")
     ax.set_ylabel(f"test accuracy, depth {b.width_depth}, 10 shots")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "quality_real_bytes.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def write(data: dict[str, Any], budget: Budget, out: Path, findings: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
-    plots(data, budget, out)
+    report = Report(data, budget, cells(data["results"]), row_inits(data))
+    plot_depth(report, out / "quality_real_depth.png")
+    plot_steps(report, out / "quality_real_steps.png")
+    plot_bytes(report, out / "quality_real_bytes.png")
     (out / "quality.md").write_text(markdown(data, budget, findings))
 
 
 def run(budget: Budget, out: Path, raw: Path, jobs: int, deadline: float | None, findings: str = "") -> None:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="quality-real-") as work:
         data = Runner(budget, Path(work), raw, jobs, deadline).run()
     write(data, budget, out, findings)
+
+
+def main(budget: str, deadline: str | None, jobs: int, out: Path | None, raw: Path | None,
+         render: Path | None) -> None:
+    """``bench/quality_report.py`` without ``--digits``: measure (or re-render) this report."""
+    out = out or ROOT / "docs"
+    if render is not None:
+        data = json.loads(render.read_text())
+        write(data, BUDGETS[data["budget"]], out, FINDINGS)
+        print(f"wrote {out / 'quality.md'}", flush=True)
+        return
+    raw = raw or out / "quality_real_raw.json"
+    until = None
+    if deadline:
+        hour, minute = map(int, deadline.split(":"))
+        until = datetime.now().replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+    run(BUDGETS[budget], out, raw, max(1, jobs), until, FINDINGS)
+    print(f"wrote {out / 'quality.md'}, its plots and {raw}", flush=True)

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import quality_real as q  # noqa: E402
+from bench.finetune import single_threaded  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     ancestry = str(SEED_DATA / seed_manifest()["fashion-vit"]["file"])
     started = time.time()
     pool = ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn"),
-                               initializer=q._init_worker)
+                               initializer=single_threaded)
     with tempfile.TemporaryDirectory(prefix="quality-supplement-") as work, pool:
         runs = []
         for init in args.variant:

@@ -1,7 +1,8 @@
 """Does WAVE's scaler refinement fix its weak widths? The quality report's setting, narrowed to the width sweep.
 
-The same ancestry recipe, WAVE training and fine-tuning protocol as ``bench/quality_report.py`` (digits 0-4 ->
-5-9, 10 images per class, 100 steps, seeds 0-2), at depth 6 and widths 32, 48, 64, 96. Four initializations:
+The same ancestry recipe, WAVE training and fine-tuning protocol as the digits report (``bench/quality_digits.py``:
+digits 0-4 -> 5-9, 10 images per class, 100 steps, seeds 0-2), at depth 6 and widths 32, 48, 64, 96. Four
+initializations:
 timm's random init, weight selection from the ancestry (it only shrinks), the trained WAVE learngene (scalers of
 new widths resampled without data), and that learngene refined (``engine.train.refine_wave``: per width, only
 the scalers train, templates frozen, distilled from the ancestry on the source images; one joint run for the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -23,8 +23,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality_report as qr  # noqa: E402  (the report's tasks: same data, ancestry and fine-tuning)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import quality_digits as qr  # noqa: E402  (the report's tasks: same data, ancestry and fine-tuning)
+from bench.finetune import resolve, single_threaded  # noqa: E402
+from bench.reporting import mean_sd, method_of, row, table_head  # noqa: E402
 
 WIDTHS = (32, 48, 64, 96)
 DEPTH = 6
@@ -67,7 +69,7 @@ def main() -> None:
     settings = qr.FULL
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
-        max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=qr._init_worker
+        max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=single_threaded
     ) as pool:
         work = Path(tmp)
         state, ancestry_metrics = pool.submit(qr.task_train_ancestry, settings.ancestry_steps).result()
@@ -93,7 +95,7 @@ def main() -> None:
         futures = []
         for init, (learngene, path) in learngenes.items():
             for width in WIDTHS:
-                spec = qr.resolve(init, learngene, DEPTH, width)
+                spec = resolve(method_of(init), learngene, DEPTH, width)
                 if spec is None:
                     continue
                 for seed in settings.seeds:
@@ -109,14 +111,10 @@ def main() -> None:
     print("source-task accuracy of the refined sizes (before -> after refinement):",
           {k: f"{v['val_accuracy_before']:.3f} -> {v['val_accuracy']:.3f}" for k, v in refine_metrics["sizes"].items()})
     print()
-    print(f"| initialization (depth {DEPTH}) | " + " | ".join(f"width {w}" for w in WIDTHS) + " |")
-    print("| --- | " + " | ".join("---:" for _ in WIDTHS) + " |")
+    print("\n".join(table_head(f"initialization (depth {DEPTH})", [f"width {w}" for w in WIDTHS])))
     for init in learngenes:
-        cells = []
-        for width in WIDTHS:
-            accs = [r["accuracy"] for r in results if r["init"] == init and r["width"] == width]
-            cells.append(f"{statistics.mean(accs):.3f} ± {statistics.stdev(accs):.3f}" if accs else "—")
-        print(f"| {init} | " + " | ".join(cells) + " |")
+        accuracies = [[r["accuracy"] for r in results if r["init"] == init and r["width"] == width] for width in WIDTHS]
+        print(row([init, *(mean_sd(a) if a else "—" for a in accuracies)]))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ patch-embedding convolution, every linear layer (qkv, attention projection, fc1,
 descendant, the head) and the two attention matmuls ``Q K^T`` and ``A V``. Norms, softmax, GELU, bias and residual
 additions, pooling and the position-embedding add are not counted (they are a few percent and memory-bound).
 This matches ``torch.utils.flop_counter.FlopCounterMode`` on the built model, and is twice timm's "GMACs".
+
+:func:`validate_spec` lives here rather than beside the spec's other checks because its last limit is the
+parameter count: the spec module stays below this one.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from engine.spec import ViTSpec
+from engine.spec import SpecError, SpecLimits, ViTSpec, validate_structure
 
 Shape = tuple[int, ...]
 
@@ -155,3 +156,39 @@ def gflops(spec: ViTSpec) -> float:
 def preference_key(spec: ViTSpec) -> tuple[int, float]:
     """Sort key putting the preferred spec first: the most parameters, then the fewest GFLOPs."""
     return (-param_count(spec), gflops(spec))
+
+
+def validate_spec(spec: ViTSpec, limits: SpecLimits = SpecLimits()) -> None:
+    """Check ``spec`` is buildable and within ``limits``. Raises :class:`SpecError` naming the field."""
+    validate_structure(spec)
+    widths = [("", spec.embed_dim, spec.num_heads, spec.mlp_ratio)]
+    if spec.front is not None:
+        widths.append(("front.", spec.front.embed_dim, spec.front.num_heads, spec.front.mlp_ratio))
+    for prefix, embed_dim, num_heads, mlp_ratio in widths:
+        if embed_dim > limits.max_embed_dim:
+            raise SpecError(f"{prefix}embed_dim {embed_dim} is above the limit {limits.max_embed_dim}",
+                            f"{prefix}embed_dim")
+        if num_heads > limits.max_num_heads:
+            raise SpecError(f"{prefix}num_heads {num_heads} is above the limit {limits.max_num_heads}",
+                            f"{prefix}num_heads")
+        head_dim = embed_dim // num_heads
+        if not limits.min_head_dim <= head_dim <= limits.max_head_dim:
+            raise SpecError(
+                f"head dimension {head_dim} ({prefix}embed_dim / {prefix}num_heads) must be within "
+                f"[{limits.min_head_dim}, {limits.max_head_dim}]", f"{prefix}num_heads")
+        if not 0 < mlp_ratio <= limits.max_mlp_ratio:
+            raise SpecError(f"{prefix}mlp_ratio must be in (0, {limits.max_mlp_ratio}], got {mlp_ratio}",
+                            f"{prefix}mlp_ratio")
+    for field, value, limit in (
+        ("depth", spec.depth, limits.max_depth),
+        ("num_classes", spec.num_classes, limits.max_num_classes),
+        ("img_size", spec.img_size, limits.max_img_size),
+        ("in_chans", spec.in_chans, limits.max_in_chans),
+        ("reg_tokens", spec.reg_tokens, limits.max_reg_tokens),
+    ):
+        if value > limit:
+            raise SpecError(f"{field} {value} is above the limit {limit}", field)
+    params = param_count(spec)
+    if params > limits.max_params:
+        # No single field is at fault: depth and width together make the size.
+        raise SpecError(f"the spec has {params:,} parameters, above the limit {limits.max_params:,}", "spec")

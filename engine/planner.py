@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from engine.costs import gflops, param_count
+from engine.costs import gflops, param_count, validate_spec
 from engine.methods.base import Learngene, Method
-from engine.spec import SpecError, SpecLimits, ViTSpec, validate_spec
+from engine.spec import SpecError, SpecLimits, ViTSpec
 from engine.vit import build_model
 
 WARMUP = 2

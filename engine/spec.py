@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from engine.costs import param_count
 
 #: The timm architecture a spec builds when nothing else is said. Every field of the spec is passed as a
 #: ``model_args`` override, so an architecture name only picks the constructor (``VisionTransformer`` or DeiT's
@@ -45,6 +44,11 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     "dynamic_img_size": False,
     "distilled": False,  # DeiT's distillation token and second head: dist_token, head_dist
 }
+#: What a request may change where a method makes any size from the weights it holds (weight selection, FRONT;
+#: random init, which holds none, also patch size and input channels): size, classes, image size, class token
+#: and pooling.
+FREE_FIELDS = frozenset({"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
+                         "global_pool"})
 
 
 class SpecError(ValueError):
@@ -319,43 +323,7 @@ def validate_structure(spec: ViTSpec) -> None:
     validate_family(spec)
 
 
-def validate_spec(spec: ViTSpec, limits: SpecLimits = SpecLimits()) -> None:
-    """Check ``spec`` is buildable and within ``limits``. Raises :class:`SpecError` naming the field."""
-    validate_structure(spec)
-    widths = [("", spec.embed_dim, spec.num_heads, spec.mlp_ratio)]
-    if spec.front is not None:
-        widths.append(("front.", spec.front.embed_dim, spec.front.num_heads, spec.front.mlp_ratio))
-    for prefix, embed_dim, num_heads, mlp_ratio in widths:
-        if embed_dim > limits.max_embed_dim:
-            raise SpecError(f"{prefix}embed_dim {embed_dim} is above the limit {limits.max_embed_dim}",
-                            f"{prefix}embed_dim")
-        if num_heads > limits.max_num_heads:
-            raise SpecError(f"{prefix}num_heads {num_heads} is above the limit {limits.max_num_heads}",
-                            f"{prefix}num_heads")
-        head_dim = embed_dim // num_heads
-        if not limits.min_head_dim <= head_dim <= limits.max_head_dim:
-            raise SpecError(
-                f"head dimension {head_dim} ({prefix}embed_dim / {prefix}num_heads) must be within "
-                f"[{limits.min_head_dim}, {limits.max_head_dim}]", f"{prefix}num_heads")
-        if not 0 < mlp_ratio <= limits.max_mlp_ratio:
-            raise SpecError(f"{prefix}mlp_ratio must be in (0, {limits.max_mlp_ratio}], got {mlp_ratio}",
-                            f"{prefix}mlp_ratio")
-    for field, value, limit in (
-        ("depth", spec.depth, limits.max_depth),
-        ("num_classes", spec.num_classes, limits.max_num_classes),
-        ("img_size", spec.img_size, limits.max_img_size),
-        ("in_chans", spec.in_chans, limits.max_in_chans),
-        ("reg_tokens", spec.reg_tokens, limits.max_reg_tokens),
-    ):
-        if value > limit:
-            raise SpecError(f"{field} {value} is above the limit {limit}", field)
-    params = param_count(spec)
-    if params > limits.max_params:
-        # No single field is at fault: depth and width together make the size.
-        raise SpecError(f"the spec has {params:,} parameters, above the limit {limits.max_params:,}", "spec")
-
-
-def merge_request(base: ViTSpec, partial: dict[str, Any], free: set[str], method: str) -> ViTSpec:
+def merge_request(base: ViTSpec, partial: dict[str, Any], free: frozenset[str] | set[str], method: str) -> ViTSpec:
     """Fill a partial request from ``base`` and refuse changes to fields the method fixes.
 
     Fields in ``free`` may change; any other field named in ``partial`` must equal ``base``'s. A new width

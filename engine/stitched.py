@@ -20,8 +20,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, named_apply
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
+from engine.blocks import vit_block
+from engine.numerics import normal_
 from engine.spec import STITCHED_ARCHITECTURE
-from engine.vit import vit_block
 
 
 class StitchedViT(nn.Module):
@@ -75,7 +76,7 @@ class StitchedViT(nn.Module):
         # timm's ViT defaults, so a fresh stitched model starts like a fresh timm ViT.
         trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
+            normal_(self.cls_token.data, std=1e-6)  # torch's normal_ differs between CPUs
         named_apply(init_weights_vit_timm, self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,17 +9,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import timm
 import torch
-from timm.layers import LayerNorm, get_act_layer, resample_abs_pos_embed, trunc_normal_
-from timm.models.vision_transformer import Block
+from timm.layers import trunc_normal_
 from torch import nn
 
 from engine.costs import block_shapes, head_modules, spec_block_shapes
 from engine.methods.base import Descendant, LearngeneError, StateDict
+from engine.numerics import normal_, resample_grid, uniform_
 from engine.spec import ViTSpec
 
 #: The tensors of one plain transformer block, by their name inside ``blocks.{i}.`` (timm order).
@@ -49,14 +48,15 @@ def pos_prefix(spec: ViTSpec) -> list[str]:
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, spec: ViTSpec) -> torch.Tensor:
-    """``pos_embed`` (with ``spec``'s prefix positions, on any square grid) on ``spec``'s grid, by timm's own
-    ``resample_abs_pos_embed`` (bicubic, as timm adapts pretrained weights to another image size); unchanged when
-    the grid already fits."""
+    """``pos_embed`` (with ``spec``'s prefix positions, on any square grid) on ``spec``'s grid by antialiased
+    bicubic resampling, as timm's ``resample_abs_pos_embed`` adapts pretrained weights to another image size, but
+    computed in a fixed order (:func:`engine.numerics.resample_grid`): torch's bicubic kernel gives other bits on
+    CPUs with and without AVX2. Unchanged when the grid already fits."""
     prefix = len(pos_prefix(spec))
     grid = spec.img_size // spec.patch_size
     if pos_embed.shape[1] == prefix + grid * grid:
         return pos_embed
-    return resample_abs_pos_embed(pos_embed, new_size=[grid, grid], num_prefix_tokens=prefix)
+    return resample_grid(pos_embed, prefix, (grid, grid))
 
 
 def head_state(tensors: StateDict) -> StateDict:
@@ -140,15 +140,6 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         yield
-
-
-def vit_block(dim: int, num_heads: int, mlp_ratio: float, family: ViTSpec | None = None, **factory: Any) -> Block:
-    """The block exactly as timm's ``VisionTransformer`` builds it for ``family`` (default: the plain ViT's qkv
-    bias, timm LayerNorm with eps 1e-6, GELU, no layer scale)."""
-    family = family or ViTSpec(depth=1, embed_dim=dim, num_heads=num_heads)
-    return Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=family.qkv_bias,
-                 init_values=family.init_values, norm_layer=partial(LayerNorm, eps=family.norm_eps),
-                 act_layer=get_act_layer(family.act_layer), **factory)
 
 
 def block_width(spec: ViTSpec, index: int) -> tuple[int, int, float]:
@@ -242,3 +233,29 @@ def build_model(spec: ViTSpec) -> nn.Module:
     import engine.stitched  # noqa: F401  (registers the stitched architecture with timm)
 
     return timm.create_model(spec.architecture, pretrained=False, **spec.timm_model_args())
+
+
+#: Tensors timm's ViT initializes with torch's ``normal_`` (std 1e-6).
+_NORMAL_TOKENS = ("cls_token", "reg_token")
+
+
+def build_seeded(spec: ViTSpec, seed: int) -> nn.Module:
+    """``torch.manual_seed(seed); timm.create_model(...)`` without touching the caller's RNG, and with the same
+    bits on every CPU. Two of timm's draws depend on the CPU's vector unit: the class and register tokens'
+    ``normal_`` (a vectorized Box-Muller on AVX2, a scalar one elsewhere) and the patch embedding's default
+    ``kaiming_uniform_`` (``a + (b - a) * u`` fused on AVX2); those tensors are drawn again, from the same
+    distributions, by :mod:`engine.numerics` after timm's draws. Every other tensor is timm's own."""
+    with seeded(seed):
+        model = build_model(spec)
+        for token_name in _NORMAL_TOKENS:
+            token = getattr(model, token_name, None)
+            if isinstance(token, nn.Parameter):
+                normal_(token.data, std=1e-6)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                # torch's default: kaiming_uniform_(a=sqrt(5)) and a bias, both U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
+                bound = 1.0 / math.sqrt(module.weight[0].numel())
+                uniform_(module.weight.data, bound)
+                if module.bias is not None:
+                    uniform_(module.bias.data, bound)
+    return model

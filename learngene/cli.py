@@ -1,17 +1,21 @@
 """The ``learngene`` command. Client commands (ls, get, budget, upload, condense, follow, cancel) talk to a
-server over HTTP and import only the SDK; the server's own commands (serve, worker, db, seed) are handed to
-``service.cli``, imported only then, so a client command starts in a fraction of a second."""
+server over HTTP and import only the SDK, so a client command starts in a fraction of a second; the server's own
+commands (serve, worker, db, seed, keys) are another program's: this process becomes ``python -m service.cli``.
+The client never imports the server, so it needs none of its packages, and which methods and modes exist is the
+server's to say (its 422 names the field)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SERVER_COMMANDS = ("serve", "worker", "db", "seed")
+SERVER_COMMANDS = ("serve", "worker", "db", "seed", "keys")
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,9 +76,9 @@ def _ls(client: Any, args: argparse.Namespace) -> Any:
         if not args.name:
             raise SystemExit("learngene ls versions NAME")
         items = client.versions(args.name)
-        rows = [(v.version, v.status, ",".join(v.aliases), v.lineage.get("mode"), v.lineage.get("dataset"),
-                 v.size_bytes, v.created_at) for v in items]
-        return items, ("version", "status", "aliases", "mode", "dataset", "bytes", "created"), rows
+        rows = [(v.version, ",".join(v.aliases), v.lineage.get("mode"), v.lineage.get("dataset"), v.size_bytes,
+                 v.created_at) for v in items]
+        return items, ("version", "aliases", "mode", "dataset", "bytes", "created"), rows
     if args.what == "jobs":
         items = client.jobs(state=args.state, kind=args.kind, limit=args.limit)
         rows = [(j.id, j.kind, j.state, _step(j.progress), j.attempts, j.created_at) for j in items]
@@ -164,7 +168,7 @@ def cmd_condense(client: Any, args: argparse.Namespace) -> int:
         return 0
     version = job.follow()
     print(json.dumps(_plain(version), indent=2, default=str) if args.json else
-          f"{version.learngene}:{version.version} {version.status} (job {job.id})")
+          f"{version.learngene}:{version.version} (job {job.id})")
     return 0
 
 
@@ -236,10 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     condense = sub.add_parser("condense", parents=[common], help="condense an ancestry into a new learngene version")
     condense.add_argument("--ancestry", type=int, required=True)
-    condense.add_argument("--method", required=True, choices=["tleg", "wave", "pool", "layers"])
+    condense.add_argument("--method", required=True, help="a condensing method (GET /v1/methods lists them)")
     condense.add_argument("--learngene", required=True, help="name of the learngene that gains the version")
     condense.add_argument("--dataset", help="builtin:digits, dataset:<id>, imagefolder:<path>")
-    condense.add_argument("--mode", choices=["fit", "train", "refine"])
+    condense.add_argument("--mode", help="fit, train or refine, as the method offers (default: train with a "
+                          "dataset, else fit)")
     condense.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     condense.add_argument("--no-evaluate", action="store_true", help="skip the evaluation card")
     condense.add_argument("--description", default="")
@@ -258,12 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _become_the_server(argv: list[str]) -> int:
+    if importlib.util.find_spec("service") is None:
+        print(f"learngene {argv[0]}: the server is not installed here (this is the client alone)", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "service.cli", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SERVER_COMMANDS:
-        from service.cli import main as server_main
-
-        return server_main(argv)
+        return _become_the_server(argv)
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     from learngene import Client

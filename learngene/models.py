@@ -51,7 +51,6 @@ class Version(Resource):
     learngene: str
     version: int
     method: str
-    status: str
     aliases: list[str] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
     hyperparams: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,6 @@
-"""The FastAPI application. Imports no torch at module level: the engine loads lazily in handlers and jobs."""
+"""The FastAPI application: the HTTP layer (error mapping, guard middleware, telemetry, docs, OpenAPI) around the
+context and routers of the composition root (``service/wiring.py``). Imports no torch at module level: the
+engine loads lazily in handlers and jobs."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -6,11 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from service import telemetry
-from service.context import AppContext, build_context
-from service.docs_ui import install_docs
+from service import telemetry, wiring
+from service.context import AppContext
 from service.deps import require_reader
-from service.errors import install_error_handlers
+from service.docs_ui import install_docs
+from service.http_errors import install_error_handlers
 from service.limits.counters import make_counters
 from service.limits.middleware import GuardMiddleware
 from service.openapi import install_openapi
@@ -56,27 +58,16 @@ def create_app(settings: Settings | None = None, ctx: AppContext | None = None) 
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.ctx = ctx or build_context(settings)
+    app.state.ctx = ctx or wiring.build_context(settings)
     if app.state.ctx.counters is None:
         app.state.ctx.counters = make_counters(settings.broker_url)
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware)
     telemetry.install(app)
 
-    from service import health, hub
-    from service.ancestries import endpoints as ancestries
-    from service.condensing import endpoints as condensing
-    from service.datasets import endpoints as datasets
-    from service.descendants import endpoints as descendants
-    from service.jobs import endpoints as jobs
-    from service.keys import endpoints as keys
-    from service.learngenes import endpoints as learngenes
-
-    app.include_router(health.router)
-    # Every registry route checks the caller's key when one is sent (or when reads need one); writes also check
-    # the write scope in their own dependency.
-    for router in (learngenes.router, descendants.router, ancestries.router, condensing.router, datasets.router,
-                   jobs.router, keys.router, hub.router):
+    for router in wiring.OPEN_ROUTERS:
+        app.include_router(router)
+    for router in wiring.ROUTERS:
         app.include_router(router, dependencies=[Depends(require_reader)])
 
     install_docs(app, title="Learngene Service")

@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.context import build_context
+    from service.wiring import build_context
 
     settings = get_settings()
     _migrate()
@@ -106,8 +106,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from service.context import build_context
     from service.seed import NoWorker, seed_if_empty
+    from service.wiring import build_context
 
     _migrate()
     ctx = build_context(get_settings())
@@ -135,7 +135,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """Keys are managed on the registry directly, so the first one needs no running server or other key."""
     from pydantic import ValidationError
 
-    from service.context import build_context
+    from service.wiring import build_context
     from service.db import unit_of_work
     from service.errors import ServiceError
     from service.keys import service as keys

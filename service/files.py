@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from service.context import AppContext
-from service.errors import error_response
+from service.http_errors import error_response
 from service.storage import CHUNK
 
 

@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
-from service.jobs.kinds import FINISHED
+from service.jobs.states import FINISHED
 from service.models import DescendantRow, Job
 
 #: Seconds; requests range from sub-millisecond reads to a descendant produced while the client waits.

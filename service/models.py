@@ -193,7 +193,7 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     #: A message for people; tracebacks go to the log of the process that ran the job.
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    #: A stable code for programs (``service.jobs.kinds.ERROR_*``).
+    #: A stable code for programs (``service.jobs.states.ERROR_*``).
     error_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

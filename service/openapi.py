@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.errors import _DESCRIPTIONS
+from service.http_errors import DESCRIPTIONS
 from service.keys.auth import keys_required
 from service.limits.middleware import UNLIMITED_PATHS, UPLOAD_PATHS
 
@@ -30,7 +30,7 @@ METRICS_PATH = "/metrics"
 
 def _error(status: int) -> dict[str, Any]:
     return {
-        "description": _DESCRIPTIONS[status],
+        "description": DESCRIPTIONS[status],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
 

@@ -24,7 +24,7 @@ from service.condensing.schemas import CondenseRequest
 from service.condensing.service import submit
 from service.context import AppContext
 from service.db import unit_of_work
-from service.jobs.kinds import FINISHED
+from service.jobs.states import FINISHED
 from service.models import Ancestry, Job, LearngeneRow
 
 SEED_DATA = Path(__file__).resolve().parent / "seed_data"

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
 from service.deps import MetricsReader
-from service.errors import error_responses
+from service.http_errors import error_responses
 
 log = logging.getLogger("learngene.http")
 

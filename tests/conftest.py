@@ -14,10 +14,11 @@ import psycopg
 import pytest
 import redis
 
-from service.context import AppContext, build_context
+from service.context import AppContext
 from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import Settings
+from service.wiring import build_context
 from tests.support import make_settings, start_server
 
 PG_ADMIN = os.environ.get("LEARNGENE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

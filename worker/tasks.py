@@ -7,10 +7,11 @@ import threading
 from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from service.context import AppContext, build_context
+from service.context import AppContext
 from service.jobs.dispatch import TASK_RUN_JOB
-from service.jobs.runner import run_job, start_maintenance
+from service.jobs.runner import start_maintenance
 from service.settings import get_settings
+from service.wiring import build_context, job_runner
 from worker.celery_app import make_celery
 
 settings = get_settings()
@@ -50,7 +51,7 @@ def _stop_maintenance(**_: object) -> None:
 
 @app.task(name=TASK_RUN_JOB, bind=True)
 def run_job_task(self: Task, job_id: str) -> str:
-    outcome = run_job(worker_context(), job_id)
+    outcome = job_runner(worker_context())(job_id)
     if outcome == "busy":
         # Another worker holds the job and is alive; look again once it would count as stale.
         raise self.retry(countdown=get_settings().stale_after_s, max_retries=None)

@@ -36,6 +36,13 @@ if TYPE_CHECKING:
 
 FIT, TRAIN, REFINE = "fit", "train", "refine"
 MODES = (FIT, TRAIN, REFINE)
+#: What each condensing mode does, in a line (the API's documentation of ``mode`` is made of these).
+MODE_SUMMARIES = {
+    FIT: "data-free, seconds on a CPU",
+    TRAIN: "distillation on the dataset",
+    REFINE: "the learngene's latest version gains parameters trained for `params.sizes` (what it holds stays "
+            "frozen), as a new version",
+}
 #: What a descendant's head is when its classes are the learngene's: kept, or drawn fresh (a new task).
 HEADS = ("inherit", "fresh")
 
@@ -227,6 +234,11 @@ METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)
 BASELINE_NAMES: tuple[str, ...] = tuple(name for name, entry in REGISTRY.items() if entry.baseline)
 #: Methods a condensing job may use.
 CONDENSING_NAMES: tuple[str, ...] = tuple(name for name, entry in REGISTRY.items() if not entry.baseline)
+
+
+def offering(mode: str) -> tuple[str, ...]:
+    """The methods that condense in ``mode``, in the registry's order."""
+    return tuple(name for name, entry in REGISTRY.items() if entry.offers(mode))
 
 
 def get_entry(name: str) -> MethodEntry:

@@ -60,6 +60,9 @@ class Descendant:
 
 class Method(Protocol):
     name: str
+    #: The ViT family features (:data:`engine.spec.FAMILY_DEFAULTS`) this method carries from an ancestry to its
+    #: descendants; an ancestry using any other is refused before condensing (none: plain ViTs only).
+    FEATURES: frozenset[str]
 
     def fit(self, ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
         """Data-free condensing from an ancestry's weights."""

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import scipy.fft
 import torch
-from timm.layers import resample_abs_pos_embed
 
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import FAMILY_DEFAULTS, SpecError, SpecLimits, ViTSpec, merge_request, require_features
+from engine.numerics import fixed_sum, resample_grid
+from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, SpecError, SpecLimits, ViTSpec, merge_request, require_features
 from engine.vit import (as_float32, assemble, block_key, block_tensors, check_layout, head_state, pos_prefix,
                         stack_blocks)
 
@@ -102,9 +102,6 @@ OUTSIDE: dict[str, tuple[str | None, ...]] = {
 #: Every ViT family feature: its tensors are in the tables above, the rest (activation, norm eps, pooling
 #: placement, position layout) only changes how timm builds the descendant.
 FEATURES = frozenset(FAMILY_DEFAULTS)
-#: Fields a request may change; the class token may be dropped, never added (there would be nothing to inherit).
-FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
-               "global_pool"}
 #: A block whose reconstruction has a smaller std than this (Z blocks have std 1) is constant: it gets its mean.
 _FLAT = 1e-9
 
@@ -189,12 +186,6 @@ def _stats_at(values: np.ndarray, depth: int) -> np.ndarray:
     return np.interp(positions, np.arange(len(values)), values)
 
 
-def _inverse_basis(size: int, kept: int) -> torch.Tensor:
-    """(size, kept) float64: the orthonormal inverse DCT of length ``size`` of the first ``kept`` coefficients
-    (zero padding when ``kept`` < ``size``): column k is the k-th DCT-II basis vector."""
-    return torch.from_numpy(scipy.fft.idct(np.eye(size, kept), axis=0, norm="ortho"))
-
-
 def reconstruct(coeffs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, depth: int,
                 shape: tuple[int, ...]) -> np.ndarray:
     """A kind's (depth, *shape) float32 stack from its kept corner and its ancestry stats (METHODS.md steps 1-2).
@@ -204,31 +195,42 @@ def reconstruct(coeffs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dep
     block's mean and std are read off its coefficients, and setting the first coefficient and scaling the rest
     gives exactly (X_i - mean_i) / std_i * sigma_i + mu_i without a pass over the descendant's weights.
 
+    Same bits on every machine (the same request must give the same bytes on every worker): the transforms are
+    pocketfft's (scipy), whose result per line depends only on the line's length, never on the thread split; each
+    block's energy is a float64 sum in a fixed order (:func:`engine.numerics.fixed_sum`), not a library reduction
+    whose order follows the thread count or vector width. (A BLAS matmul with the inverse basis and torch's float32
+    sum did: threads 1 and 2 gave other bytes on AMD EPYC.)
+
     Precision: the fit runs in float64; here the stored coefficients are float32 already, so the two transforms
-    and the energy sums run in float32 too (float64 would buy no accuracy the learngene has, at three times the
-    time and twice the memory); the statistics are combined in float64.
+    run in float32 too (float64 would buy no accuracy the learngene has, at three times the time and twice the
+    memory); the statistics are combined in float64.
     """
     kept = coeffs[(slice(0, depth),) + tuple(slice(0, n) for n in shape)]
     # Along depth first, on the (small) corner: each block's own spatial coefficients, zero-padded to `depth`.
-    # A matmul with the inverse basis beats an FFT of length L strided across the whole stack.
-    basis = _inverse_basis(depth, kept.shape[0])
-    flat = basis.float() @ kept.reshape(kept.shape[0], -1)
+    flat = scipy.fft.idct(kept.reshape(kept.shape[0], -1).numpy(), n=depth, axis=0, norm="ortho",
+                          workers=_workers())
     size = math.prod(shape)
-    first = flat[:, 0].double()
-    # Block by block: a float64 copy of the stack would double the peak memory, and torch's float32 sum is a
-    # cascade (about 1e-7 relative on a million terms, where vector_norm's running sum gave 6e-5).
-    energy = torch.stack([row.square().sum() for row in flat]).double()
+    first = flat[:, 0].astype(np.float64)
+    # Block by block: a float64 copy of one block at a time, not of the stack (which would double the peak memory).
+    energy = np.array([fixed_sum(np.square(row, dtype=np.float64)) for row in flat])
     # The energy of everything but the mean; the zero padding to `shape` adds none.
-    spread = (energy - first * first).clamp_min(0.0).div(size).sqrt()
-    target_mean = torch.from_numpy(_stats_at(mean.double().numpy(), depth))
-    target_std = torch.from_numpy(_stats_at(std.double().numpy(), depth))
-    scale = torch.where(spread > _FLAT, target_std / spread.clamp_min(_FLAT), 0.0)
-    flat.mul_(scale.float()[:, None])
-    flat[:, 0] = (target_mean * math.sqrt(size)).float()
-    spatial = flat.numpy().reshape(depth, *kept.shape[1:])
+    spread = np.sqrt(np.maximum(energy - first * first, 0.0) / size)
+    target_mean = _stats_at(mean.double().numpy(), depth)
+    target_std = _stats_at(std.double().numpy(), depth)
+    scale = np.where(spread > _FLAT, target_std / np.maximum(spread, _FLAT), 0.0)
+    flat *= scale.astype(np.float32)[:, None]
+    flat[:, 0] = (target_mean * math.sqrt(size)).astype(np.float32)
+    spatial = flat.reshape(depth, *kept.shape[1:])
     # In place when no padding is needed (the coefficients are ours to overwrite): no second stack-sized buffer.
     return scipy.fft.idctn(spatial, s=shape, axes=tuple(range(1, len(shape) + 1)), norm="ortho", workers=_workers(),
                            overwrite_x=True)
+
+
+def _moments(values: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) std of every element, summed in a fixed order."""
+    flat = values.reshape(-1).astype(np.float64)
+    mean = float(fixed_sum(flat)) / flat.size
+    return mean, math.sqrt(float(fixed_sum(np.square(flat - mean))) / flat.size)
 
 
 def _resize_whole(tensor: torch.Tensor, sizes: dict[int, int]) -> torch.Tensor:
@@ -238,7 +240,7 @@ def _resize_whole(tensor: torch.Tensor, sizes: dict[int, int]) -> torch.Tensor:
     if not sizes:
         return tensor
     values = tensor.double().numpy()
-    mean, std = values.mean(), values.std()
+    mean, std = _moments(values)
     if std == 0:
         shape = list(values.shape)
         for axis, size in sizes.items():
@@ -247,8 +249,8 @@ def _resize_whole(tensor: torch.Tensor, sizes: dict[int, int]) -> torch.Tensor:
     axes = list(sizes)
     spectrum = scipy.fft.dctn((values - mean) / std, axes=axes, norm="ortho", workers=_workers())
     resized = scipy.fft.idctn(spectrum, s=[sizes[a] for a in axes], axes=axes, norm="ortho", workers=_workers())
-    spread = resized.std()
-    resized = (resized - resized.mean()) * (std / spread if spread > _FLAT else 0.0) + mean
+    resized_mean, spread = _moments(resized)
+    resized = (resized - resized_mean) * (std / spread if spread > _FLAT else 0.0) + mean
     return torch.from_numpy(resized).float()
 
 
@@ -354,7 +356,7 @@ def _resample_positions(pos_embed: torch.Tensor, base: ViTSpec, spec: ViTSpec) -
     prefix = pos_prefix(base)
     if spec.img_size != base.img_size:
         grid = spec.img_size // spec.patch_size
-        pos_embed = resample_abs_pos_embed(pos_embed, [grid, grid], num_prefix_tokens=len(prefix))
+        pos_embed = resample_grid(pos_embed, len(prefix), (grid, grid))
     kept = [prefix.index(token) for token in pos_prefix(spec)]
     if len(kept) == len(prefix):
         return pos_embed

@@ -1,4 +1,4 @@
-"""Random: timm's own default initialization, the baseline every method must beat (METHODS.md section 5).
+"""Random: timm's own default initialization, the baseline every method must beat (METHODS.md section 6).
 
 Any valid spec; the learngene only supplies defaults for fields a request leaves out, so any learngene (of any
 method) can be expanded this way. ``fit`` records the ancestry's spec and keeps no tensors.
@@ -8,16 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import FAMILY_DEFAULTS, ViTSpec, merge_request
-from engine.vit import build_model, make_descendant, seeded
+from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, ViTSpec, merge_request
+from engine.vit import build_seeded, make_descendant
 
 name = "random"
 
 #: timm builds every family feature itself.
 FEATURES = frozenset(FAMILY_DEFAULTS)
-#: Every plain-ViT field may change; the stitched ``front`` is the Pool's alone.
-FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "patch_size", "in_chans",
-               "class_token", "global_pool"}
 
 
 def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
@@ -27,7 +24,8 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
 
 
 def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
-    return merge_request(learngene.base_spec, partial, FREE_FIELDS, name)
+    # Every plain-ViT field may change (the stitched ``front`` is the Pool's alone): nothing is inherited.
+    return merge_request(learngene.base_spec, partial, FREE_FIELDS | {"patch_size", "in_chans"}, name)
 
 
 def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
@@ -39,7 +37,4 @@ def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
 
 def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     spec = resolve_spec(learngene, spec.to_dict())
-    # Exactly `torch.manual_seed(seed); timm.create_model(...)`, without touching the caller's RNG state.
-    with seeded(seed):
-        model = build_model(spec)
-    return make_descendant(model.state_dict(), spec)
+    return make_descendant(build_seeded(spec, seed).state_dict(), spec)

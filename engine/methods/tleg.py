@@ -16,7 +16,7 @@ Learngene tensors (float32):
 ``aux_depth`` (L_aux), and ``fit`` (``relative_residual`` of the least-squares fit) when made by :func:`fit`.
 
 Auxiliary network (for the trainer): ``blocks = nn.ModuleDict({"A": block, "B": block})`` of two timm blocks
-(:func:`engine.vit.vit_block`) gives exactly the ``blocks.A.*`` / ``blocks.B.*`` keys; block i of the auxiliary
+(:func:`engine.blocks.vit_block`) gives exactly the ``blocks.A.*`` / ``blocks.B.*`` keys; block i of the auxiliary
 network runs a block with weights ``A + (i / L_aux) * B`` (e.g. ``torch.func.functional_call``). Together with a
 timm ViT's ``patch_embed``, ``pos_embed``, ``fc_norm`` and ``head`` (built from ``meta["spec"]``), its
 ``state_dict()`` is the learngene: pass it to :func:`make_learngene`. METHODS.md gives the training init (B's

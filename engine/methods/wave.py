@@ -39,6 +39,7 @@ import torch
 
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
+from engine.numerics import exact_matmul
 from engine.spec import FAMILY_DEFAULTS, SpecError, ViTSpec, merge_request, require_features
 from engine.vit import (as_float32, assemble, block_key, block_tensors, check_layout, head_state, resample_depth,
                         resize_dim, resize_segments, stack_blocks)
@@ -82,15 +83,19 @@ def to_tiles(weight: torch.Tensor, w1: int, w2: int) -> torch.Tensor:
     return tiles.reshape(*lead, a * b, w1 * w2)
 
 
-def compose(scalers: torch.Tensor, templates: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def compose(scalers: torch.Tensor, templates: torch.Tensor, out: torch.Tensor | None = None,
+            exact: bool = False) -> torch.Tensor:
     """``sum_t kron(S_t, T_t)`` for scalers (..., N, a, b) and templates (N, w1, w2): (..., a*w1, b*w2), written
     into ``out`` when given.
 
     One matmul (scalers x templates) makes every tile; one permuting copy lays the tiles out as the weight.
+    ``exact`` (expansion) uses :func:`engine.numerics.exact_matmul`, the same bits on every machine; training keeps
+    the differentiable float32 matmul.
     """
     *lead, count, a, b = scalers.shape
     _, w1, w2 = templates.shape
-    tiles = torch.matmul(scalers.reshape(*lead, count, a * b).transpose(-1, -2), templates.reshape(count, w1 * w2))
+    multiply = exact_matmul if exact else torch.matmul
+    tiles = multiply(scalers.reshape(*lead, count, a * b).transpose(-1, -2), templates.reshape(count, w1 * w2))
     laid_out = tiles.reshape(*lead, a, b, w1, w2).transpose(-3, -2)
     if out is None:
         return laid_out.reshape(*lead, a * w1, b * w2)
@@ -334,7 +339,8 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         stack = torch.empty(spec.depth, *weight_shape(spec, kind))
         step = -(-spec.depth // COMPOSE_GROUPS)
         for start in range(0, spec.depth, step):
-            compose(scalers[start:start + step], sized[f"templates.{kind}"], out=stack[start:start + step])
+            compose(scalers[start:start + step], sized[f"templates.{kind}"], out=stack[start:start + step],
+                    exact=True)
         for i in range(spec.depth):
             state[block_key(i, KINDS[kind])] = stack[i]
     return assemble(state, spec, seed, head)

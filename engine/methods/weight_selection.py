@@ -32,13 +32,11 @@ import torch
 
 from engine.costs import head_modules, state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import FAMILY_DEFAULTS, SpecError, ViTSpec, merge_request, require_features
+from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, SpecError, ViTSpec, merge_request, require_features
 from engine.vit import as_float32, assemble, block_key, block_tensors, check_layout, pos_prefix, select_indices
 
 name = "weight-selection"
 
-FREE_FIELDS = {"depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "img_size", "class_token",
-               "global_pool"}
 #: The ViT family features this method carries: all of them.
 FEATURES = frozenset(FAMILY_DEFAULTS)
 

@@ -17,9 +17,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.func import functional_call
 
+from engine.blocks import vit_block
 from engine.methods.base import StateDict
 from engine.spec import ViTSpec
-from engine.vit import vit_block
 
 
 class AuxiliaryViT(VisionTransformer):

@@ -14,6 +14,7 @@ from timm.models import named_apply
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
+from engine.blocks import vit_block
 from engine.data import Dataset
 from engine.methods import tleg
 from engine.methods.base import Learngene, StateDict
@@ -21,7 +22,6 @@ from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT
 from engine.train.distill import Distillation, distil, load_teacher
 from engine.train.loop import Hooks, LossHistory, TrainConfig
-from engine.vit import vit_block
 
 
 class LinearExpansionViT(AuxiliaryViT):

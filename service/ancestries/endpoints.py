@@ -11,7 +11,7 @@ from service.ancestries import service
 from service.ancestries.schemas import AncestryOut
 from service.bounds import IdPath
 from service.deps import CtxDep, Reader, UowDep, Writer
-from service.errors import error_responses
+from service.http_errors import error_responses
 from service.uploads import multipart_body, receive_upload
 from service.pagination import Page, PageParams, page_params, paginate
 

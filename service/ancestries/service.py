@@ -146,7 +146,8 @@ def check_upload_form(ctx: AppContext, fields: dict[str, str], parts: dict[str, 
     """Everything about an upload but its weights, checked before they are stored: the form fields, the
     config.json, and what the engine can tell of the architecture without the weights (it builds nothing real:
     the model is made on the meta device). Raises InvalidRequest naming the field."""
-    from engine.ancestry import AncestryError, check_arguments  # torch stays out of the API's import time
+    from engine.ancestry import AncestryError  # torch stays out of the API's import time
+    from engine.upload import check_arguments
 
     if not filename.endswith(".safetensors"):
         raise InvalidRequest("only .safetensors weights are accepted", field="file")
@@ -189,8 +190,9 @@ def register_upload(
     given), move it into storage and add the row; ``(row, True)``. The same file with the same arguments from the
     same owner answers its existing row, ``(row, False)``. ``path`` is consumed; ``sha256`` is its digest when
     the caller has it (an upload is hashed as it arrives), else it is read once to hash it."""
-    from engine.ancestry import AncestryError, read_upload  # torch stays out of the API's import time
+    from engine.ancestry import AncestryError  # torch stays out of the API's import time
     from engine.artifacts import sha256_file, write_safetensors
+    from engine.upload import read_upload
 
     normalization = normalization or {}
     visibility = stored_visibility(owner, visibility)

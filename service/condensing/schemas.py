@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.bounds import MAX_ID
 from service.ownership import Visibility
-from engine.methods import CONDENSING_NAMES, MODES
+from engine.methods import CONDENSING_NAMES, MODE_SUMMARIES, MODES, offering
 
 # The registry is the one list of methods and modes; the OpenAPI enums follow it.
 CondenseMethod = Literal[CONDENSING_NAMES]  # type: ignore[valid-type]
@@ -37,10 +37,9 @@ class CondenseRequest(BaseModel):
         "`dataset:<id>` (uploaded)",
     )
     mode: CondenseMode | None = Field(
-        None, description="`fit`: data-free, seconds on a CPU (tleg, wave, front; front has no other mode); "
-        "`train`: distillation on the dataset; `refine` (wave): the learngene's latest version gains scalers "
-        "trained for `params.sizes`, templates frozen, as a new version. Default: train when a dataset is given, "
-        "else fit.",
+        None,
+        description="; ".join(f"`{mode}` ({', '.join(offering(mode))}): {MODE_SUMMARIES[mode]}" for mode in MODES)
+        + ". Default: train when a dataset is given (and the method trains), else fit.",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters (defaults: GET /v1/methods)")
     evaluate: bool | None = Field(
@@ -68,3 +67,13 @@ class MethodOut(BaseModel):
     baseline: bool = Field(description="Expands straight from an ancestry (`POST /v1/descendants` with `ancestry`)")
     condensing: list[str] = Field(description="Modes a condensing job may use (empty: expansion-only baseline)")
     params: list[MethodParam]
+
+
+class LossPoint(BaseModel):
+    step: int
+    loss: float
+
+
+class LossCurve(BaseModel):
+    job_id: str
+    points: list[LossPoint]

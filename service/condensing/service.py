@@ -83,14 +83,13 @@ def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any
 
 
 def check_family(method: str, ancestry_spec: dict[str, Any]) -> None:
-    """Refuse, before queuing, an ancestry using a ViT family feature the method does not handle (a method module
-    lists those it handles in ``FEATURES``; one that lists none handles plain ViTs only)."""
+    """Refuse, before queuing, an ancestry using a ViT family feature the method does not carry (``Method.FEATURES``;
+    a method that lists none handles plain ViTs only)."""
     from engine.methods import get_method
     from engine.spec import SpecError, ViTSpec, require_features
 
     try:
-        require_features(ViTSpec.from_dict(ancestry_spec), getattr(get_method(method), "FEATURES", frozenset()),
-                         method)
+        require_features(ViTSpec.from_dict(ancestry_spec), get_method(method).FEATURES, method)
     except SpecError as exc:
         raise InvalidRequest(f"the ancestry cannot be condensed by {method}: {exc}",
                              field=f"ancestry.{exc.field}") from exc

@@ -6,16 +6,15 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from service.context import AppContext
+from service.condensing.schemas import CondenseMode
 from service.datasets.service import get_dataset, resolve_path
 from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
-from service.jobs.kinds import JobCancelled, JobFailed, JobKind
-from service.jobs.runner import JobContext
+from service.jobs.kinds import JobCancelled, JobContext, JobFailed, JobKind
 from service.learngenes.service import publish_version
 from service.models import Ancestry, LearngeneVersion
 from service.ownership import Visibility
@@ -26,7 +25,7 @@ class CondensePayload(BaseModel):
 
     ancestry_id: int
     method: str
-    mode: Literal["fit", "train", "refine"]
+    mode: CondenseMode
     dataset: str | None
     learngene: str
     params: dict[str, Any]
@@ -58,13 +57,13 @@ class _JobHooks:
         return self.jctx.load_checkpoint()
 
 
-def dataset_uri_for_engine(app: AppContext, uri: str | None) -> str | None:
+def dataset_uri_for_engine(jctx: JobContext, uri: str | None) -> str | None:
     """``dataset:<id>`` (an upload) becomes the ``imagefolder:`` path it was unpacked to."""
     if uri is None or not uri.startswith("dataset:"):
         return uri
-    with app.sessions() as session:
+    with jctx.sessions() as session:
         row = get_dataset(session, int(uri.removeprefix("dataset:")))
-        return f"imagefolder:{resolve_path(app, row)}"
+        return f"imagefolder:{resolve_path(jctx.store, jctx.settings, row)}"
 
 
 def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
@@ -74,12 +73,11 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
     from engine.train import condense as condense_ancestry
     from engine.train import evaluate_card, refine
 
-    app = jctx.app
-    with app.sessions() as session:
+    with jctx.sessions() as session:
         ancestry = session.get(Ancestry, p.ancestry_id)
         if ancestry is None:
             raise JobFailed(f"ancestry {p.ancestry_id} no longer exists")
-        path = app.store.local_path(ancestry.storage_key)
+        path = jctx.store.local_path(ancestry.storage_key)
         architecture, model_args = ancestry.architecture, ancestry.model_args
         preprocessing = dict(ancestry.preprocessing or {})
         source_path, source_number = None, None
@@ -87,9 +85,9 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
             source = session.get(LearngeneVersion, p.source_version_id)
             if source is None or source.storage_key is None:
                 raise JobFailed(f"learngene version {p.source_version_id} to refine no longer exists")
-            source_path, source_number = app.store.local_path(source.storage_key), source.version
+            source_path, source_number = jctx.store.local_path(source.storage_key), source.version
     state, spec = load_ancestry(path, architecture, model_args)
-    dataset = dataset_uri_for_engine(app, p.dataset)
+    dataset = dataset_uri_for_engine(jctx, p.dataset)
     hooks = _JobHooks(jctx)
     started = time.perf_counter()
     try:
@@ -109,10 +107,10 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
     if card is not None:
         metrics["evaluation_card"] = card
 
-    fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=jctx.store.scratch_dir(), suffix=".safetensors")
     os.close(fd)
     digest = save_learngene(learngene, Path(tmp))
-    stored = app.store.put_file(Path(tmp), move=True, sha256=digest)
+    stored = jctx.store.put_file(Path(tmp), move=True, sha256=digest)
 
     def publish(session: Session) -> None:
         version = publish_version(
@@ -147,3 +145,5 @@ def _queue(p: CondensePayload) -> str:
 
 
 CONDENSE = JobKind(name="condense", payload=CondensePayload, run=condense, queue=_queue)
+#: What this domain gives the composition root to run.
+KINDS = (CONDENSE,)

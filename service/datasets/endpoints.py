@@ -10,7 +10,7 @@ from service.bounds import IdPath
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
 from service.deps import CtxDep, Reader, UowDep, Writer
-from service.errors import error_responses
+from service.http_errors import error_responses
 from service.pagination import Page, PageParams, page_params, paginate
 from service.uploads import multipart_body, receive_upload
 

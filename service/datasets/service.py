@@ -18,7 +18,8 @@ from service.errors import InvalidRequest, NotFound
 from service.keys.auth import Principal
 from service.models import DatasetRow
 from service.ownership import PRIVATE, PUBLIC, can_see, stored_visibility, visible
-from service.storage import sha256_file
+from service.settings import Settings
+from service.storage import ArtifactStore, sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: Unpacked size may be at most this many times the archive (zip bombs).
@@ -55,9 +56,9 @@ def list_page(session: Session, limit: int, after: int | None, caller: Principal
     return session.scalars(q).all()
 
 
-def dataset_dir(ctx: AppContext, sha256: str) -> Path:
+def dataset_dir(store: ArtifactStore, sha256: str) -> Path:
     """Where the dataset's archive lies unpacked on this machine (derived data, rebuilt when missing)."""
-    return ctx.store.local_dir(f"datasets/{sha256}")
+    return store.local_dir(f"datasets/{sha256}")
 
 
 def _safe_member(name: str) -> PurePosixPath:
@@ -236,7 +237,7 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
                                                            DatasetRow.visibility == visibility))
         if existing is not None:
             return existing
-        dest = dataset_dir(ctx, digest)
+        dest = dataset_dir(ctx.store, digest)
         if not dest.exists():
             unpack(archive, dest, ctx.settings.dataset_max_files, ctx.settings.dataset_max_bytes)
             created = dest
@@ -260,11 +261,11 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
             shutil.rmtree(created, ignore_errors=True)
 
 
-def resolve_path(ctx: AppContext, row: DatasetRow) -> Path:
+def resolve_path(store: ArtifactStore, settings: Settings, row: DatasetRow) -> Path:
     """The ImageFolder root of an uploaded dataset, unpacked from its stored archive first on a machine that has
     not unpacked it yet (a worker elsewhere, or after the folder was cleaned)."""
-    dest = dataset_dir(ctx, row.sha256)
+    dest = dataset_dir(store, row.sha256)
     if not dest.is_dir():
-        archive = ctx.store.local_path(row.storage_key)
-        unpack(archive, dest, ctx.settings.dataset_max_files, ctx.settings.dataset_max_bytes)
+        archive = store.local_path(row.storage_key)
+        unpack(archive, dest, settings.dataset_max_files, settings.dataset_max_bytes)
     return image_folder_root(dest)

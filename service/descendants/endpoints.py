@@ -16,7 +16,8 @@ from service.deps import CtxDep, Reader, UowDep, Writer
 from service.descendants import repository, service
 from service.files import head_responses, safetensors_header, serve_blob
 from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
-from service.errors import InvalidRequest, JobFailedError, error_responses
+from service.errors import InvalidRequest, JobFailedError
+from service.http_errors import error_responses
 from service.jobs import waiting
 from service.keys.auth import Principal
 from service.learngenes import service as learngenes

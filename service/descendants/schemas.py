@@ -59,7 +59,7 @@ class DescendantRequest(BaseModel):
 
     learngene: str | None = Field(None, description="`name` or `name:version-or-alias`", max_length=200)
     ancestry: int | None = Field(None, ge=1, le=MAX_ID,
-                                 description="An ancestry id (with a baseline method: weight-selection or random)")
+                                 description=f"An ancestry id (with a baseline method: {' or '.join(BASELINE_NAMES)})")
     method: MethodName | None = None
     spec: SpecIn | None = None
     budget: BudgetIn | None = None

@@ -42,12 +42,6 @@ class Source:
     def key(self) -> str:
         return f"lgv:{self.version.id}" if self.version else f"anc:{self.ancestry.id}"  # type: ignore[union-attr]
 
-    @property
-    def hub_namespace(self) -> str:
-        if self.version is not None:
-            return f"{self.version.learngene.name}.v{self.version.version}"
-        return f"ancestry-{self.ancestry.id}.{self.method}"  # type: ignore[union-attr]
-
 
 def resolve_source(session: Session, req: DescendantRequest, caller: Principal | None = None) -> Source:
     """The source, as far as ``caller`` may see it: another owner's private learngene or ancestry is not found."""
@@ -223,6 +217,7 @@ def descendant_out(session: Session, row: DescendantRow, caller: Principal | Non
 
 
 def _hub_repo_id(row: DescendantRow, version: LearngeneVersion | None) -> str:
+    """The name ``/hub`` serves this descendant under (``service/hub.py`` parses it back)."""
     namespace = (
         f"{version.learngene.name}.v{version.version}" if version else f"ancestry-{row.ancestry_id}.{row.method}"
     )

@@ -27,10 +27,10 @@ def limits_of(settings: Settings) -> Any:
 
 def plan(settings: Settings, method_name: str, meta: dict[str, Any], spec_in: SpecIn | None,
          budget: BudgetIn | None) -> Plan:
-    from engine.costs import gflops, param_count
+    from engine.costs import gflops, param_count, validate_spec
     from engine.methods import get_method
     from engine.methods.base import Learngene
-    from engine.spec import SpecError, validate_spec
+    from engine.spec import SpecError
 
     method = get_method(method_name)
     # Sizing reads only the learngene's metadata; its tensors stay in storage until a worker expands it.

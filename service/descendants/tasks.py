@@ -14,12 +14,12 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.context import AppContext
 from service.descendants.schemas import HeadChoice
 from service.jobs.dispatch import QUEUE_CPU
-from service.jobs.kinds import FinalState, JobFailed, JobKind
-from service.jobs.runner import JobContext
+from service.jobs.kinds import JobContext, JobFailed, JobKind
+from service.jobs.states import FinalState
 from service.models import Ancestry, DescendantRow, Job, LearngeneVersion
+from service.storage import ArtifactStore
 
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Any] = OrderedDict()
@@ -40,7 +40,7 @@ def _cached(sha256: str, load: Any) -> Any:
     return value
 
 
-def _source(app: AppContext, row: DescendantRow, session: Session) -> tuple[Any, dict[str, str]]:
+def _source(store: ArtifactStore, row: DescendantRow, session: Session) -> tuple[Any, dict[str, str]]:
     from engine.ancestry import load_ancestry
     from engine.artifacts import load_learngene
     from engine.methods.base import Learngene
@@ -48,14 +48,14 @@ def _source(app: AppContext, row: DescendantRow, session: Session) -> tuple[Any,
     if row.learngene_version_id is not None:
         version = session.get(LearngeneVersion, row.learngene_version_id)
         assert version is not None and version.storage_key and version.sha256
-        path = app.store.local_path(version.storage_key)
+        path = store.local_path(version.storage_key)
         learngene = _cached(version.sha256, lambda: load_learngene(path))
         provenance = {"learngene": version.learngene.name, "version": str(version.version),
                       "learngene_sha256": version.sha256}
         return learngene, provenance
     ancestry = session.get(Ancestry, row.ancestry_id)
     assert ancestry is not None
-    path = app.store.local_path(ancestry.storage_key)
+    path = store.local_path(ancestry.storage_key)
 
     def load() -> Any:
         state, spec = load_ancestry(path, ancestry.architecture, ancestry.model_args)
@@ -77,14 +77,14 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
     from engine.methods import get_entry
     from engine.spec import ViTSpec
 
-    app, descendant_id = jctx.app, payload.descendant_id
-    with app.sessions() as session:
+    descendant_id = payload.descendant_id
+    with jctx.sessions() as session:
         row = session.get(DescendantRow, descendant_id)
         if row is None:
             raise JobFailed(f"descendant {descendant_id} no longer exists")
         if row.status == "ready":
             return {"descendant_id": row.id, "sha256": row.sha256}
-        learngene, provenance = _source(app, row, session)
+        learngene, provenance = _source(jctx.store, row, session)
         method_name, spec_dict, seed = row.method, dict(row.spec), row.seed
     spec = ViTSpec.from_dict(spec_dict)
     descendant = get_entry(method_name).expand(learngene, spec, seed, head=payload.head)
@@ -97,10 +97,10 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
         "producer": "learngene-service",
         **({"head": payload.head} if payload.head != "inherit" else {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=app.store.scratch_dir(), suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=jctx.store.scratch_dir(), suffix=".safetensors")
     os.close(fd)
     digest = save_descendant(descendant, metadata, Path(tmp))
-    stored = app.store.put_file(Path(tmp), move=True, sha256=digest)
+    stored = jctx.store.put_file(Path(tmp), move=True, sha256=digest)
     config = descendant_config(descendant, spec, learngene.meta.get("preprocessing"))
 
     def record(session: Session) -> None:
@@ -127,3 +127,5 @@ def settle_descendant(session: Session, job: Job, state: FinalState) -> None:
 
 EXPAND = JobKind(name="expand", payload=ExpandPayload, run=expand, queue=lambda _: QUEUE_CPU,
                  on_finished=settle_descendant)
+#: What this domain gives the composition root to run.
+KINDS = (EXPAND,)

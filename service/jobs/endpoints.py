@@ -1,26 +1,22 @@
-"""HTTP for jobs: follow, list, cancel, and stream progress (server-sent events)."""
+"""HTTP for jobs: follow, list, cancel, and stream progress (server-sent events). What a job of one kind reports
+beyond that is its domain's (a condensing job's loss curve: ``service/condensing/endpoints.py``)."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.context import AppContext
 from service.deps import CtxDep, Reader, UowDep, Writer
-from service.errors import ErrorBody, ErrorResponse, error_responses
+from service.http_errors import ErrorBody, ErrorResponse, error_responses
 from service.jobs import repository, service, waiting
-from service.jobs.kinds import FINISHED, JobState
 from service.jobs.schemas import JobOut
-from service.keys.auth import Principal, still_valid
+from service.jobs.states import FINISHED, JobState
+from service.keys.auth import still_valid
 from service.ownership import check_may_change
 from service.pagination import Page, PageParams, page_params, paginate
 
@@ -116,79 +112,3 @@ async def stream_job_events(
 def _revoked_error() -> str:
     return ErrorResponse(error=ErrorBody(code="unauthorized", message="the API key this stream was opened with was "
                                          "revoked")).model_dump_json()
-
-
-class LossPoint(BaseModel):
-    step: int
-    loss: float
-
-
-class LossCurve(BaseModel):
-    job_id: str
-    points: list[LossPoint]
-
-
-def _loss_points(ctx: AppContext, job_id: str, caller: Principal) -> tuple[list[LossPoint], tuple[str, str, int]]:
-    """The job's loss curve, and what identifies this state of it: (job id, state, last progress event)."""
-    with ctx.sessions() as session:
-        job = service.get_job(session, job_id, caller)
-        events = repository.events_of_kind(session, job_id, "progress")
-        state = (job_id, job.state, events[-1].id if events else 0)
-    # Progress with a "phase" belongs to later stages (the evaluation card's fine-tuning), not to condensing.
-    points = [LossPoint(step=e.data["step"], loss=e.data["loss"]) for e in events
-              if isinstance(e.data.get("loss"), (int, float)) and "step" in e.data and "phase" not in e.data]
-    return points, state
-
-
-@router.get("/{job_id}/loss", operation_id="get_job_loss_curve", response_model=LossCurve,
-            responses=error_responses(404))
-def get_loss_curve(job_id: str, ctx: CtxDep, caller: Reader) -> LossCurve:
-    """The training loss as reported by the job's progress, step by step."""
-    return LossCurve(job_id=job_id, points=_loss_points(ctx, job_id, caller)[0])
-
-
-#: Plots rendered, by (job id, state, last progress event): rendering costs 0.1-0.9 s of CPU, and an unchanged
-#: curve is asked for again and again (a dashboard refreshing). The newest PLOTS_KEPT are kept (~30 KB each).
-PLOTS_KEPT = 128
-_plots: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
-_plots_lock = threading.Lock()
-
-
-@router.get("/{job_id}/loss.png", operation_id="get_job_loss_plot", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "Loss curve plot"}} | error_responses(404))
-def get_loss_plot(job_id: str, ctx: CtxDep, caller: Reader) -> Response:
-    """The loss curve as a PNG, rendered once per state of the job's progress."""
-    points, state = _loss_points(ctx, job_id, caller)
-    with _plots_lock:
-        png = _plots.get(state)
-        if png is not None:
-            _plots.move_to_end(state)
-    if png is None:
-        png = _render(job_id, points)
-        with _plots_lock:
-            _plots[state] = png
-            while len(_plots) > PLOTS_KEPT:
-                _plots.popitem(last=False)
-    return Response(png, media_type="image/png")
-
-
-def _render(job_id: str, points: list[LossPoint]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3.5), dpi=100)
-    ax = fig.add_subplot()
-    if points:
-        ax.plot([p.step for p in points], [p.loss for p in points], marker=".", linewidth=1)
-    else:
-        ax.text(0.5, 0.5, "no loss reported yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"job {job_id[:12]}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

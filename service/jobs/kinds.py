@@ -1,35 +1,32 @@
-"""What a job kind is: declared by its domain, run by the kernel, which imports no domain.
+"""What a job kind is, and what its handler is given: declared by a domain, run by the kernel, which imports no
+domain.
 
-A domain (``service/<domain>/tasks.py``) declares each of its kinds once: the typed payload (validated when the
-job is submitted, stored as JSON, parsed back for the handler), the handler, the queue, and ``on_finished``: what
-happens to the domain's rows when the job ends. The kernel calls ``on_finished`` however the job ends (success,
-failure, giving up on a lost worker, cancellation), in the transaction that records the end, so a domain row can
-never outlive its job in a state that waits for it.
+A domain (``service/<domain>/tasks.py``) declares each of its kinds once, and exports them in its ``KINDS``: the
+typed payload (validated when the job is submitted, stored as JSON, parsed back for the handler), the handler,
+the queue, and ``on_finished``: what happens to the domain's rows when the job ends. The kernel calls
+``on_finished`` however the job ends (success, failure, giving up on a lost worker, cancellation), in the
+transaction that records the end, so a domain row can never outlive its job in a state that waits for it. The
+composition root (``service/wiring.py``) collects every domain's kinds.
+
+A handler gets a :class:`JobContext`: the pieces of the process's context it may use (sessions, artifact store,
+settings), and the means to report, checkpoint and stop. Not the whole ``AppContext``, which holds the kinds:
+this module stays below it.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from service.jobs import repository
+from service.jobs.states import ERROR_JOB, FinalState
 from service.models import Job
-
-if TYPE_CHECKING:
-    from service.jobs.runner import JobContext
-
-#: The values of ``jobs.state``; the last three are final.
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FinalState = Literal["succeeded", "failed", "cancelled"]
-FINISHED: tuple[FinalState, ...] = ("succeeded", "failed", "cancelled")
-
-#: Stable codes of ``jobs.error_code``: what a client may branch on (the message is for people).
-ERROR_JOB = "job_error"  # the handler raised: the message is the exception's
-ERROR_WORKER_LOST = "worker_lost"  # every attempt's worker died
-ERROR_RECORDING = "recording_failed"  # the work was done but its result could not be recorded
-ERROR_UNKNOWN_KIND = "unknown_kind"  # no process that took it knows this kind
+from service.settings import Settings
+from service.storage import ArtifactStore
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -44,6 +41,47 @@ class JobFailed(Exception):
 
 class JobCancelled(Exception):
     """Raised inside a handler (by ``JobContext.check_cancelled``) once the job's cancellation was requested."""
+
+
+def checkpoint_name(job_id: str) -> str:
+    return f"checkpoints/{job_id}"
+
+
+@dataclass
+class JobContext:
+    """What a handler sees besides its payload: the stores, and the means to report, checkpoint and stop."""
+
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+    settings: Settings
+    job_id: str
+    attempt: int
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _on_success: list[Callable[[Session], None]] = field(default_factory=list)
+
+    def progress(self, data: dict[str, Any], *, event: str = "progress") -> None:
+        with self.sessions.begin() as session:
+            repository.set_progress(session, self.job_id, data)
+            repository.add_event(session, self.job_id, event, data)
+
+    def should_stop(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def on_success(self, write: Callable[[Session], None]) -> None:
+        """Registry writes that land with the job's success, in its transaction: a job taken over by another
+        worker, or cancelled meanwhile, never publishes them."""
+        self._on_success.append(write)
+
+    def save_checkpoint(self, data: bytes) -> None:
+        """Only the newest checkpoint is kept; it is deleted when the job ends, however it ends."""
+        self.store.put_named(checkpoint_name(self.job_id), data)
+
+    def load_checkpoint(self) -> bytes | None:
+        return self.store.get_named(checkpoint_name(self.job_id))
 
 
 def _nothing(session: Session, job: Job, state: FinalState) -> None:

@@ -4,7 +4,7 @@ maintenance loop that requeues jobs whose worker died and publishes again jobs w
 The same code runs inside Celery workers (``worker/`` is only the adapter) and in the API's in-process pool.
 The database decides who runs a job: a claim succeeds only for a queued job or a running one whose worker
 stopped beating, so a duplicate or redelivered message never runs a finished job twice. Imports no domain: the
-kinds a process can run are in ``AppContext.kinds``.
+kinds a process can run are in ``AppContext.kinds``, put there by the composition root (``service/wiring.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import and_
@@ -25,9 +24,9 @@ from sqlalchemy.orm import Session
 from service import logs
 from service.context import AppContext
 from service.jobs import repository
-from service.jobs.kinds import (ERROR_JOB, ERROR_RECORDING, ERROR_UNKNOWN_KIND, ERROR_WORKER_LOST, FinalState,
-                                JobCancelled, JobFailed, JobKind)
-from service.jobs.service import checkpoint_name, end_job, forget_checkpoint, publish
+from service.jobs.kinds import JobCancelled, JobContext, JobFailed, JobKind
+from service.jobs.service import end_job, forget_checkpoint, publish
+from service.jobs.states import ERROR_JOB, ERROR_RECORDING, ERROR_UNKNOWN_KIND, ERROR_WORKER_LOST, FinalState
 from service.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,63 +37,12 @@ Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
 MAX_REPUBLISH_INTERVAL_S = 3600.0
 
 
-@dataclass
-class JobContext:
-    """What a handler sees besides its payload: the stores, and the means to report, checkpoint and stop."""
-
-    app: AppContext
-    job_id: str
-    attempt: int
-    _cancel: threading.Event = field(default_factory=threading.Event)
-    _on_success: list[Callable[[Session], None]] = field(default_factory=list)
-
-    def progress(self, data: dict[str, Any], *, event: str = "progress") -> None:
-        with self.app.sessions.begin() as session:
-            repository.set_progress(session, self.job_id, data)
-            repository.add_event(session, self.job_id, event, data)
-
-    def should_stop(self) -> bool:
-        return self._cancel.is_set()
-
-    def check_cancelled(self) -> None:
-        if self._cancel.is_set():
-            raise JobCancelled()
-
-    def on_success(self, write: Callable[[Session], None]) -> None:
-        """Registry writes that land with the job's success, in its transaction: a job taken over by another
-        worker, or cancelled meanwhile, never publishes them."""
-        self._on_success.append(write)
-
-    def save_checkpoint(self, data: bytes) -> None:
-        """Only the newest checkpoint is kept; it is deleted when the job ends, however it ends."""
-        self.app.store.put_named(checkpoint_name(self.job_id), data)
-
-    def load_checkpoint(self) -> bytes | None:
-        return self.app.store.get_named(checkpoint_name(self.job_id))
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def _stale_before(ctx: AppContext) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=ctx.settings.stale_after_s)
-
-
-torch_configured = False
-
-
-def configure_torch(ctx: AppContext) -> None:
-    """Set torch's thread count once per process, just before the first job imports it."""
-    global torch_configured
-    if torch_configured:
-        return
-    torch_configured = True
-    threads = ctx.settings.job_torch_threads(in_process=not ctx.settings.uses_celery)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def user_message(exc: BaseException) -> str:
@@ -143,8 +91,7 @@ def run_job(ctx: AppContext, job_id: str) -> Outcome:
 def _run_claimed(ctx: AppContext, job_id: str, me: str, kind: JobKind[Any], payload: dict[str, Any],
                  attempts: int) -> Outcome:
     raw_kind = kind.name
-    jctx = JobContext(app=ctx, job_id=job_id, attempt=attempts)
-    configure_torch(ctx)
+    jctx = JobContext(sessions=ctx.sessions, store=ctx.store, settings=ctx.settings, job_id=job_id, attempt=attempts)
     stop_beating = threading.Event()
     # The heartbeat thread runs in a copy of this context, so what it logs names the job too.
     beat = threading.Thread(target=contextvars.copy_context().run, args=(_beat, ctx, job_id, me, jctx, stop_beating),

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.jobs.kinds import JobState
+from service.jobs.states import JobState
 
 
 class JobOut(BaseModel):

@@ -16,7 +16,8 @@ from service.context import AppContext
 from service.db import UnitOfWork
 from service.errors import Conflict, NotFound
 from service.jobs import repository
-from service.jobs.kinds import FinalState, JobKind
+from service.jobs.kinds import JobKind, checkpoint_name
+from service.jobs.states import FinalState
 from service.keys.auth import Principal
 from service.models import Job
 from service.ownership import PRIVATE, can_see
@@ -88,10 +89,6 @@ def forget_checkpoint(ctx: AppContext, job_id: str) -> None:
         ctx.store.delete_named(checkpoint_name(job_id))
     except Exception:
         log.exception("could not delete the checkpoint of job %s", job_id)
-
-
-def checkpoint_name(job_id: str) -> str:
-    return f"checkpoints/{job_id}"
 
 
 def request_cancel(uow: UnitOfWork, ctx: AppContext, job_id: str) -> Job:

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Query, status
 
 from service.bounds import IdPath
 from service.deps import Admin, UowDep
-from service.errors import NotFound, error_responses
+from service.errors import NotFound
+from service.http_errors import error_responses
 from service.keys import repository, service
 from service.keys.auth import OWNER_PATTERN
 from service.keys.schemas import KeyCreate, KeyCreated, KeyOut

@@ -6,8 +6,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.deps import CtxDep, Reader, UowDep
-from service.errors import NotFound, error_responses
+from service.errors import NotFound
 from service.files import head_responses, serve_blob
+from service.http_errors import error_responses
 from service.learngenes import repository, service
 from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut
 from service.pagination import Page, PageParams, page_params, paginate

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -36,8 +36,6 @@ class LearngeneVersionOut(BaseModel):
     learngene: str
     version: int
     method: str
-    status: Literal["ready"] = Field(
-        "ready", description="Always ready: a version is registered only when the job that made it succeeds")
     aliases: list[str]
     lineage: Lineage
     hyperparams: dict[str, Any]

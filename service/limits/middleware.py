@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import AppContext
-from service.errors import ErrorBody, ErrorResponse, retry_after_header
+from service.http_errors import ErrorBody, ErrorResponse, retry_after_header
 from service.keys.auth import Principal, anonymous, authenticate, bearer_token
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-INITS = ["random", "weight-selection", "tleg fit", "tleg train", "wave fit", "wave train", "pool fit", "pool train",
-         "layers fit", "layers train"]
+#: The baselines, then every condensing method of the registry (in its order) in each of fit and train it offers.
+INITS = ["random", "weight-selection", "tleg fit", "tleg train", "layers fit", "layers train", "pool fit", "pool train",
+         "wave fit", "wave train", "front fit"]
 PLOTS = ["quality_depth.png", "quality_steps.png", "quality_width.png"]
 CELL = re.compile(r"^(\d+\.\d+) ± (\d+\.\d+)$")
 

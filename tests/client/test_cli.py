@@ -81,7 +81,7 @@ def test_json_on_every_command(live: Live) -> None:
 
     done = json.loads(run(live, "condense", "--ancestry", str(live.ancestry_id), "--method", "tleg",
                           "--learngene", "cli-fit", "--mode", "fit", "--no-evaluate", "--follow", "--json").stdout)
-    assert (done["learngene"], done["version"], done["status"]) == ("cli-fit", 1, "ready")
+    assert (done["learngene"], done["version"]) == ("cli-fit", 1) and done["lineage"]["job_id"] and done["sha256"]
 
     queued = json.loads(run(live, "condense", "--ancestry", str(live.ancestry_id), "--method", "tleg",
                             "--learngene", "cli-long", "--dataset", "builtin:digits", "--no-evaluate",
@@ -90,6 +90,19 @@ def test_json_on_every_command(live: Live) -> None:
     assert cancelled["id"] == queued["id"] and cancelled["cancel_requested"] is True
     jobs = json.loads(run(live, "ls", "jobs", "--kind", "condense", "--json").stdout)
     assert queued["id"] in [j["id"] for j in jobs]
+
+
+def test_condense_takes_every_method_of_the_server(live: Live) -> None:
+    """Issue 22: the CLI kept its own list of methods and refused FRONT; which methods exist is the server's."""
+    done = json.loads(run(live, "condense", "--ancestry", str(live.ancestry_id), "--method", "front",
+                          "--learngene", "cli-front", "--no-evaluate", "--follow", "--json").stdout)
+    assert (done["learngene"], done["version"], done["method"]) == ("cli-front", 1, "front")
+    assert done["lineage"]["mode"] == "fit"
+
+    unknown = run(live, "condense", "--ancestry", str(live.ancestry_id), "--method", "no-such-method",
+                  "--learngene", "cli-nothing", "--mode", "no-such-mode")
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert "422 validation_error" in unknown.stderr and "method" in unknown.stderr and "mode" in unknown.stderr
 
 
 def test_errors_go_to_stderr_with_the_api_code(live: Live) -> None:
@@ -114,3 +127,14 @@ def test_server_commands_are_handed_to_the_service(tmp_path: Path) -> None:
     out = subprocess.run([*CLI, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "database at head" and (tmp_path / "registry.db").exists()
+
+
+def test_keys_is_a_server_command_too(tmp_path: Path) -> None:
+    """The README's `learngene keys create` was refused by the client's parser as an unknown command."""
+    env = {**os.environ, "LEARNGENE_DATA_DIR": str(tmp_path), "LEARNGENE_DATABASE_URL": ""}
+    made = subprocess.run([*CLI, "keys", "create", "--owner", "alice"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("lg_")
+    listed = subprocess.run([*CLI, "keys", "list"], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert listed.returncode == 0 and "\talice\tread,write\tactive" in listed.stdout

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from engine.spec import FrontSpec, SpecError, SpecLimits, ViTSpec, merge_request, validate_spec
+from engine.costs import validate_spec
+from engine.spec import FrontSpec, SpecError, SpecLimits, ViTSpec, merge_request
 
 BASE = ViTSpec(depth=12, embed_dim=768, num_heads=12)
 

@@ -181,7 +181,7 @@ def test_a_latency_budget_of_any_size_is_answered_within_seconds_and_sigterm_sto
     """Item 4: ``{"max_latency_ms": 1e300}`` on a FRONT learngene timed 1,338 candidate sizes inside the request
     (over 15 CPU-minutes, 2.7 GB peak), and SIGTERM did not stop the server. The planner bisects the front within
     bounds; a stop cuts what is still open after LEARNGENE_SHUTDOWN_GRACE_S."""
-    from service.context import build_context
+    from service.wiring import build_context
     from service.models import Job
 
     settings = make_settings(tmp_path, republish_after_s=3600, shutdown_grace_s=2)
@@ -260,7 +260,7 @@ def test_a_loss_plot_is_rendered_once_per_state_of_its_job(ctx: AppContext) -> N
     """Item 8: every anonymous GET of loss.png rendered it again (0.1-0.9 s of CPU each)."""
     import time
 
-    from service.jobs.endpoints import PLOTS_KEPT, _plots
+    from service.condensing.loss import PLOTS_KEPT, _plots
     from service.models import Job, JobEvent
 
     job_id = "e" * 32

@@ -88,7 +88,7 @@ FUZZ_KEY_ID = 987_654
 
 
 def _admin_key(settings: Settings) -> str:
-    from service.context import build_context
+    from service.wiring import build_context
     from service.keys.auth import hash_key
     from service.models import ApiKey
 

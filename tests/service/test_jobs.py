@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 from service.context import AppContext
 from service.db import unit_of_work
 from service.jobs import repository
-from service.jobs.kinds import FinalState, JobKind
-from service.jobs.runner import JobContext, requeue_stale, run_job
+from service.jobs.kinds import JobContext, JobKind
+from service.jobs.runner import requeue_stale, run_job
 from service.jobs.service import request_cancel, submit
+from service.jobs.states import FinalState
 from service.models import Job, utcnow
 from tests.support import wait_until
 
@@ -210,15 +211,14 @@ def test_job_events_stream_ends_with_final_state(ctx: AppContext, client: TestCl
     assert text.rstrip().endswith("}") and '"state": "succeeded"' in text
 
 
-def _cancel_then_finish(jctx: JobContext, p: Numbers) -> dict[str, Any]:
-    # The cancellation arrives after the handler's last check, while it publishes its result.
-    with unit_of_work(jctx.app.sessions) as uow:
-        request_cancel(uow, jctx.app, jctx.job_id)
-    return {"value": "too late"}
-
-
 def test_a_cancel_requested_while_a_job_runs_wins_over_its_success(ctx: AppContext) -> None:
-    kind = JobKind(name="cancel-then-finish", payload=Numbers, run=_cancel_then_finish, queue=lambda _: "cpu",
+    def cancel_then_finish(jctx: JobContext, p: Numbers) -> dict[str, Any]:
+        # The cancellation arrives after the handler's last check, while it publishes its result.
+        with unit_of_work(jctx.sessions) as uow:
+            request_cancel(uow, ctx, jctx.job_id)
+        return {"value": "too late"}
+
+    kind = JobKind(name="cancel-then-finish", payload=Numbers, run=cancel_then_finish, queue=lambda _: "cpu",
                    on_finished=_record_ending)
     ctx.kinds[kind.name] = kind
     ctx.dispatcher = _Recorder([])

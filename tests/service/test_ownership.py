@@ -212,7 +212,7 @@ def test_revoking_a_key_ends_the_event_stream_it_holds_open(tmp_path: Path) -> N
     server, url = start_server(settings, tmp_path)
     try:
         key = httpx.post(f"{url}/v1/keys", json={"owner": "alice"}, headers=bearer("boot")).json()
-        from service.context import build_context
+        from service.wiring import build_context
 
         ctx = build_context(settings, with_dispatcher=False)
         try:

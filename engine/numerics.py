@@ -1,0 +1,141 @@
+"""Arithmetic whose bits do not depend on the machine: the same inputs give the same float32 outputs whatever the
+thread count, the BLAS library and its kernels, or the CPU's vector width.
+
+Why this exists: a descendant is identified by its request, and dedupe, ETags, the ``/hub`` cache and the
+regeneration of an evicted descendant all rely on "the same request gives the same bytes" on every worker. Float
+addition is not associative, so any kernel free to choose its summation order (a BLAS ``gemm`` blocking by thread
+count or by AVX-512 vs AVX2, torch's vectorized reductions, bicubic upsampling compiled per CPU capability, the
+vectorized ``normal_``) can return other bits on another machine. Everything here is built from operations whose
+result IEEE-754 fixes exactly: element-wise add/multiply (each correctly rounded, independent of SIMD width or
+thread split), integer-valued float64 arithmetic below 2**53 (exact in any order), and sums in an order fixed by
+the code.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+#: Bits of one float64 significand: integer-valued doubles below 2**53 add and multiply exactly.
+_EXACT_BITS = 52
+
+
+def fixed_sum(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Sum along ``axis`` in float64 by repeated halving (pairwise, the pairs fixed by position): every addition is
+    one element-wise IEEE add, so the result does not depend on threads or vector width the way a library
+    reduction's order may."""
+    acc = np.moveaxis(np.asarray(values, dtype=np.float64), axis, -1)
+    while acc.shape[-1] > 1:
+        half = acc.shape[-1] // 2
+        paired = acc[..., :half] + acc[..., half:2 * half]
+        acc = np.concatenate([paired, acc[..., 2 * half:]], axis=-1) if acc.shape[-1] % 2 else paired
+    return acc[..., 0] if acc.shape[-1] else np.zeros(acc.shape[:-1])
+
+
+def _round_to_bits(values: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
+    """``values`` (float64) rounded to multiples of 2**(e - bits) along each slice of ``dim``, where 2**e bounds the
+    slice's largest magnitude: every element becomes an integer of at most ``bits`` bits times the slice's one
+    power of two. Exact apart from that one rounding (round half to even): scaling by powers of two only moves
+    exponents."""
+    peak = values.abs().amax(dim=dim, keepdim=True)
+    exponent = torch.where(peak > 0, torch.frexp(peak).exponent - bits, 0).double()
+    scale = torch.exp2(exponent)  # powers of two: exact
+    return torch.round(values / scale) * scale
+
+
+def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (float32 in, float32 out) that every BLAS, thread count and CPU computes to the same bits.
+
+    Each row of ``a`` and each column of ``b`` is rounded to an integer of a few bits times a power of two of its
+    own. Then every product in the dot product of row r and column c is an integer times the same power of two
+    2**(e_r + e_c), and with few enough bits every partial sum is an integer below 2**53 times that power: a float64
+    ``gemm`` is exact whatever its blocking, order or use of FMA. The one other rounding is the final cast to
+    float32. The bits are split evenly, about (52 - log2 k) / 2 each (23 for k = 64): each operand is kept to a
+    float32-level error of its row's / column's largest magnitude for contractions of up to a few thousand terms."""
+    k = a.shape[-1]
+    if b.shape[-2] != k:
+        raise ValueError(f"cannot multiply {tuple(a.shape)} by {tuple(b.shape)}")
+    budget = _EXACT_BITS - max(1, math.ceil(math.log2(max(k, 2))))
+    a_bits, b_bits = budget - budget // 2, budget // 2
+    if b_bits < 12:
+        raise ValueError(f"a contraction of {k} terms is too long for an exact product")
+    return torch.matmul(_round_to_bits(a.double(), -1, a_bits), _round_to_bits(b.double(), -2, b_bits)).float()
+
+
+def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """The cubic convolution kernel (Keys, a = -0.5: PIL's and torch's antialiased bicubic)."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _resample_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) float64 weights of antialiased bicubic resampling with half-pixel centres: the filter
+    torch's ``interpolate(mode="bicubic", antialias=True)`` uses (as timm's ``resample_abs_pos_embed`` does), its
+    support widened by the scale when shrinking, each row normalized to sum 1 in a fixed order."""
+    scale = size_in / size_out
+    stretch = max(scale, 1.0)
+    support = 2.0 * stretch
+    weights = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        centre = scale * (i + 0.5)
+        low = max(int(centre - support + 0.5), 0)
+        high = min(int(centre + support + 0.5), size_in)
+        taps = _cubic((np.arange(low, high) - centre + 0.5) / stretch)
+        total = 0.0
+        for tap in taps:
+            total += float(tap)
+        weights[i, low:high] = taps / total if total != 0 else 0.0
+    return weights
+
+
+def _resample_axis(values: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """``weights`` (out, in) applied along ``axis`` of ``values``, summing the input positions in index order
+    (element-wise float64 multiply-adds: no library reduction)."""
+    moved = np.moveaxis(values, axis, 0)
+    out = np.zeros((weights.shape[0],) + moved.shape[1:])
+    for j in range(weights.shape[1]):
+        out += weights[:, j].reshape((-1,) + (1,) * (moved.ndim - 1)) * moved[j]
+    return np.moveaxis(out, 0, axis)
+
+
+def resample_grid(pos_embed: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """A (1, prefix + h*w, D) position embedding on a new (H, W) grid by antialiased bicubic resampling (what timm's
+    ``resample_abs_pos_embed`` computes, to float32 rounding), computed in float64 in a fixed order; the prefix
+    tokens' positions are kept."""
+    tokens = pos_embed.shape[1] - prefix
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"{tokens} position tokens are not a square grid")
+    values = pos_embed[0, prefix:].double().numpy().reshape(side, side, -1)
+    values = _resample_axis(values, _resample_weights(side, grid[0]), 0)
+    values = _resample_axis(values, _resample_weights(side, grid[1]), 1)
+    resampled = torch.from_numpy(values.reshape(1, grid[0] * grid[1], -1)).float()
+    return torch.cat([pos_embed[:, :prefix].float(), resampled], dim=1)
+
+
+def normal_(tensor: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill ``tensor`` with N(0, std) draws by inverse transform of uniform draws in [-1, 1) (as timm's
+    ``trunc_normal_``), cut at 6 std: torch's own ``normal_`` uses a vectorized Box-Muller on AVX2 machines and a
+    scalar one elsewhere, which give other numbers for the same seed."""
+    with torch.no_grad():
+        uniform_(tensor, 1.0, generator)
+        tensor.erfinv_()
+        tensor.mul_(std * math.sqrt(2.0))
+        tensor.clamp_(-6 * std, 6 * std)
+    return tensor
+
+
+def uniform_(tensor: torch.Tensor, bound: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill ``tensor`` with U(-bound, bound) draws that are the same on every CPU: torch's ``uniform_(a, b)``
+    computes ``a + (b - a) * u``, fused into one rounding on AVX2 machines and not elsewhere; for a = -1, b = 1 both
+    are exact, and the scaling by ``bound`` after is one correctly rounded multiply."""
+    with torch.no_grad():
+        tensor.uniform_(-1.0, 1.0, generator=generator)
+        if bound != 1.0:
+            tensor.mul_(bound)
+    return tensor

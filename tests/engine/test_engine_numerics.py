@@ -1,0 +1,58 @@
+"""engine/numerics.py: order-free arithmetic that still computes what the library calls it replaces."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from timm.layers import resample_abs_pos_embed
+
+from engine.numerics import exact_matmul, fixed_sum, normal_, resample_grid, uniform_
+
+
+def test_fixed_sum_adds_every_element_once() -> None:
+    values = np.arange(1.0, 1001.0).reshape(1, 1000)
+    assert fixed_sum(values, axis=1)[0] == 500500.0
+    assert fixed_sum(np.ones((3, 7)), axis=1).tolist() == [7.0, 7.0, 7.0]
+    assert fixed_sum(np.zeros((2, 0)), axis=1).tolist() == [0.0, 0.0]
+
+
+def test_exact_matmul_is_closer_to_float64_than_float32_matmul_and_thread_free() -> None:
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 300, 64, generator=generator), torch.randn(64, 512, generator=generator)
+    truth = a.double() @ b.double()
+    error = (exact_matmul(a, b).double() - truth).abs().max() / truth.abs().max()
+    assert error < 4e-7
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = exact_matmul(a, b)
+        torch.set_num_threads(2)
+        assert torch.equal(one, exact_matmul(a, b))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_exact_matmul_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError):
+        exact_matmul(torch.ones(2, 3), torch.ones(4, 2))
+
+
+@pytest.mark.parametrize("side, new", [(4, 6), (4, 3), (14, 37), (37, 8), (5, 12)])
+def test_resample_grid_is_timms_bicubic_to_float32_rounding(side: int, new: int) -> None:
+    pos_embed = torch.randn(1, 1 + side * side, 32, generator=torch.Generator().manual_seed(side))
+    ours = resample_grid(pos_embed, 1, (new, new))
+    timms = resample_abs_pos_embed(pos_embed, [new, new], num_prefix_tokens=1)
+    torch.testing.assert_close(ours, timms, rtol=2e-6, atol=2e-6 * float(timms.abs().max()))
+    assert torch.equal(ours[:, :1], pos_embed[:, :1])
+
+
+def test_the_redrawn_distributions_are_the_ones_they_replace() -> None:
+    drawn = normal_(torch.empty(200_000), 0.02, torch.Generator().manual_seed(0))
+    assert abs(float(drawn.std()) - 0.02) < 2e-4 and abs(float(drawn.mean())) < 2e-4
+    assert float(drawn.abs().max()) <= 6 * 0.02
+    bound = 1 / math.sqrt(48)
+    spread = uniform_(torch.empty(200_000), bound, torch.Generator().manual_seed(0))
+    assert float(spread.min()) >= -bound and float(spread.max()) < bound
+    assert abs(float(spread.std()) - bound / math.sqrt(3)) < 1e-3
