@@ -744,9 +744,10 @@ def write(converted: Converted, out_dir: Path, source_sha256: str) -> str:
     with); returns the safetensors file's sha256. The pair is read back as the service's upload reads it."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from engine.ancestry import inspect_architecture, read_upload
+    from engine.ancestry import inspect_architecture
     from engine.artifacts import descendant_config, write_safetensors
     from engine.methods.base import Descendant
+    from engine.upload import read_upload
 
     spec, _, preprocessing = inspect_architecture(converted.architecture, converted.model_args)
     preprocessing = {**preprocessing, "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)}

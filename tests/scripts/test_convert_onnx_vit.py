@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
-from engine.ancestry import read_upload
+from engine.upload import read_upload
 from engine.convert import from_hugging_face
 from engine.vit import seeded
 
