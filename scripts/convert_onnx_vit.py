@@ -3,7 +3,7 @@
     .venv/bin/python scripts/convert_onnx_vit.py MODEL.onnx OUT_DIR [--sizes 224 518 112] [--tolerance 1e-4]
 
 writes ``OUT_DIR/model.safetensors`` (a timm state dict that loads with ``strict=True``) and ``OUT_DIR/config.json``
-(a timm Hub config: ``POST /v1/ancestries`` with ``file`` + ``config`` registers the pair), then prints the
+(a timm Hub config: ``POST /v1/ancestries`` with ``config`` then ``file`` registers the pair), then prints the
 file's sha256. Before writing, it checks itself: onnxruntime runs the graph cut at the backbone's final LayerNorm,
 timm runs the converted model on the same seeded inputs, and the largest difference of the tokens must stay
 within ``--tolerance`` of their largest magnitude, or nothing is written and the exit status is 1.

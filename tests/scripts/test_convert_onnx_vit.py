@@ -218,9 +218,9 @@ def test_a_refused_graph_writes_nothing(hf_export: Any, tmp_path: Path, capsys: 
 def test_the_converted_backbone_uploads_through_the_api(client: Any, hf_export: Any, tmp_path: Path) -> None:
     _, _, path = hf_export
     assert converter.main([str(path), str(tmp_path)]) == 0
-    r = client.post("/v1/ancestries", files={
-        "file": ("model.safetensors", (tmp_path / "model.safetensors").read_bytes(), "application/octet-stream"),
-        "config": ("config.json", (tmp_path / "config.json").read_bytes(), "application/json")})
+    r = client.post("/v1/ancestries", files={  # every field before the file, as the upload requires
+        "config": ("config.json", (tmp_path / "config.json").read_bytes(), "application/json"),
+        "file": ("model.safetensors", (tmp_path / "model.safetensors").read_bytes(), "application/octet-stream")})
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["architecture"] == "vit_small_patch14_dinov2" and body["family"] == "dinov2"
