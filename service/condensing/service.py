@@ -56,8 +56,8 @@ def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal
         if caller is not None:
             check_owner(caller, row.owner, f"dataset {ident}", field="dataset")
         return uri
-    raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[?classes=0-4], imagefolder:<path> "
-                         "or dataset:<id>", field="dataset")
+    raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[+<another>][?classes=0-4], "
+                         "imagefolder:<path> or dataset:<id>", field="dataset")
 
 
 def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any]) -> LearngeneVersion:
