@@ -132,3 +132,54 @@ def finetune(model: nn.Module, train: Split, val: Split, recipe: Recipe, test: S
         metrics["test_accuracy"] = accuracy(model, test)
     metrics["cpu_s"] = time.process_time() - started
     return metrics
+
+
+def features(model: nn.Module, split: Split, batch_size: int = 250) -> Any:
+    """The model's pooled pre-logit features of every image of ``split`` (float64 numpy, for a linear probe)."""
+    import torch
+
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            images = split.images[start:start + batch_size]
+            chunks.append(model.forward_head(model.forward_features(images), pre_logits=True).double())
+    return torch.cat(chunks).numpy()
+
+
+def linear_probe(model: nn.Module, train: Split, val: Split, test: Split | None = None,
+                 strengths: tuple[float, ...] = (0.1, 1.0, 10.0), known: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """A linear probe on the frozen body: logistic regression on standardized pooled features, its inverse
+    regularization chosen from ``strengths`` on ``val``; ``test`` scored at that choice. The probe is written
+    into ``model.head`` (standardization folded in), so a fine-tune can start from it (LP-FT: a fresh head on a
+    good body otherwise spends its first steps undoing the body). ``known`` may hold the features of ``val`` and
+    ``test`` ("val", "test") already computed with this same frozen body."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    known = known or {}
+    train_x = features(model, train)
+    val_x = known["val"] if "val" in known else features(model, val)
+    scaler = StandardScaler().fit(train_x)
+    best: tuple[float, float, Any] | None = None
+    for strength in strengths:
+        probe = LogisticRegression(C=strength, max_iter=1000).fit(scaler.transform(train_x), train.labels.numpy())
+        accuracy = float((probe.predict(scaler.transform(val_x)) == val.labels.numpy()).mean())
+        if best is None or accuracy > best[0]:
+            best = (accuracy, strength, probe)
+    assert best is not None
+    val_accuracy, strength, probe = best
+    weight = probe.coef_ / scaler.scale_
+    bias = probe.intercept_ - (probe.coef_ * scaler.mean_ / scaler.scale_).sum(axis=1)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)).float())
+        model.head.bias.copy_(torch.from_numpy(bias).float())
+    metrics: dict[str, Any] = {"val_accuracy": val_accuracy, "strength": strength}
+    if test is not None:
+        test_x = known["test"] if "test" in known else features(model, test)
+        metrics["test_accuracy"] = float((probe.predict(scaler.transform(test_x))
+                                          == test.labels.numpy()).mean())
+    return metrics

@@ -1,0 +1,46 @@
+"""Report v3 (bench/quality_backbone.py): each cell's rate is chosen on seed 0's validation accuracy and test
+accuracy is reported at it for every seed; the targets table compares the best learngene with random init and
+weight selection at the same size, and its probe with the frozen ancestry's."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.quality_backbone import FROZEN, _cells, markdown  # noqa: E402
+
+
+def run(val: dict[str, float], test: dict[str, float], probe: float) -> dict:
+    return {"probe": {"val_accuracy": probe, "test_accuracy": probe},
+            "finetune": {rate: {"val_accuracy": val[rate], "test_accuracy": test[rate]} for rate in val}}
+
+
+def data() -> dict:
+    results = {
+        # seed 0 tries both rates; 0.001 wins on validation though 0.0003 wins on test
+        "front fit|fashion|6x192x3|10|0": run({"0.001": 0.7, "0.0003": 0.6}, {"0.001": 0.60, "0.0003": 0.9}, 0.5),
+        "front fit|fashion|6x192x3|10|1": run({"0.001": 0.5}, {"0.001": 0.70}, 0.6),
+        "random|fashion|6x192x3|10|0": run({"0.001": 0.5}, {"0.001": 0.40}, 0.3),
+        "weight-selection|fashion|6x192x3|10|0": run({"0.001": 0.5}, {"0.001": 0.70}, 0.4),
+        f"{FROZEN}|fashion|12x384x6|10|0": {"probe": {"val_accuracy": 0.8, "test_accuracy": 0.8}, "finetune": {}},
+    }
+    return {"results": results, "learngenes": {}, "descendants": {}, "skipped": [], "loadavg": []}
+
+
+def test_rate_chosen_on_seed_zeros_validation_and_reported_on_test() -> None:
+    cell = _cells(data())[("front fit", "fashion", "6x192x3", 10)]
+    assert cell["rate"] == 0.001
+    assert cell["finetune"] == [0.60, 0.70]
+    assert cell["probe"] == [0.5, 0.6]
+
+
+def test_targets_row_compares_the_best_learngene_at_the_same_size() -> None:
+    report = markdown(data())
+    row = next(line for line in report.splitlines() if line.startswith("| fashion | 10 | d6 w192 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "front fit"
+    assert cells[4] == "+0.250"  # 0.65 - 0.40
+    assert cells[5] == "-0.050"  # 0.65 - 0.70: loses to weight selection, and says so
+    assert cells[6] == "0.69"  # probe 0.55 / ancestry 0.80
