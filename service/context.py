@@ -3,6 +3,7 @@ the job dispatcher. Built once per process by the composition root (``service/wi
 workers build the same context, only the dispatcher differs (Celery or in-process threads)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,12 @@ class AppContext:
     dispatcher: Dispatcher | None = field(default=None)
     #: Rate-limit and quota counters; set by the API (``service.app``), None in workers.
     counters: Counters | None = field(default=None)
+    #: Set when the process stops: its running jobs stop at their next check and are handed back to the queue
+    #: (checkpoint kept), so a stop never waits for a long job and never loses one.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
+        self.stopping.set()
         if self.dispatcher is not None:
             self.dispatcher.close()
         self.engine.dispose()

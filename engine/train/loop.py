@@ -153,6 +153,8 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
     last_checkpoint = time.monotonic()
     while step < config.steps:
         if hooks.should_stop():
+            if step > 0:  # a stopping worker hands the job on: whoever runs it next resumes from here
+                hooks.save_checkpoint(_snapshot(model, optimizer, step, history))
             raise Cancelled(step)
         index = batch_indices(len(data), config.batch_size, config.seed, step)
         images = data.images[index].to(device, non_blocking=True)

@@ -57,6 +57,8 @@ class JobContext:
     job_id: str
     attempt: int
     _cancel: threading.Event = field(default_factory=threading.Event)
+    #: The process is stopping: the handler stops as for a cancellation, and the kernel queues the job again.
+    _stopping: threading.Event = field(default_factory=threading.Event)
     _on_success: list[Callable[[Session], None]] = field(default_factory=list)
 
     def progress(self, data: dict[str, Any], *, event: str = "progress") -> None:
@@ -65,11 +67,16 @@ class JobContext:
             repository.add_event(session, self.job_id, event, data)
 
     def should_stop(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel.is_set() or self._stopping.is_set()
 
     def check_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self.should_stop():
             raise JobCancelled()
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by the process's shutdown, not by a cancellation of the job."""
+        return self._stopping.is_set() and not self._cancel.is_set()
 
     def on_success(self, write: Callable[[Session], None]) -> None:
         """Registry writes that land with the job's success, in its transaction: a job taken over by another

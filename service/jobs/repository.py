@@ -126,6 +126,18 @@ def requeue_if_stale(session: Session, job_id: str, stale_before: dt.datetime) -
     return res.rowcount == 1
 
 
+def release(session: Session, job_id: str, worker: str) -> bool:
+    """Hand a running job back to the queue (its process is stopping): the attempt it was on is not counted,
+    and a job whose cancellation was requested meanwhile is not released (it ends cancelled instead)."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, held_by(worker), Job.cancel_requested.is_(False))
+        .values(state="queued", worker=None, published_at=utcnow(), attempts=Job.attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
 def queued_before(session: Session, published_before: dt.datetime) -> Sequence[Job]:
     """Queued jobs last published before ``published_before``: their message may be lost."""
     q = select(Job).where(Job.state == "queued", Job.published_at < published_before).order_by(Job.created_at)

@@ -31,7 +31,7 @@ from service.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
+Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped", "released"]
 
 #: Longest a queued job waits between two publications of its message (the wait doubles up to this).
 MAX_REPUBLISH_INTERVAL_S = 3600.0
@@ -91,7 +91,8 @@ def run_job(ctx: AppContext, job_id: str) -> Outcome:
 def _run_claimed(ctx: AppContext, job_id: str, me: str, kind: JobKind[Any], payload: dict[str, Any],
                  attempts: int) -> Outcome:
     raw_kind = kind.name
-    jctx = JobContext(sessions=ctx.sessions, store=ctx.store, settings=ctx.settings, job_id=job_id, attempt=attempts)
+    jctx = JobContext(sessions=ctx.sessions, store=ctx.store, settings=ctx.settings, job_id=job_id, attempt=attempts,
+                      _stopping=ctx.stopping)
     stop_beating = threading.Event()
     # The heartbeat thread runs in a copy of this context, so what it logs names the job too.
     beat = threading.Thread(target=contextvars.copy_context().run, args=(_beat, ctx, job_id, me, jctx, stop_beating),
@@ -100,6 +101,8 @@ def _run_claimed(ctx: AppContext, job_id: str, me: str, kind: JobKind[Any], payl
     try:
         result = kind.run(jctx, kind.payload.model_validate(payload))
     except JobCancelled:
+        if jctx.interrupted and _release(ctx, job_id, me):
+            return "released"
         return _finish(ctx, job_id, me, "cancelled")
     except JobFailed as exc:
         return _finish(ctx, job_id, me, "failed", error=str(exc), error_code=exc.code)
@@ -110,6 +113,21 @@ def _run_claimed(ctx: AppContext, job_id: str, me: str, kind: JobKind[Any], payl
         stop_beating.set()
         beat.join()
     return _finish(ctx, job_id, me, "succeeded", result=result, on_success=jctx._on_success)
+
+
+def _release(ctx: AppContext, job_id: str, me: str) -> bool:
+    """The process stops: the job goes back to the queue with its checkpoint, for the next process (or the
+    sweeper's next publication) to resume. False when it cannot (cancelled meanwhile, or no longer ours)."""
+    try:
+        with ctx.sessions.begin() as session:
+            if not repository.release(session, job_id, me):
+                return False
+            repository.add_event(session, job_id, "released", {"worker": me, "reason": "the worker stopped"})
+    except Exception:  # the database is gone too: the reaper requeues the job once its heartbeat is stale
+        log.exception("job %s could not be handed back", job_id)
+        return True
+    log.warning("job %s handed back to the queue: this process is stopping", job_id)
+    return True
 
 
 class _NotHeld(Exception):
