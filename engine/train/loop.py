@@ -85,6 +85,9 @@ class TrainConfig:
     checkpoint_every_s: float = 60.0  # 0 disables the time trigger
     checkpoint_every_steps: int = 0  # 0 disables the step trigger
     device: str | None = None  # None: cuda if available, else cpu
+    precision: str = "auto"  # "auto": bf16 autocast where the device computes bf16 natively (see autocast); "fp32", "bf16"
+    evaluate: bool = True  # condensing's before/after validation metrics (engine.train.distill.distil); False: none
+    eval_images: int = 1000  # the fixed validation subset those metrics use
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -92,7 +95,21 @@ class TrainConfig:
         warmup = params["warmup_steps"] if params["warmup_steps"] is not None else params["steps"] // 20
         return cls(steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"], min_lr=params["min_lr"],
                    warmup_steps=warmup, weight_decay=params["weight_decay"], grad_clip=params["grad_clip"],
-                   seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"])
+                   seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"],
+                   precision=params.get("precision", "auto"), evaluate=params.get("evaluate", True),
+                   eval_images=params.get("eval_images", cls.eval_images))
+
+
+def stop_check(hooks: Hooks | None) -> Callable[[], None] | None:
+    """A callback raising :class:`Cancelled` (step 0) once ``hooks`` ask to stop: what slow work outside the loop
+    (loading a dataset) calls between chunks."""
+    if hooks is None:
+        return None
+
+    def check() -> None:
+        if hooks.should_stop():
+            raise Cancelled(0)
+    return check
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -102,10 +119,29 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 on CUDA (no loss scaling needed, unlike fp16); fp32 on CPU, where bf16 is slow on most cores."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively: CUDA, or a CPU with AMX or AVX512-BF16 (where oneDNN's bf16
+    kernels beat fp32: 2.1x on ViT-S training here, docs/benchmarks.md). Other CPUs emulate bf16, slower than fp32."""
     if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast (no loss scaling needed, unlike fp16) for ``precision="bf16"``, and for ``"auto"`` where the
+    device has native bf16 (:func:`native_bf16`); fp32 otherwise. Losses and metrics stay fp32 (``soft_kl``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        if device.type in ("cuda", "cpu"):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -155,12 +191,12 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         if hooks.should_stop():
             raise Cancelled(step)
         index = batch_indices(len(data), config.batch_size, config.seed, step)
-        images = data.images[index].to(device, non_blocking=True)
-        labels = data.labels[index].to(device, non_blocking=True)
+        images, labels = data.batch(index)  # preprocessed now, at the target size: memory flat in img_size
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
 
-        with autocast(device):
+        with autocast(device, config.precision):
             loss = loss_fn(model, images, labels)
         loss.backward()
         if config.grad_clip > 0:
@@ -194,21 +230,40 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits for every image, in fp32 on the CPU, computed on the model's device in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        with autocast(device):
-            outputs.append(model(images[start:start + batch_size].to(device)).float().cpu())
-    model.train(was_training)
-    return torch.cat(outputs)
+def predict_logits(model: nn.Module, images: torch.Tensor | Split, batch_size: int = 256,
+                   hooks: Hooks | None = None, precision: str = "auto") -> torch.Tensor:
+    """Logits for every image (a tensor, or a split preprocessed batch by batch), in fp32 on the CPU, computed
+    on the model's device in eval mode. Raises :class:`Cancelled` (step 0) when ``hooks`` ask to stop, checked
+    before every batch."""
+    return predict_many([model], images, batch_size, hooks, precision)[0]
 
 
-def accuracy(model: nn.Module, data: Split, batch_size: int = 256) -> float:
-    return (predict_logits(model, data.images, batch_size).argmax(-1) == data.labels).float().mean().item()
+@torch.no_grad()
+def predict_many(models: list[nn.Module], images: torch.Tensor | Split, batch_size: int = 256,
+                 hooks: Hooks | None = None, precision: str = "auto") -> list[torch.Tensor]:
+    """:func:`predict_logits` of several models on the same images, each batch preprocessed once for all."""
+    data = images if isinstance(images, Split) else Split(images, torch.zeros(len(images), dtype=torch.long))
+    device = next(models[0].parameters()).device
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
+    outputs: list[list[torch.Tensor]] = [[] for _ in models]
+    try:
+        for batch, _ in data.batches(batch_size):
+            if hooks is not None and hooks.should_stop():
+                raise Cancelled(0)
+            batch = batch.to(device)
+            with autocast(device, precision):
+                for model, out in zip(models, outputs):
+                    out.append(model(batch).float().cpu())
+    finally:
+        for model, mode in zip(models, was_training):
+            model.train(mode)
+    return [torch.cat(out) for out in outputs]
+
+
+def accuracy(model: nn.Module, data: Split, batch_size: int = 256, hooks: Hooks | None = None) -> float:
+    return (predict_logits(model, data, batch_size, hooks).argmax(-1) == data.labels).float().mean().item()
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, history: LossHistory) -> bytes:

@@ -189,12 +189,17 @@ def test_condense_refuses_what_cannot_run(trained_ancestry: Ancestry) -> None:
 
 
 class StopAt(NoHooks):
-    def __init__(self, calls: int) -> None:
-        self.calls, self.limit = 0, calls
+    """Asks to stop once ``steps`` steps (or scoring batches) have reported progress: loading the data and the
+    validation metrics consult ``should_stop`` too, so counting its calls would not count steps."""
+
+    def __init__(self, steps: int) -> None:
+        self.reported, self.limit = 0, steps
+
+    def on_progress(self, progress: dict) -> None:
+        self.reported += 1
 
     def should_stop(self) -> bool:
-        self.calls += 1
-        return self.calls > self.limit
+        return self.reported >= self.limit
 
 
 @pytest.mark.parametrize("method", ["tleg", "layers"])
@@ -209,8 +214,8 @@ def test_cancelling_a_condensing_job_stops_it(trained_ancestry: Ancestry, method
 class Interrupted(StopAt):
     """A job killed after some steps, keeping the checkpoints it took (one after every step here)."""
 
-    def __init__(self, calls: int, checkpoint: bytes | None = None) -> None:
-        super().__init__(calls)
+    def __init__(self, steps: int, checkpoint: bytes | None = None) -> None:
+        super().__init__(steps)
         self.saved, self.checkpoint = [], checkpoint
 
     def save_checkpoint(self, blob: bytes) -> None:
