@@ -85,7 +85,7 @@ class TrainConfig:
     checkpoint_every_s: float = 60.0  # 0 disables the time trigger
     checkpoint_every_steps: int = 0  # 0 disables the step trigger
     device: str | None = None  # None: cuda if available, else cpu
-    precision: str = "auto"  # "auto": bf16 autocast where the device computes bf16 natively (see autocast); "fp32", "bf16"
+    precision: str = "auto"  # "fp32", "bf16", or "auto": bf16 where the device computes it natively (autocast)
     evaluate: bool = True  # condensing's before/after validation metrics (engine.train.distill.distil); False: none
     eval_images: int = 1000  # the fixed validation subset those metrics use
 
