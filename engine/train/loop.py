@@ -1,9 +1,14 @@
 """The one training loop every trainer in the engine shares (ancestry, condensing, evaluation fine-tunes).
 
 Short on purpose, nanoGPT-style: every knob is a field of :class:`TrainConfig`. AdamW (fused on CUDA), a
-cosine learning-rate schedule with linear warmup, bf16 autocast on CUDA and fp32 on CPU, gradient-norm
-clipping. The caller supplies the model, a loss function and the data; the job around it supplies
+cosine learning-rate schedule with linear warmup, bf16 autocast where the device has native bf16 (CUDA; CPUs with
+AMX or AVX512-BF16) and fp32 elsewhere, gradient-norm clipping. The caller supplies the model, a loss function
+and the data (a :class:`engine.data.Split`, preprocessed batch by batch); the job around it supplies
 :class:`Hooks` for progress, cancellation and checkpoints.
+
+Cancellation is honoured within seconds in every phase: before every step, between the micro-batches of a long
+CPU step (:func:`micro_batch`), between evaluation batches (:func:`predict_logits`), and while a dataset loads
+(:func:`stop_check`).
 
 Resuming is exact: batch k is a pure function of (seed, k) (:func:`engine.data.batch_indices`), the learning
 rate is a pure function of the step (so the step *is* the scheduler's state), and a checkpoint holds the model,
@@ -88,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16", or "auto": bf16 where the device computes it natively (autocast)
     evaluate: bool = True  # condensing's before/after validation metrics (engine.train.distill.distil); False: none
     eval_images: int = 1000  # the fixed validation subset those metrics use
+    micro_batch: int = 0  # images per forward/backward (gradients accumulate over a step); 0: see micro_batch()
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -98,6 +104,23 @@ class TrainConfig:
                    seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"],
                    precision=params.get("precision", "auto"), evaluate=params.get("evaluate", True),
                    eval_images=params.get("eval_images", cls.eval_images))
+
+
+#: On a CPU a step runs in micro-batches of at most this many input values (16 images of 3x224^2: 2 at DINOv2's
+#: 518 px, the whole batch of 64 at 112 px), so a step at a large image size still notices a cancel within
+#: seconds, and its activations stay bounded.
+CPU_MICRO_BATCH_VALUES = 16 * 3 * 224 * 224
+
+
+def micro_batch(data: Split, config: TrainConfig, device: torch.device) -> int:
+    """Images per forward/backward: ``config.micro_batch`` when set; else the whole batch on an accelerator and,
+    on a CPU, as many as :data:`CPU_MICRO_BATCH_VALUES` allows (at least one)."""
+    if config.micro_batch > 0:
+        return config.micro_batch
+    if device.type != "cpu" or len(data) == 0:
+        return config.batch_size
+    values = data.batch(torch.arange(1))[0][0].numel()  # one image preprocessed: its size at the target size
+    return max(1, min(config.batch_size, CPU_MICRO_BATCH_VALUES // values))
 
 
 def stop_check(hooks: Hooks | None) -> Callable[[], None] | None:
@@ -183,6 +206,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
     if blob is not None:
         step, history = _restore(blob, model, optimizer)
 
+    micro = micro_batch(data, config, device)
     log_every = config.log_every or max(1, config.steps // 100)
     per_epoch = len(data) // min(config.batch_size, len(data))
     images_seen, window_start = 0, time.perf_counter()
@@ -191,14 +215,21 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         if hooks.should_stop():
             raise Cancelled(step)
         index = batch_indices(len(data), config.batch_size, config.seed, step)
-        images, labels = data.batch(index)  # preprocessed now, at the target size: memory flat in img_size
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-
-        with autocast(device, config.precision):
-            loss = loss_fn(model, images, labels)
-        loss.backward()
+        chunks = index.split(micro)
+        for k, part in enumerate(chunks):
+            if k and hooks.should_stop():  # a long step on a CPU: stop between its micro-batches too
+                optimizer.zero_grad(set_to_none=True)
+                raise Cancelled(step)
+            images, labels = data.batch(part)  # preprocessed now, at the target size: memory flat in img_size
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, config.precision):
+                part_loss = loss_fn(model, images, labels)
+            if len(chunks) > 1:  # gradient accumulation: the batch's mean loss is the size-weighted chunk sum
+                part_loss = part_loss * (len(part) / len(index))
+            part_loss.backward()
+            loss = part_loss.detach() if k == 0 else loss + part_loss.detach()
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -244,6 +275,9 @@ def predict_many(models: list[nn.Module], images: torch.Tensor | Split, batch_si
     """:func:`predict_logits` of several models on the same images, each batch preprocessed once for all."""
     data = images if isinstance(images, Split) else Split(images, torch.zeros(len(images), dtype=torch.long))
     device = next(models[0].parameters()).device
+    if device.type == "cpu" and len(data):  # forward only: 3x the training micro-batch (see CPU_MICRO_BATCH_VALUES)
+        values = data.batch(torch.arange(1))[0][0].numel()
+        batch_size = max(1, min(batch_size, 3 * CPU_MICRO_BATCH_VALUES // values))
     was_training = [model.training for model in models]
     for model in models:
         model.eval()

@@ -177,3 +177,39 @@ def test_precision_is_a_choice_and_auto_follows_native_bf16() -> None:
 def test_training_in_bf16_on_the_cpu_lowers_the_loss_too() -> None:
     history = train(_model(0), classification_loss, _data(), dataclasses.replace(CONFIG, precision="bf16"))
     assert history[-1][1] < history[0][1]
+
+
+def _plain_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 2))
+
+
+def test_micro_batches_accumulate_to_the_whole_batch_step() -> None:
+    config = dataclasses.replace(CONFIG, steps=4, precision="fp32")
+    whole, chunked = _plain_model(0), _plain_model(0)
+    train(whole, classification_loss, _data(), config)
+    train(chunked, classification_loss, _data(), dataclasses.replace(config, micro_batch=5))  # 16 = 5+5+5+1
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_cancel_stops_between_the_micro_batches_of_a_step() -> None:
+    model = CountingModel()
+    with pytest.raises(Cancelled) as raised:
+        train(model, classification_loss, _data(), dataclasses.replace(CONFIG, micro_batch=4),
+              StopWhen(lambda: model.batches >= 2))
+    assert model.batches == 2 and raised.value.step == 0  # 2 of the first step's 4 micro-batches, then stopped
+
+
+def test_a_cpu_step_at_dinov2_size_runs_in_small_micro_batches() -> None:
+    import numpy as np
+
+    from engine.data import ArraySource, Preprocess
+    from engine.train.loop import micro_batch
+
+    pixels = np.zeros((100, 28, 28), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    for size, expected in [(518, 2), (224, 16), (112, 64)]:
+        split = Split(ArraySource(pixels, 255.0, Preprocess(size, 3)), torch.zeros(100, dtype=torch.long))
+        assert micro_batch(split, TrainConfig(steps=1, batch_size=64), cpu) == expected
+    assert micro_batch(_data(), TrainConfig(steps=1, batch_size=64, micro_batch=7), cpu) == 7
