@@ -4,14 +4,21 @@ batch size, optimizer (AdamW, fused on CUDA), gradient clipping and autocast, wi
 reports or checkpoints. The ratio ours / plain shows what the loop's bookkeeping costs; 1.0 is free.
 
 The workload is TLEG condensing: the auxiliary network (12 blocks of A + (i/12) B) distilled from a frozen
-ancestry, at two sizes:
+ancestry, at three sizes:
 
 - ``seed``: the fresh install's digits ancestry (16 px, patch 4, width 64, 6 blocks), digits data;
 - ``vit-s``: a ViT-S-size ancestry (width 384, 6 heads, 12 blocks; 224 px patch 16 on CUDA, 32 px patch 8 on a
-  CPU to keep the run short), random weights and random images (throughput does not depend on the values).
+  CPU to keep the run short), random weights and random images (throughput does not depend on the values);
+- ``vit-s-112``: issue 19's target, a ViT-S/14 (DINOv2's shape, with a head) at 112 px. Our side streams the
+  data as a condensing job does: raw 28x28 uint8 images (Fashion-MNIST's format) decoded, resized to 112 px and
+  normalized per batch (:mod:`engine.data`), CPU steps in micro-batches; the plain side gets the same images
+  already resized in memory and runs the whole batch at once (teacher forward under ``no_grad``, student forward
+  and backward).
 
 Each side first runs ``--warmup`` steps (allocator, kernels), then ``--steps`` timed steps; the two sides
 alternate ``--repeats`` times and the medians are printed, so both share whatever else the machine is doing.
+Both sides autocast alike (``--precision``: auto is bf16 on CUDA and on CPUs with native bf16). The process's
+peak resident memory is printed at the end (issue 19's bound for ViT-S at 112 px: under 8 GB).
 
 On CUDA the model FLOPs utilization is printed too: achieved FLOPs / peak, where one training image costs
 3x the auxiliary network's forward FLOPs (forward + backward) plus 1x the teacher's forward, counted by
@@ -19,25 +26,28 @@ On CUDA the model FLOPs utilization is printed too: achieved FLOPs / peak, where
 core peak of an H100/H200 SXM, 989 TFLOP/s (NVIDIA's datasheet figure without sparsity); pass ``--peak-tflops``
 for another GPU.
 
-    .venv/bin/python bench/condense_throughput.py [--steps 30] [--warmup 5] [--repeats 3]
+    .venv/bin/python bench/condense_throughput.py [--steps 30] [--warmup 5] [--repeats 3] [--only vit-s-112]
+        [--precision auto|fp32|bf16]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import statistics
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from engine.costs import gflops
-from engine.data import DIGITS_URI, Split, batch_indices, load_dataset
+from engine.data import DIGITS_URI, ArraySource, Preprocess, Split, batch_indices, load_dataset
 from engine.spec import ViTSpec
 from engine.train.ancestry import SEED_ANCESTRY_SPEC
-from engine.train.distill import Distillation
-from engine.train.loop import NoHooks, TrainConfig, autocast, make_optimizer, pick_device, train
+from engine.train.distill import Distillation, soft_kl
+from engine.train.loop import NoHooks, TrainConfig, autocast, make_optimizer, native_bf16, pick_device, train
 from engine.train.tleg import LinearExpansionViT
 from engine.vit import build_model
 
@@ -49,8 +59,9 @@ AUX_DEPTH = 12
 class Workload:
     name: str
     ancestry: ViTSpec
-    data: Split
+    data: Split  # what our side trains on (streamed for vit-s-112)
     batch_size: int
+    plain_data: Split | None = None  # the plain side's images, preprocessed in memory; None: ``data``
 
 
 class JobLikeHooks(NoHooks):
@@ -75,7 +86,14 @@ def workloads(device: torch.device) -> list[Workload]:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(4 * batch, 3, img, img, generator=generator)
     random_data = Split(images, torch.randint(0, 1000, (4 * batch,), generator=generator))
-    return [Workload("seed", SEED_ANCESTRY_SPEC, digits, 64), Workload("vit-s", vit_s, random_data, batch)]
+    # ViT-S/14 at 112 px (an 8x8 grid), 10 classes; 2,048 raw 28x28 gray images streamed to 3x112x112.
+    vit_s14 = vit_s.replace(img_size=112, patch_size=14, num_classes=10)
+    batch_112 = 128 if device.type == "cuda" else 32
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2048, 28, 28), dtype=np.uint8)
+    streamed = Split(ArraySource(pixels, 255.0, Preprocess(112, 3)), torch.from_numpy(rng.integers(0, 10, 2048)))
+    return [Workload("seed", SEED_ANCESTRY_SPEC, digits, 64), Workload("vit-s", vit_s, random_data, batch),
+            Workload("vit-s-112", vit_s14, streamed, batch_112, Split(streamed.images, streamed.labels))]
 
 
 def setup(workload: Workload, device: torch.device) -> tuple[LinearExpansionViT, Distillation]:
@@ -103,18 +121,24 @@ def ours(workload: Workload, config: TrainConfig, warmup: int, device: torch.dev
 def plain(workload: Workload, config: TrainConfig, warmup: int, device: torch.device) -> float:
     model, loss = setup(workload, device)
     optimizer = make_optimizer(model, config, device)
+    data = workload.plain_data or workload.data
+    images_all, labels_all = data.images, data.labels  # in memory, preprocessed: the plain loop only indexes
 
     def run(steps: int) -> None:
         for step in range(steps):
-            index = batch_indices(len(workload.data), workload.batch_size, config.seed, step)
-            images = workload.data.images[index].to(device, non_blocking=True)
-            labels = workload.data.labels[index].to(device, non_blocking=True)
-            with autocast(device):
-                value = loss(model, images, labels)
+            index = batch_indices(len(data), workload.batch_size, config.seed, step)
+            images = images_all[index].to(device, non_blocking=True)
+            labels = labels_all[index].to(device, non_blocking=True)
+            with autocast(device, config.precision):
+                with torch.no_grad():
+                    teacher_logits = loss.teacher(images)
+                student_logits = model(images)
+            value = soft_kl(student_logits, teacher_logits, loss.temperature)
             value.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        del labels
 
     model.train()
     run(warmup)
@@ -131,15 +155,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each timed run (>= 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    parser.add_argument("--only", action="append", choices=["seed", "vit-s", "vit-s-112"],
+                        help="run only these workloads (repeatable); default: all")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
     device = pick_device()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; precision {args.precision} (native bf16: {native_bf16(device)})")
     print(f"{'workload':<8} {'batch':>5} {'ours img/s':>11} {'plain img/s':>12} {'ratio':>6}"
           + (f" {'MFU ours':>9} {'MFU plain':>10}" if device.type == "cuda" else ""))
     for workload in workloads(device):
-        config = TrainConfig(steps=args.steps, batch_size=workload.batch_size, log_every=10)
+        if args.only and workload.name not in args.only:
+            continue
+        config = TrainConfig(steps=args.steps, batch_size=workload.batch_size, log_every=10,
+                             precision=args.precision)
         results: dict[str, list[float]] = {"ours": [], "plain": []}
         for _ in range(args.repeats):
             results["ours"].append(ours(workload, config, args.warmup, device))
@@ -152,6 +182,7 @@ def main() -> None:
             peak = args.peak_tflops * 1e12
             line += f" {a * flops_per_image / peak:>9.1%} {b * flops_per_image / peak:>10.1%}"
         print(line, flush=True)
+    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 if __name__ == "__main__":

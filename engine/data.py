@@ -1,4 +1,4 @@
-"""Datasets for condensing and evaluation, named by URI and held in memory as tensors.
+"""Datasets for condensing and evaluation, named by URI, stored compactly and preprocessed batch by batch.
 
 URIs
 - ``builtin:digits``: scikit-learn's handwritten digits (1,797 gray 8x8 images, 10 classes). It ships inside
@@ -26,6 +26,12 @@ whole image, no crop), gray images are repeated to ``in_chans`` channels, pixel 
 normalized per channel as ``(x - mean) / std`` with ``mean = std = 0.5`` by default (values in [-1, 1]; the
 convention of timm's ``augreg`` ViTs). Pass ImageNet's statistics for an ancestry trained with them.
 
+Streaming: a split holds its images as stored (the MNISTs' raw uint8 pixels, 47 MB for 60,000; an image
+folder's files, decoded at ``img_size`` as uint8 while they fit :data:`FOLDER_CACHE_BYTES`) and preprocesses only
+the images a batch asks for (:meth:`Split.batch`). Memory is therefore flat in ``img_size``: DINOv2's 518 px costs
+one batch of 518 px images, never the 155 GB of a whole resized split. Preprocessing a batch gives exactly the
+values preprocessing the whole split at once gave (each image is resized on its own).
+
 The training loop draws batches with :func:`batch_indices`, a pure function of (seed, step), so a resumed job
 sees exactly the batches it would have seen without the interruption.
 """
@@ -34,7 +40,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -54,16 +60,187 @@ VAL_FRACTION = 0.2
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
+#: Images decoded (and resized) at a time while a source is read or a whole split is materialized: bounds memory
+#: and is the granularity at which a cancellation is noticed while loading.
+CHUNK = 256
+#: An image folder keeps its images decoded (uint8, already at the target size) when they fit in this many bytes;
+#: a larger one decodes its files batch by batch, so memory stays flat whatever the folder's size.
+FOLDER_CACHE_BYTES = 256 * 2**20
+
+#: A callback that raises (e.g. the training loop's ``Cancelled``) when the job should stop.
+Check = Callable[[], None]
+
+
 @dataclass(frozen=True)
+class Preprocess:
+    """What turns stored pixels (scaled to [0, 1]) into a model's input: see the module docstring."""
+
+    img_size: int
+    in_chans: int
+    mean: float | Sequence[float] = 0.5
+    std: float | Sequence[float] = 0.5
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return _resize_and_normalize(images, self.img_size, self.in_chans, self.mean, self.std)
+
+
+class Source(Protocol):
+    """Where a split's images come from: ``load(rows)`` returns them preprocessed, (len(rows), C, H, W) float32."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+
+class TensorSource:
+    """Images already preprocessed, in memory (small sets, tests, features)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def load(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.images[rows]
+
+
+class ArraySource:
+    """Raw pixels as stored (the MNISTs: uint8 (N, 28, 28), 47 MB for 60,000), preprocessed on each ``load``:
+    memory is the raw array's whatever the target size."""
+
+    def __init__(self, pixels: np.ndarray, scale: float, preprocess: Preprocess) -> None:
+        self.pixels = pixels
+        self.scale = scale
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def load(self, rows: torch.Tensor) -> torch.Tensor:
+        x = torch.from_numpy(self.pixels[rows.numpy()].astype(np.float32) / self.scale)
+        return self.preprocess(x.unsqueeze(1) if x.ndim == 3 else x)
+
+
+class FolderSource:
+    """Image files, resized while still PIL images (so a large photo never costs more than the target size):
+    kept decoded as uint8 when they all fit in :data:`FOLDER_CACHE_BYTES`, else decoded batch by batch."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Preprocess, check: Check | None = None) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self.mode = "RGB" if preprocess.in_chans == 3 else "L"
+        self.cache: torch.Tensor | None = None
+        channels = 3 if self.mode == "RGB" else 1
+        if len(self.paths) * channels * preprocess.img_size ** 2 <= FOLDER_CACHE_BYTES:
+            chunks = []
+            for start in range(0, len(self.paths), CHUNK):
+                if check is not None:
+                    check()
+                chunks.append(self._decode(self.paths[start:start + CHUNK]))
+            self.cache = torch.cat(chunks)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _decode(self, paths: Sequence[Path]) -> torch.Tensor:
+        from PIL import Image
+
+        size = self.preprocess.img_size
+        arrays = []
+        for path in paths:
+            with Image.open(path) as img:
+                arrays.append(np.asarray(img.convert(self.mode).resize((size, size), Image.Resampling.BILINEAR),
+                                         dtype=np.uint8).reshape(size, size, -1))
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    def load(self, rows: torch.Tensor) -> torch.Tensor:
+        pixels = self.cache[rows] if self.cache is not None else self._decode([self.paths[r] for r in rows.tolist()])
+        return self.preprocess(torch.from_numpy(pixels.numpy().astype(np.float32) / 255.0))
+
+
+class ConcatSource:
+    """Splits of several sources end to end (joined datasets): row ``r`` is the ``r``-th image of the parts in
+    order."""
+
+    def __init__(self, parts: Sequence["Split"]) -> None:
+        self.parts = list(parts)
+        self.offsets = torch.tensor(np.cumsum([0] + [len(p) for p in self.parts]), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def load(self, rows: torch.Tensor) -> torch.Tensor:
+        part_of = torch.searchsorted(self.offsets, rows, right=True) - 1
+        out: torch.Tensor | None = None
+        for k, part in enumerate(self.parts):
+            where = torch.nonzero(part_of == k).flatten()
+            if len(where) == 0:
+                continue
+            images = part.source.load(part.rows[rows[where] - self.offsets[k]])
+            if out is None:
+                out = images.new_empty((len(rows),) + tuple(images.shape[1:]))
+            out[where] = images
+        assert out is not None, "no rows to load"
+        return out
+
+
 class Split:
-    images: torch.Tensor  # (N, C, H, W) float32, normalized
-    labels: torch.Tensor  # (N,) int64
+    """Images and labels of one split, preprocessed on demand: ``batch(index)`` builds just those images at the
+    target size, so memory stays flat whatever the image size. ``Split(images, labels)`` wraps tensors already
+    preprocessed; :attr:`images` materializes the whole split (for small uses only)."""
+
+    __slots__ = ("source", "rows", "labels")
+
+    def __init__(self, images: torch.Tensor | Source, labels: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        self.source: Source = TensorSource(images) if isinstance(images, torch.Tensor) else images
+        self.labels = labels
+        self.rows = torch.arange(len(labels)) if rows is None else rows
+        if len(self.rows) != len(labels):
+            raise ValueError(f"{len(self.rows)} images for {len(labels)} labels")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the items at ``index``, the images preprocessed now."""
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        if len(index) == 0:
+            return self.source.load(self.rows[:1])[:0], self.labels[:0]
+        return self.source.load(self.rows[index]), self.labels[index]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split in order, ``batch_size`` images at a time."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(slice(start, start + batch_size))
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image, preprocessed: (N, C, H, W) float32. Memory grows with N x img_size^2, so only for small
+        splits (samples, few-shot tasks, tests); training and evaluation draw :meth:`batch` es."""
+        if isinstance(self.source, TensorSource) and len(self.rows) == len(self.source) and \
+                torch.equal(self.rows, torch.arange(len(self.source))):
+            return self.source.images
+        return torch.cat([images for images, _ in self.batches(CHUNK)]) if len(self) else self.batch(slice(0, 0))[0]
+
     def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.images[index], self.labels[index])
+        return Split(self.source, self.labels[index], self.rows[index])
+
+    def fixed_subset(self, count: int) -> "Split":
+        """``count`` items (all of them when there are fewer), the same ones every time and stratified: each
+        class's first images in split order, in proportion to its share of the split (an image folder's split is
+        ordered by class, so the plain first ``count`` would miss classes)."""
+        if count >= len(self):
+            return self
+        labels = self.labels.numpy()
+        position = np.empty(len(labels), dtype=np.float64)
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            position[members] = (np.arange(len(members)) + 0.5) / len(members)
+        # Stable: ties (equal positions in equally large classes) keep split order.
+        chosen = np.sort(np.argsort(position, kind="stable")[:count])
+        return self.subset(torch.from_numpy(chosen))
 
     def sample(self, count: int, seed: int = 0) -> "Split":
         """``count`` images drawn without replacement (all of them when there are fewer). Random, not the first
@@ -112,55 +289,62 @@ def normalization(preprocessing: dict | None) -> dict[str, list[float]]:
 
 
 def load_dataset(uri: str, img_size: int, in_chans: int,
-                 mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5) -> Dataset:
-    """Load a dataset by URI, preprocessed for an ancestry with this input size and channel count."""
+                 mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5,
+                 check: Check | None = None) -> Dataset:
+    """Load a dataset by URI, preprocessed for an ancestry with this input size and channel count.
+
+    Images stay as stored (or, for an image folder, decoded at ``img_size`` while that fits a fixed budget) and
+    are preprocessed batch by batch (:meth:`Split.batch`), so memory does not grow with ``img_size``. ``check``
+    is called between chunks of work (a cancellation raises from it)."""
+    preprocess = Preprocess(img_size, in_chans, mean, std)
+    if check is not None:
+        check()
     if uri.startswith(BUILTIN_PREFIX):
-        return _load_builtin(uri, img_size, in_chans, mean, std)
+        return _load_builtin(uri, preprocess, check)
     if not uri.startswith(IMAGEFOLDER_PREFIX):
         raise ValueError(f"unknown dataset URI {uri!r}: expected 'builtin:<name>[?classes=...]' (digits, "
                          "fashion-mnist, mnist) or 'imagefolder:<path>'")
-    images, labels, classes = _image_folder(Path(uri[len(IMAGEFOLDER_PREFIX):]), img_size, in_chans)
-    images = _resize_and_normalize(images, img_size, in_chans, mean, std)
+    paths, labels, classes = _image_folder(Path(uri[len(IMAGEFOLDER_PREFIX):]))
+    full = Split(FolderSource(paths, preprocess, check), labels)
     train_idx, val_idx = stratified_split(labels.numpy())
-    full = Split(images, labels)
     return Dataset(uri, classes, full.subset(torch.from_numpy(train_idx)), full.subset(torch.from_numpy(val_idx)))
 
 
-def _load_builtin(uri: str, img_size: int, in_chans: int, mean: float | Sequence[float],
-                  std: float | Sequence[float]) -> Dataset:
+def _load_builtin(uri: str, preprocess: Preprocess, check: Check | None) -> Dataset:
     parsed = parse_builtin(uri)
     if len(parsed.sources) > 1:
-        return _load_joined(parsed, img_size, in_chans, mean, std)
+        return _load_joined(parsed, preprocess, check)
     images, labels, test_images, test_labels = _builtin_arrays(parsed.name)
+    if check is not None:
+        check()
     keep = list(range(len(BUILTIN_CLASSES[parsed.name]))) if parsed.classes is None else list(parsed.classes)
     relabel = np.full(len(BUILTIN_CLASSES[parsed.name]), -1, dtype=np.int64)
     relabel[keep] = np.arange(len(keep))
     scale = 16.0 if parsed.name == "digits" else 255.0  # digits' pixel values are 0..16
 
-    def split(pixels: np.ndarray, targets: np.ndarray, index: np.ndarray) -> Split:
+    def split(source: ArraySource, targets: np.ndarray, index: np.ndarray) -> Split:
         # The split is drawn on the whole dataset and then restricted, so a class subset's validation images
         # are exactly that subset of the full dataset's validation images.
         index = index[relabel[targets[index]] >= 0]
-        x = torch.from_numpy(pixels[index].astype(np.float32) / scale).unsqueeze(1)
-        return Split(_resize_and_normalize(x, img_size, in_chans, mean, std),
-                     torch.from_numpy(relabel[targets[index]]))
+        return Split(source, torch.from_numpy(relabel[targets[index]]), torch.from_numpy(index))
 
+    # Train and validation share one array of the raw pixels; nothing is copied or resized here.
+    source = ArraySource(images, scale, preprocess)
     train_idx, val_idx = stratified_split(labels)
-    test = None if test_images is None else split(test_images, test_labels, np.arange(len(test_labels)))
+    test = None if test_images is None else split(ArraySource(test_images, scale, preprocess), test_labels,
+                                                  np.arange(len(test_labels)))
     return Dataset(str(parsed), tuple(BUILTIN_CLASSES[parsed.name][c] for c in keep),
-                   split(images, labels, train_idx), split(images, labels, val_idx), test)
+                   split(source, labels, train_idx), split(source, labels, val_idx), test)
 
 
-def _load_joined(parsed: BuiltinURI, img_size: int, in_chans: int, mean: float | Sequence[float],
-                 std: float | Sequence[float]) -> Dataset:
+def _load_joined(parsed: BuiltinURI, preprocess: Preprocess, check: Check | None) -> Dataset:
     # Each source is loaded whole with its own split, so an image validates (or tests) the joined task exactly
     # when it validates its source: an ancestry trained on the join never saw a source's held-out images.
-    parts = [_load_builtin(f"{BUILTIN_PREFIX}{source}", img_size, in_chans, mean, std) for source in parsed.sources]
+    parts = [_load_builtin(f"{BUILTIN_PREFIX}{source}", preprocess, check) for source in parsed.sources]
     offsets = np.cumsum([0] + [part.num_classes for part in parts[:-1]]).tolist()
 
     def join(splits: list[Split]) -> Split:
-        return Split(torch.cat([s.images for s in splits]),
-                     torch.cat([s.labels + offset for s, offset in zip(splits, offsets)]))
+        return Split(ConcatSource(splits), torch.cat([s.labels + offset for s, offset in zip(splits, offsets)]))
 
     tests = [part.test for part in parts if part.test is not None]
     joined = Dataset(str(parsed), builtin_classes(parsed.name), join([p.train for p in parts]),
@@ -192,7 +376,8 @@ def target_task(dataset: Dataset, classes: Sequence[int] | None = None, shots: i
                 members = members[torch.randperm(len(members), generator=generator)[:per_class]].sort().values
             chosen.append(members)
         index = torch.cat(chosen).sort().values
-        return Split(split.images[index], relabel[split.labels[index]])
+        subset = split.subset(index)
+        return Split(subset.source, relabel[subset.labels], subset.rows)
 
     return Dataset(f"{dataset.uri}#classes={keep},shots={shots},seed={seed}",
                    tuple(dataset.classes[c] for c in keep),
@@ -259,27 +444,20 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def _image_folder(root: Path, img_size: int, in_chans: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    from PIL import Image
-
+def _image_folder(root: Path) -> tuple[list[Path], torch.Tensor, tuple[str, ...]]:
+    """The image files of a class-per-folder tree, their labels and the class names (sorted folder names)."""
     if not root.is_dir():
         raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    mode = "RGB" if in_chans == 3 else "L"
-    images, labels = [], []
+    paths, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(path) as img:
-                # Resizing here, while still a PIL image, keeps memory at the target size for large photos.
-                img = img.convert(mode).resize((img_size, img_size), Image.Resampling.BILINEAR)
-                array = np.asarray(img, dtype=np.float32) / 255.0
-            images.append(torch.from_numpy(array.reshape(img_size, img_size, -1)).permute(2, 0, 1))
-            labels.append(label)
-    if not images:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                labels.append(label)
+    if not paths:
         raise ValueError(f"image folder {str(root)!r} holds no images in class sub-folders")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long), classes
+    return paths, torch.tensor(labels, dtype=torch.long), classes
 
 
 def _resize_and_normalize(images: torch.Tensor, img_size: int, in_chans: int,

@@ -61,6 +61,12 @@ def choice(*options: str) -> Check:
     return check
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
 def optional(check: Check) -> Check:
     """None means "let the method choose from the ancestry" (e.g. half its depth)."""
     return lambda value: None if value is None else check(value)
@@ -103,10 +109,25 @@ def spec_list(what: str, required: set[str], min_depth: int) -> Check:
     return check
 
 
+def check_img_size(img_size: Any, patch_size: int) -> None:
+    """Refuse (``ParamError`` on ``img_size``) a training image size that is not a multiple of the ancestry's
+    patch size: the position embedding is resampled to a whole grid of patches. Called where the ancestry is known
+    (the API at submission, the engine before a run)."""
+    if img_size is not None and img_size % patch_size:
+        below = img_size // patch_size * patch_size
+        raise ParamError("img_size", f"must be a multiple of the ancestry's patch size {patch_size}, got {img_size}"
+                                     f" (e.g. {max(below, patch_size)} or {below + patch_size})")
+
+
 #: Pool students name their whole size; WAVE refine sizes leave out what stays the learngene's.
 STUDENTS = spec_list("student", {"embed_dim", "num_heads", "depth"}, min_depth=2)
 SIZES = spec_list("size", set(), min_depth=1)
 
+
+#: Bounds of the training-mode image size and of the validation subset of a condensing run's metrics.
+MAX_IMG_SIZE = 1024
+DEFAULT_EVAL_IMAGES = 1000
+MAX_EVAL_IMAGES = 20_000
 
 TRAINING: dict[str, Param] = {
     "steps": Param(600, integer(1, 10_000_000), "optimizer steps"),
@@ -118,6 +139,14 @@ TRAINING: dict[str, Param] = {
     "grad_clip": Param(1.0, real(0.0, 1e6), "max gradient norm, 0: off"),
     "seed": Param(0, integer(0, 2**31 - 1), "initialization and batch order"),
     "checkpoint_every_s": Param(60.0, real(0.0, 86_400.0), "seconds between checkpoints, 0: off"),
+    "img_size": Param(None, optional(integer(8, MAX_IMG_SIZE)),
+                      "image size the run trains at, a multiple of the ancestry's patch size (its position "
+                      "embedding is resampled to it); None: the ancestry's. Descendants are built at any size"),
+    "precision": Param("auto", choice("auto", "fp32", "bf16"),
+                       "autocast: auto is bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32"),
+    "evaluate": Param(True, boolean, "validation metrics before and after training; false: none at all"),
+    "eval_images": Param(DEFAULT_EVAL_IMAGES, integer(1, MAX_EVAL_IMAGES),
+                         "size of the fixed (stratified) validation subset the metrics use"),
 }
 DISTILLATION: dict[str, Param] = {
     "temperature": Param(1.0, real(0.0, 100.0, low_open=True), "softmax temperature of the KL term"),

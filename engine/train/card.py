@@ -83,7 +83,7 @@ def evaluate_card(learngene: Learngene, dataset_uri: str, sizes: Sequence[dict[s
             model = _descendant(learngene, spec, seed, init)
             train(model, classification_loss, task.train, config,
                   _CardHooks(hooks or NoHooks(), f"{init} depth {spec.depth} width {spec.embed_dim}"))
-            row[f"{init}_accuracy"] = accuracy(model, task.val)
+            row[f"{init}_accuracy"] = accuracy(model, task.val, hooks=hooks)  # a cancel stops between batches
         results.append(row)
     return {
         "task": {"dataset": dataset_uri, "classes": len(task.classes), "shots": shots,

@@ -12,9 +12,9 @@ from typing import Any
 from engine.data import Dataset, load_dataset, normalization
 from engine.methods import FIT, REFINE, TRAIN, get_entry
 from engine.methods.base import Learngene, StateDict
-from engine.methods.params import ParamError
+from engine.methods.params import ParamError, check_img_size
 from engine.spec import ViTSpec
-from engine.train.loop import Hooks, LossHistory
+from engine.train.loop import Hooks, LossHistory, stop_check
 
 
 def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str | None,
@@ -42,17 +42,35 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
         raise ValueError("mode 'train' needs a dataset")
     if ancestry_spec.num_classes == 0:
         raise ValueError("training distils the ancestry's class predictions: the ancestry needs a head")
-    dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing)
+    ancestry_state, ancestry_spec = at_img_size(ancestry_state, ancestry_spec, chosen.get("img_size"))
+    dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing, hooks)
     learngene, metrics, history = entry.runner(TRAIN)(ancestry_state, ancestry_spec, dataset, chosen, hooks)
     _record(learngene, preprocessing)
     return learngene, {"mode": "train", **metrics}, history
 
 
+def at_img_size(state: StateDict, spec: ViTSpec, img_size: int | None) -> tuple[StateDict, ViTSpec]:
+    """The ancestry as a model of ``img_size`` px (None: unchanged): its position embedding resampled to the
+    new patch grid (:func:`engine.vit.resample_pos_embed`), as timm adapts pretrained weights to another size.
+    A training run then condenses at that size, and its learngene records it (descendants choose their own)."""
+    if img_size is None or img_size == spec.img_size:
+        return state, spec
+    check_img_size(img_size, spec.patch_size)
+    resized = spec.replace(img_size=img_size)
+    if "pos_embed" not in state:
+        return state, resized
+    from engine.vit import resample_pos_embed
+
+    return {**state, "pos_embed": resample_pos_embed(state["pos_embed"], resized)}, resized
+
+
 def _distillation_data(dataset_uri: str, ancestry_spec: ViTSpec, chosen: dict[str, Any],
-                       preprocessing: dict[str, Any] | None) -> Dataset:
-    """The dataset a training run distils on, normalized as the ancestry was trained; a cross-entropy term needs
+                       preprocessing: dict[str, Any] | None, hooks: Hooks | None = None) -> Dataset:
+    """The dataset a training run distils on, at the run's image size and normalized as the ancestry was trained
+    (images preprocessed batch by batch; a cancellation is noticed while loading); a cross-entropy term needs
     its labels among the ancestry's classes."""
-    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing))
+    dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing),
+                           check=stop_check(hooks))
     if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
         raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
                                       f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
@@ -97,7 +115,11 @@ def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestr
     if learngene.base_spec.num_classes != ancestry_spec.num_classes:
         raise ValueError(f"the learngene has {learngene.base_spec.num_classes} classes, the ancestry "
                          f"{ancestry_spec.num_classes}: refine against the ancestry it was condensed from")
-    dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing)
+    # Refinement trains the learngene's sizes at the size it was condensed at unless asked for another.
+    img_size = chosen.get("img_size") or learngene.base_spec.img_size
+    ancestry_state, ancestry_spec = at_img_size(ancestry_state, ancestry_spec, img_size)
+    specs = [spec.replace(img_size=img_size) for spec in specs]
+    dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing, hooks)
     learngene, metrics, history = entry.runner(REFINE)(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen,
                                                        hooks)
     _record(learngene, preprocessing)

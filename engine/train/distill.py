@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from engine.data import Dataset, Split
 from engine.methods.base import StateDict
 from engine.spec import ViTSpec
-from engine.train.loop import Hooks, LossHistory, TrainConfig, accuracy, pick_device, predict_logits, train
+from engine.train.loop import Hooks, LossHistory, TrainConfig, pick_device, predict_logits, predict_many, train
 from engine.vit import build_model
 
 
@@ -76,30 +76,53 @@ class Distillation(nn.Module):
         return loss
 
 
-def distillation_metrics(student: nn.Module, teacher: nn.Module, data: Split, temperature: float) -> dict[str, float]:
-    """On held-out images: the KL to the teacher, the student's accuracy, and how often it agrees with the
-    teacher's top class."""
-    student_logits, teacher_logits, labels = per_path(predict_logits(student, data.images),
-                                                      predict_logits(teacher, data.images), data.labels)
+def distillation_metrics(student: nn.Module, teacher: nn.Module, data: Split, temperature: float,
+                         hooks: Hooks | None = None, precision: str = "auto",
+                         teacher_logits: torch.Tensor | None = None) -> dict[str, Any]:
+    """On held-out images: the KL to the teacher, the student's accuracy, how often it agrees with the teacher's
+    top class, and the teacher's own accuracy. Batch by batch (each batch preprocessed once for both models);
+    raises :class:`Cancelled` between batches when ``hooks`` ask to stop. ``teacher_logits`` (the ``"teacher_
+    logits"`` of an earlier call on the same images) spare the frozen teacher a second pass."""
+    if teacher_logits is None:
+        student_out, teacher_logits = predict_many([student, teacher], data, hooks=hooks, precision=precision)
+    else:
+        student_out = predict_logits(student, data, hooks=hooks, precision=precision)
+    student_flat, teacher_flat, labels = per_path(student_out, teacher_logits, data.labels)
     return {
-        "kl": soft_kl(student_logits, teacher_logits, temperature).item(),
-        "accuracy": (student_logits.argmax(-1) == labels).float().mean().item(),
-        "agreement": (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item(),
+        "kl": soft_kl(student_flat, teacher_flat, temperature).item(),
+        "accuracy": (student_flat.argmax(-1) == labels).float().mean().item(),
+        "agreement": (student_flat.argmax(-1) == teacher_flat.argmax(-1)).float().mean().item(),
+        "teacher_accuracy": (teacher_logits.argmax(-1) == data.labels).float().mean().item(),
+        "teacher_logits": teacher_logits,
     }
+
+
+def evaluation_split(dataset: Dataset, config: TrainConfig) -> Split | None:
+    """The validation images a run's before/after metrics use: none with ``evaluate: false``, else the fixed
+    stratified ``eval_images`` subset of the fixed validation split (the same images in every job)."""
+    if not config.evaluate:
+        return None
+    return dataset.val.fixed_subset(config.eval_images)
 
 
 def distil(student: nn.Module, loss: Distillation, dataset: Dataset, config: TrainConfig,
            hooks: Hooks | None) -> tuple[LossHistory, dict[str, Any]]:
-    """Train ``student`` against ``loss`` on the training split; metrics compare it with the teacher on the
-    validation split before and after."""
+    """Train ``student`` against ``loss`` on the training split; metrics compare it with the teacher before and
+    after on the validation subset of :func:`evaluation_split` (``config.evaluate``, ``config.eval_images``).
+    With ``evaluate: false`` no metrics pass runs at all, not even the teacher's accuracy."""
     device = pick_device(config.device)
     loss.to(device)
-    before = distillation_metrics(student.to(device), loss.teacher, dataset.val, loss.temperature)
+    student.to(device)
+    val = evaluation_split(dataset, config)
+    if val is None:
+        return train(student, loss, dataset.train, config, hooks), {"evaluated": False}
+    before = distillation_metrics(student, loss.teacher, val, loss.temperature, hooks, config.precision)
     history = train(student, loss, dataset.train, config, hooks)
-    after = distillation_metrics(student, loss.teacher, dataset.val, loss.temperature)
-    teacher_accuracy = accuracy(loss.teacher, dataset.val)
+    after = distillation_metrics(student, loss.teacher, val, loss.temperature, hooks, config.precision,
+                                 teacher_logits=before["teacher_logits"])
     return history, {
         "val_kl_before": before["kl"], "val_kl_after": after["kl"],
         "val_accuracy_before": before["accuracy"], "val_accuracy": after["accuracy"],
-        "teacher_val_accuracy": teacher_accuracy, "teacher_agreement": after["agreement"],
+        "teacher_val_accuracy": after["teacher_accuracy"], "teacher_agreement": after["agreement"],
+        "val_images": len(val),
     }

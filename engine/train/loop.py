@@ -1,9 +1,14 @@
 """The one training loop every trainer in the engine shares (ancestry, condensing, evaluation fine-tunes).
 
 Short on purpose, nanoGPT-style: every knob is a field of :class:`TrainConfig`. AdamW (fused on CUDA), a
-cosine learning-rate schedule with linear warmup, bf16 autocast on CUDA and fp32 on CPU, gradient-norm
-clipping. The caller supplies the model, a loss function and the data; the job around it supplies
+cosine learning-rate schedule with linear warmup, bf16 autocast where the device has native bf16 (CUDA; CPUs with
+AMX or AVX512-BF16) and fp32 elsewhere, gradient-norm clipping. The caller supplies the model, a loss function
+and the data (a :class:`engine.data.Split`, preprocessed batch by batch); the job around it supplies
 :class:`Hooks` for progress, cancellation and checkpoints.
+
+Cancellation is honoured within seconds in every phase: before every step, between the micro-batches of a long
+CPU step (:func:`micro_batch`), between evaluation batches (:func:`predict_logits`), and while a dataset loads
+(:func:`stop_check`).
 
 Resuming is exact: batch k is a pure function of (seed, k) (:func:`engine.data.batch_indices`), the learning
 rate is a pure function of the step (so the step *is* the scheduler's state), and a checkpoint holds the model,
@@ -85,6 +90,10 @@ class TrainConfig:
     checkpoint_every_s: float = 60.0  # 0 disables the time trigger
     checkpoint_every_steps: int = 0  # 0 disables the step trigger
     device: str | None = None  # None: cuda if available, else cpu
+    precision: str = "auto"  # "fp32", "bf16", or "auto": bf16 where the device computes it natively (autocast)
+    evaluate: bool = True  # condensing's before/after validation metrics (engine.train.distill.distil); False: none
+    eval_images: int = 1000  # the fixed validation subset those metrics use
+    micro_batch: int = 0  # images per forward/backward (gradients accumulate over a step); 0: see micro_batch()
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -92,7 +101,38 @@ class TrainConfig:
         warmup = params["warmup_steps"] if params["warmup_steps"] is not None else params["steps"] // 20
         return cls(steps=params["steps"], batch_size=params["batch_size"], lr=params["lr"], min_lr=params["min_lr"],
                    warmup_steps=warmup, weight_decay=params["weight_decay"], grad_clip=params["grad_clip"],
-                   seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"])
+                   seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"],
+                   precision=params.get("precision", "auto"), evaluate=params.get("evaluate", True),
+                   eval_images=params.get("eval_images", cls.eval_images))
+
+
+#: On a CPU a step runs in micro-batches of at most this many input values (16 images of 3x224^2: 2 at DINOv2's
+#: 518 px, the whole batch of 64 at 112 px), so a step at a large image size still notices a cancel within
+#: seconds, and its activations stay bounded.
+CPU_MICRO_BATCH_VALUES = 16 * 3 * 224 * 224
+
+
+def micro_batch(data: Split, config: TrainConfig, device: torch.device) -> int:
+    """Images per forward/backward: ``config.micro_batch`` when set; else the whole batch on an accelerator and,
+    on a CPU, as many as :data:`CPU_MICRO_BATCH_VALUES` allows (at least one)."""
+    if config.micro_batch > 0:
+        return config.micro_batch
+    if device.type != "cpu" or len(data) == 0:
+        return config.batch_size
+    values = data.batch(torch.arange(1))[0][0].numel()  # one image preprocessed: its size at the target size
+    return max(1, min(config.batch_size, CPU_MICRO_BATCH_VALUES // values))
+
+
+def stop_check(hooks: Hooks | None) -> Callable[[], None] | None:
+    """A callback raising :class:`Cancelled` (step 0) once ``hooks`` ask to stop: what slow work outside the loop
+    (loading a dataset) calls between chunks."""
+    if hooks is None:
+        return None
+
+    def check() -> None:
+        if hooks.should_stop():
+            raise Cancelled(0)
+    return check
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -102,10 +142,29 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 on CUDA (no loss scaling needed, unlike fp16); fp32 on CPU, where bf16 is slow on most cores."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively: CUDA, or a CPU with AMX or AVX512-BF16 (where oneDNN's bf16
+    kernels beat fp32: 2.1x on ViT-S training here, docs/benchmarks.md). Other CPUs emulate bf16, slower than fp32."""
     if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast (no loss scaling needed, unlike fp16) for ``precision="bf16"``, and for ``"auto"`` where the
+    device has native bf16 (:func:`native_bf16`); fp32 otherwise. Losses and metrics stay fp32 (``soft_kl``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        if device.type in ("cuda", "cpu"):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -147,6 +206,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
     if blob is not None:
         step, history = _restore(blob, model, optimizer)
 
+    micro = micro_batch(data, config, device)
     log_every = config.log_every or max(1, config.steps // 100)
     per_epoch = len(data) // min(config.batch_size, len(data))
     images_seen, window_start = 0, time.perf_counter()
@@ -157,14 +217,21 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
                 hooks.save_checkpoint(_snapshot(model, optimizer, step, history))
             raise Cancelled(step)
         index = batch_indices(len(data), config.batch_size, config.seed, step)
-        images = data.images[index].to(device, non_blocking=True)
-        labels = data.labels[index].to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-
-        with autocast(device):
-            loss = loss_fn(model, images, labels)
-        loss.backward()
+        chunks = index.split(micro)
+        for k, part in enumerate(chunks):
+            if k and hooks.should_stop():  # a long step on a CPU: stop between its micro-batches too
+                optimizer.zero_grad(set_to_none=True)
+                raise Cancelled(step)
+            images, labels = data.batch(part)  # preprocessed now, at the target size: memory flat in img_size
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, config.precision):
+                part_loss = loss_fn(model, images, labels)
+            if len(chunks) > 1:  # gradient accumulation: the batch's mean loss is the size-weighted chunk sum
+                part_loss = part_loss * (len(part) / len(index))
+            part_loss.backward()
+            loss = part_loss.detach() if k == 0 else loss + part_loss.detach()
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -196,21 +263,43 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits for every image, in fp32 on the CPU, computed on the model's device in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        with autocast(device):
-            outputs.append(model(images[start:start + batch_size].to(device)).float().cpu())
-    model.train(was_training)
-    return torch.cat(outputs)
+def predict_logits(model: nn.Module, images: torch.Tensor | Split, batch_size: int = 256,
+                   hooks: Hooks | None = None, precision: str = "auto") -> torch.Tensor:
+    """Logits for every image (a tensor, or a split preprocessed batch by batch), in fp32 on the CPU, computed
+    on the model's device in eval mode. Raises :class:`Cancelled` (step 0) when ``hooks`` ask to stop, checked
+    before every batch."""
+    return predict_many([model], images, batch_size, hooks, precision)[0]
 
 
-def accuracy(model: nn.Module, data: Split, batch_size: int = 256) -> float:
-    return (predict_logits(model, data.images, batch_size).argmax(-1) == data.labels).float().mean().item()
+@torch.no_grad()
+def predict_many(models: list[nn.Module], images: torch.Tensor | Split, batch_size: int = 256,
+                 hooks: Hooks | None = None, precision: str = "auto") -> list[torch.Tensor]:
+    """:func:`predict_logits` of several models on the same images, each batch preprocessed once for all."""
+    data = images if isinstance(images, Split) else Split(images, torch.zeros(len(images), dtype=torch.long))
+    device = next(models[0].parameters()).device
+    if device.type == "cpu" and len(data):  # forward only: 3x the training micro-batch (see CPU_MICRO_BATCH_VALUES)
+        values = data.batch(torch.arange(1))[0][0].numel()
+        batch_size = max(1, min(batch_size, 3 * CPU_MICRO_BATCH_VALUES // values))
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
+    outputs: list[list[torch.Tensor]] = [[] for _ in models]
+    try:
+        for batch, _ in data.batches(batch_size):
+            if hooks is not None and hooks.should_stop():
+                raise Cancelled(0)
+            batch = batch.to(device)
+            with autocast(device, precision):
+                for model, out in zip(models, outputs):
+                    out.append(model(batch).float().cpu())
+    finally:
+        for model, mode in zip(models, was_training):
+            model.train(mode)
+    return [torch.cat(out) for out in outputs]
+
+
+def accuracy(model: nn.Module, data: Split, batch_size: int = 256, hooks: Hooks | None = None) -> float:
+    return (predict_logits(model, data, batch_size, hooks).argmax(-1) == data.labels).float().mean().item()
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, history: LossHistory) -> bytes:

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.data import Dataset
+from engine.data import Dataset, Split
 from engine.methods import wave
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT, parameter_tree
-from engine.train.distill import Distillation, distil, load_teacher
+from engine.train.distill import Distillation, distil, evaluation_split, load_teacher
 from engine.train.loop import Hooks, LossHistory, TrainConfig, predict_logits
 
 
@@ -91,9 +91,11 @@ def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpe
     model = ScalerRefinement(learngene, specs)
     teacher = load_teacher(ancestry, ancestry_spec)
     loss = Distillation(teacher, params["temperature"], params["kl_weight"], params["ce_weight"])
-    before = _accuracies(model, dataset)
-    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
-    after = _accuracies(model, dataset)
+    config = TrainConfig.from_params(params)
+    val = evaluation_split(dataset, config)  # bounded, and none with evaluate: false
+    before = _accuracies(model, val, hooks)
+    history, metrics = distil(model, loss, dataset, config, hooks)
+    after = _accuracies(model, val, hooks)
     tensors = dict(learngene.tensors)
     refined = dict(learngene.meta.get("refined", {}))
     for key, spec, member in zip(keys, specs, model.members):
@@ -104,12 +106,15 @@ def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpe
     meta = {k: v for k, v in learngene.meta.items() if k not in ("spec", "tile", "counts", "refined")}
     refined_learngene = wave.make_learngene(tensors, learngene.base_spec, tuple(learngene.meta["tile"]),
                                             learngene.meta["counts"], **meta, refined=refined)
-    metrics["sizes"] = {key: {"val_accuracy_before": b, "val_accuracy": a}
-                        for key, b, a in zip(keys, before, after)}
+    if before is not None and after is not None:
+        metrics["sizes"] = {key: {"val_accuracy_before": b, "val_accuracy": a}
+                            for key, b, a in zip(keys, before, after)}
     return refined_learngene, metrics, history
 
 
-def _accuracies(model: ScalerRefinement, dataset: Dataset) -> list[float]:
-    """Validation accuracy of each size on the source task."""
-    logits = predict_logits(model, dataset.val.images)  # (images, sizes, classes)
-    return [(logits[:, i].argmax(-1) == dataset.val.labels).float().mean().item() for i in range(logits.shape[1])]
+def _accuracies(model: ScalerRefinement, val: Split | None, hooks: Hooks | None) -> list[float] | None:
+    """Validation accuracy of each size on the source task (None without validation images)."""
+    if val is None:
+        return None
+    logits = predict_logits(model, val, hooks=hooks)  # (images, sizes, classes)
+    return [(logits[:, i].argmax(-1) == val.labels).float().mean().item() for i in range(logits.shape[1])]

@@ -95,6 +95,18 @@ def check_family(method: str, ancestry_spec: dict[str, Any]) -> None:
                              field=f"ancestry.{exc.field}") from exc
 
 
+def check_run_params(params: dict[str, Any], req: CondenseRequest, ancestry_spec: dict[str, Any]) -> None:
+    """What a training run's params need of the ancestry (an ``img_size`` on its patch grid), and ``evaluate:
+    false`` on the request meaning no metrics pass at all: unless ``params.evaluate`` says otherwise, the run's
+    validation metrics are skipped too, not only the evaluation card."""
+    from engine.methods.params import check_img_size
+
+    if "img_size" in params:
+        check_img_size(params["img_size"], int(ancestry_spec["patch_size"]))
+    if req.evaluate is False and "evaluate" in params and "evaluate" not in req.params:
+        params["evaluate"] = False
+
+
 def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Principal | None = None) -> Job:
     from engine.methods import get_entry
     from engine.methods.params import ParamError
@@ -127,6 +139,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
     check_family(req.method, ancestry.spec)
     try:
         params = entry.validate_params(req.params, mode)
+        check_run_params(params, req, ancestry.spec)
     except ParamError as exc:
         raise InvalidRequest(str(exc), field=exc.field) from exc
     except ValueError as exc:

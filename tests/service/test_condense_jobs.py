@@ -120,6 +120,12 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     ({"params": {"lr": 5.0}}, "params.lr"),
     ({"params": {"bogus": 1}}, "params.bogus"),
     ({"learngene": "Bad Name!"}, "learngene"),
+    ({"params": {"img_size": 18}}, "params.img_size"),  # not on the ancestry's 4-px patch grid
+    ({"params": {"img_size": 4}}, "params.img_size"),
+    ({"params": {"img_size": "16"}}, "params.img_size"),
+    ({"params": {"eval_images": 0}}, "params.eval_images"),
+    ({"params": {"evaluate": "no"}}, "params.evaluate"),
+    ({"params": {"precision": "fp16"}}, "params.precision"),
     ({"dataset": None, "mode": "train"}, "dataset"),
     ({"dataset": None, "mode": "fit", "evaluate": True}, "evaluate"),
 ])
@@ -134,6 +140,32 @@ def test_bad_condense_requests_are_4xx_and_queue_nothing(
     assert field in fields, fields
     with ctx.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@sqlite_only
+def test_a_job_condenses_at_the_image_size_and_evaluation_budget_it_asks_for(client: TestClient,
+                                                                             ancestry: int) -> None:
+    params = {**CASES["tleg"], "img_size": 8, "eval_images": 40, "precision": "fp32"}
+    r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "small-run", "dataset": "builtin:digits",
+                         "params": params, "evaluate": False})
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["id"], timeout=300)["state"] == "succeeded"
+    version = client.get("/v1/learngenes/small-run/versions/latest").json()
+    assert {k: version["hyperparams"][k] for k in params} == params
+    # evaluate: false on the request skips the run's validation metrics as well as the card.
+    assert version["metrics"]["evaluated"] is False and "val_kl_after" not in version["metrics"]
+    assert version["meta"]["spec"]["img_size"] == 8
+    # The learngene was condensed at 8 px (a 2x2 patch grid); a descendant asks for its own size.
+    desc = client.post("/v1/descendants", params={"wait": 60},
+                       json={"learngene": "small-run", "spec": {"depth": 3, "img_size": 16}})
+    assert desc.status_code == 201, desc.text
+    assert client.get(desc.json()["config_url"]).json()["model_args"]["img_size"] == 16
+
+    r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "small-run", "dataset": "builtin:digits",
+                         "params": {**params, "evaluate": True}, "evaluate": False})
+    assert wait_job(client, r.json()["id"], timeout=300)["state"] == "succeeded"
+    metrics = client.get("/v1/learngenes/small-run/versions/latest").json()["metrics"]
+    assert metrics["val_images"] == 40 and "evaluation_card" not in metrics
 
 
 @sqlite_only
