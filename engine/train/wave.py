@@ -21,7 +21,7 @@ from engine.methods import wave
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT, parameter_tree
-from engine.train.distill import Distillation, distil, load_teacher
+from engine.train.distill import PathOutputs, distil, distillation, feature_student, vit_outputs
 from engine.train.loop import Hooks, LossHistory, TrainConfig, predict_logits
 
 
@@ -55,9 +55,9 @@ def train_wave(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     fit_params |= {k: params[k] for k in ("tile", "counts") if params[k] is not None}
     fitted = wave.fit(ancestry, ancestry_spec, fit_params)
     model = TemplateViT(fitted)
-    loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
-                        params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
+    loss = distillation(ancestry, ancestry_spec, params)
+    student = feature_student(model, loss, [fitted.base_spec.embed_dim])
+    history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     learngene = wave.make_learngene(tensors, fitted.base_spec, tuple(fitted.meta["tile"]), fitted.meta["counts"],
                                     init="fit", fit=fitted.meta["fit"])
@@ -78,6 +78,9 @@ class ScalerRefinement(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(images) for member in self.members], dim=1)
 
+    def path_outputs(self, images: torch.Tensor) -> list[PathOutputs]:
+        return [vit_outputs(member, member.forward_features(images)) for member in self.members]
+
 
 def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset,
                 specs: list[ViTSpec], params: dict[str, Any],
@@ -89,11 +92,11 @@ def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpe
     if len(set(keys)) != len(keys):
         raise ValueError(f"refine one size per width, got widths {keys}")
     model = ScalerRefinement(learngene, specs)
-    teacher = load_teacher(ancestry, ancestry_spec)
-    loss = Distillation(teacher, params["temperature"], params["kl_weight"], params["ce_weight"])
-    before = _accuracies(model, dataset)
-    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
-    after = _accuracies(model, dataset)
+    loss = distillation(ancestry, ancestry_spec, params)
+    student = feature_student(model, loss, [spec.embed_dim for spec in specs])
+    before = _accuracies(model, dataset) if loss.logits else None
+    history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
+    after = _accuracies(model, dataset) if loss.logits else None
     tensors = dict(learngene.tensors)
     refined = dict(learngene.meta.get("refined", {}))
     for key, spec, member in zip(keys, specs, model.members):
@@ -104,8 +107,9 @@ def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpe
     meta = {k: v for k, v in learngene.meta.items() if k not in ("spec", "tile", "counts", "refined")}
     refined_learngene = wave.make_learngene(tensors, learngene.base_spec, tuple(learngene.meta["tile"]),
                                             learngene.meta["counts"], **meta, refined=refined)
-    metrics["sizes"] = {key: {"val_accuracy_before": b, "val_accuracy": a}
-                        for key, b, a in zip(keys, before, after)}
+    if before is not None and after is not None:
+        metrics["sizes"] = {key: {"val_accuracy_before": b, "val_accuracy": a}
+                            for key, b, a in zip(keys, before, after)}
     return refined_learngene, metrics, history
 
 
