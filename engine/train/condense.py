@@ -28,12 +28,14 @@ class RequestError(ValueError):
 
 
 def check_request(method: str, mode: str, ancestry_spec: ViTSpec, params: dict[str, Any],
-                  learngene: Learngene | None = None) -> None:
+                  learngene: Learngene | None = None, dataset_classes: int | None = None) -> None:
     """Refuse, before any work, a request that could never run: a mode the method lacks, an ancestry whose
     family the method does not carry, parameters that do not fit this ancestry (a logits objective without a
     head, more blocks than it has, pool students it cannot select, a WAVE tile that does not divide its widths),
-    refine sizes the learngene cannot make. ``params`` are already validated (:meth:`MethodEntry.validate_params`);
-    ``learngene`` is the version a refine starts from. Raises :class:`RequestError` or :class:`ParamError`.
+    refine sizes the learngene cannot make, a cross-entropy on more classes than the ancestry's head has. ``params``
+    are already validated (:meth:`MethodEntry.validate_params`); ``learngene`` is the version a refine starts from,
+    ``dataset_classes`` the dataset's class count where known. Raises :class:`RequestError` or
+    :class:`ParamError`.
 
     The service calls this at submission and :func:`condense` / :func:`refine` again when the job runs: one set of
     rules, so a request the API accepts is one the worker can run."""
@@ -49,6 +51,8 @@ def check_request(method: str, mode: str, ancestry_spec: ViTSpec, params: dict[s
         raise RequestError(f"ancestry.{exc.field}", f"the ancestry cannot be condensed by {method}: {exc}") from None
     if mode != FIT and "objective" in params:
         resolve_objective(params["objective"], ancestry_spec.num_classes)
+    if mode != FIT and dataset_classes is not None:
+        check_labels(ancestry_spec, params, dataset_classes)
     if method == "layers":
         _check_layers(ancestry_spec, params)
     elif method == "pool":
@@ -68,6 +72,15 @@ def check_request(method: str, mode: str, ancestry_spec: ViTSpec, params: dict[s
                                            f"ancestry {ancestry_spec.num_classes}: refine against the ancestry it "
                                            "was condensed from")
         refine_sizes(method, learngene, params["sizes"])
+
+
+def check_labels(ancestry_spec: ViTSpec, params: dict[str, Any], dataset_classes: int) -> None:
+    """A cross-entropy term (logits objective, ``ce_weight`` > 0) needs the dataset's labels among the ancestry's
+    classes."""
+    logits = "objective" not in params or resolve_objective(params["objective"], ancestry_spec.num_classes)[0]
+    if logits and params.get("ce_weight") and dataset_classes > ancestry_spec.num_classes:
+        raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset_classes} classes within the "
+                                      f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
 
 
 def _check_layers(ancestry_spec: ViTSpec, params: dict[str, Any]) -> None:
@@ -131,10 +144,7 @@ def _distillation_data(dataset_uri: str, ancestry_spec: ViTSpec, chosen: dict[st
     """The dataset a training run distils on, normalized as the ancestry was trained; a cross-entropy term needs
     its labels among the ancestry's classes."""
     dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing))
-    logits = "objective" not in chosen or resolve_objective(chosen["objective"], ancestry_spec.num_classes)[0]
-    if logits and chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
-        raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
-                                      f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
+    check_labels(ancestry_spec, chosen, dataset.num_classes)
     return dataset
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.data_uri import BUILTIN_PREFIX, check_available, parse_builtin
+from engine.data_uri import BUILTIN_PREFIX, builtin_classes, check_available, parse_builtin
 from service.ancestries import service as ancestries
 from service.condensing.schemas import CondenseRequest
 from service.bounds import MAX_ID, parse_id
@@ -74,8 +74,22 @@ def _refine_source(session: Session, req: CondenseRequest) -> LearngeneVersion:
     return source
 
 
+def dataset_classes(session: Session, uri: str | None, caller: Principal | None = None) -> int | None:
+    """The class count of a checked dataset URI where it is known without reading images: a built-in's (its
+    ``classes`` option or all its sources'), an uploaded dataset's recorded count; None for a server folder."""
+    if uri is None:
+        return None
+    if uri.startswith(BUILTIN_PREFIX):
+        parsed = parse_builtin(uri)
+        return len(parsed.classes) if parsed.classes is not None else len(builtin_classes(parsed.name))
+    if uri.startswith("dataset:"):
+        ident = parse_id(uri.removeprefix("dataset:"))
+        return None if ident is None else datasets.get_dataset(session, ident, "dataset", caller).num_classes
+    return None
+
+
 def check_request(method: str, mode: str, ancestry_spec: dict[str, Any], params: dict[str, Any],
-                  source: LearngeneVersion | None = None) -> None:
+                  source: LearngeneVersion | None = None, classes: int | None = None) -> None:
     """The engine's own rules (:func:`engine.train.condense.check_request`) before queuing: a job the API accepts
     is one the worker can run (a mode the method lacks, a family feature it does not carry, parameters that do
     not fit the ancestry, refine sizes the learngene cannot make). Each refusal is a 422 naming the field."""
@@ -85,7 +99,7 @@ def check_request(method: str, mode: str, ancestry_spec: dict[str, Any], params:
 
     learngene = None if source is None else Learngene(method=method, tensors={}, meta=source.meta)
     try:
-        engine_check(method, mode, ViTSpec.from_dict(ancestry_spec), params, learngene)
+        engine_check(method, mode, ViTSpec.from_dict(ancestry_spec), params, learngene, classes)
     except ValueError as exc:
         raise InvalidRequest(str(exc), field=getattr(exc, "field", None) or "params") from exc
 
@@ -126,7 +140,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
     except ValueError as exc:
         raise InvalidRequest(str(exc), field="params") from exc
     source = _refine_source(session, req) if mode == "refine" else None
-    check_request(req.method, mode, ancestry.spec, params, source)
+    check_request(req.method, mode, ancestry.spec, params, source, dataset_classes(session, dataset, caller))
     payload = CondensePayload(ancestry_id=ancestry.id, method=req.method, mode=mode, dataset=dataset,
                               learngene=req.learngene, params=params, evaluate=evaluate,
                               description=req.description, source_version_id=source.id if source else None,

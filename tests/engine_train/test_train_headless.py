@@ -190,6 +190,16 @@ def test_requests_that_cannot_run_are_refused_naming_the_field(dino: Ancestry) -
                 check_request(method, mode, spec, get_entry(method).validate_params({}, mode))
 
 
+def test_cross_entropy_needs_the_datasets_classes_within_the_head(dino: Ancestry, trained_ancestry: tuple) -> None:
+    _, headed, _ = trained_ancestry
+    params = get_entry("wave").validate_params({}, "train")
+    with pytest.raises(ParamError) as caught:
+        check_request("wave", "train", headed, params, dataset_classes=headed.num_classes + 1)
+    assert caught.value.field == "params.ce_weight"
+    check_request("wave", "train", headed, params, dataset_classes=headed.num_classes)
+    check_request("wave", "train", dino[1], params, dataset_classes=20)  # features: no cross-entropy to feed
+
+
 def test_refine_sizes_and_classes_are_checked_before_running(condensed: dict, dino: Ancestry) -> None:
     _, spec = dino
     learngene = condensed["wave"][0]
