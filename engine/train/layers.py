@@ -7,7 +7,9 @@ distribution and that of the ancestry with block i skipped (the residual stream 
 whose removal changes the predictions most holds the most of what the ancestry computes. ``selection="window"``
 (the default) keeps the contiguous run of ``count`` blocks with the largest total score; ``"score"`` keeps the
 ``count`` top-scoring blocks wherever they are (in ancestry order); ``"end"`` keeps the blocks at ``position``'s
-end, as the paper's baselines do, with the scores still recorded so the choice can be judged.
+end, as the paper's baselines do, with the scores still recorded so the choice can be judged. An ancestry without
+a head has no class distribution: its blocks score **ablation-cosine**, 1 - cosine between its pooled features with
+and without block i.
 
 Why a window by default: the kept blocks are stacked next to each other in the descendant, and each was trained
 on what the block before it produced. In the quality report (docs/quality.md) the top-scoring blocks of a digits
@@ -109,7 +111,8 @@ def train_layers(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, 
             "end": f"the {params['position']} {count}"}[params["selection"]]
     change = ("1 - cosine(pooled features of the ancestry, of the ancestry without block i)"
               if ancestry_spec.num_classes == 0 else "KL(ancestry || ancestry without block i) at T=1")
-    criterion = f"{criterion_name(ancestry_spec)}: mean {change} over {len(sample)} training images; kept {kept} blocks"
+    name = criterion_name(ancestry_spec)
+    criterion = f"{name}: mean {change} over {len(sample)} training images; kept {kept} blocks"
     learngene = layers.make_learngene(ancestry, ancestry_spec, indices, params["position"], criterion, scores)
-    metrics = {"criterion": criterion_name(ancestry_spec), "scores": scores, "indices": indices, "sample_images": len(sample)}
+    metrics = {"criterion": name, "scores": scores, "indices": indices, "sample_images": len(sample)}
     return learngene, metrics, []

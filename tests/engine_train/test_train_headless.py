@@ -147,7 +147,8 @@ def test_both_objectives_on_an_ancestry_with_a_head(trained_ancestry: tuple) -> 
     _, metrics, _ = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK["tleg"], "objective": "both"})
     assert metrics["val_kl_after"] < metrics["val_kl_before"]
     assert metrics["val_feature_loss_after"] < metrics["val_feature_loss_before"]
-    _, logits_only, _ = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK["tleg"], "steps": 2, "warmup_steps": 1})
+    quick = {**QUICK["tleg"], "steps": 2, "warmup_steps": 1}
+    _, logits_only, _ = condense("tleg", "train", state, spec, DIGITS_URI, quick)
     assert "val_feature_loss_after" not in logits_only  # auto on a headed ancestry: today's logit KL
 
 
