@@ -44,6 +44,8 @@ FAMILY_DEFAULTS: dict[str, Any] = {
     "dynamic_img_size": False,
     "distilled": False,  # DeiT's distillation token and second head: dist_token, head_dist
 }
+#: The family features a stitched descendant (:mod:`engine.stitched`) carries: layer scale in every block.
+STITCHED_FEATURES = frozenset({"init_values"})
 #: What a request may change where a method makes any size from the weights it holds (weight selection, FRONT;
 #: random init, which holds none, also patch size and input channels): size, classes, image size, class token
 #: and pooling.
@@ -208,6 +210,8 @@ class ViTSpec:
             if self.init_values is not None:
                 args["init_values"] = self.init_values
         if self.front is not None:
+            if self.init_values is not None:
+                args["init_values"] = self.init_values
             args.update(
                 front_depth=self.front.depth,
                 front_embed_dim=self.front.embed_dim,
@@ -282,9 +286,10 @@ def validate_family(spec: ViTSpec) -> None:
     if spec.distilled and (not spec.class_token or spec.global_pool != "token" or spec.reg_tokens):
         raise SpecError("the distillation token needs class_token, global_pool 'token' and no registers",
                         "distilled")
-    if spec.front is not None and spec.features:
-        raise SpecError(f"a stitched descendant has none of the family features, got {spec.features}",
-                        spec.features[0])
+    unstitched = [feature for feature in spec.features if feature not in STITCHED_FEATURES]
+    if spec.front is not None and unstitched:
+        raise SpecError(f"a stitched descendant has no family feature but layer scale (init_values), got "
+                        f"{unstitched}", unstitched[0])
 
 
 def require_features(spec: ViTSpec, supported: frozenset[str] | set[str], method: str) -> None:

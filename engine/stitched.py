@@ -22,7 +22,7 @@ from torch import nn
 
 from engine.blocks import vit_block
 from engine.numerics import normal_
-from engine.spec import STITCHED_ARCHITECTURE
+from engine.spec import STITCHED_ARCHITECTURE, ViTSpec
 
 
 class StitchedViT(nn.Module):
@@ -43,6 +43,7 @@ class StitchedViT(nn.Module):
         front_num_heads: int = 6,
         front_mlp_ratio: float = 4.0,
         pool_choice: list[int] | None = None,
+        init_values: float | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg") or (global_pool == "token" and not class_token):
@@ -62,9 +63,12 @@ class StitchedViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, front_embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, front_embed_dim))
+        # Layer scale (init_values) is the one family feature a pool carries into its stitched descendants.
+        front_family = ViTSpec(depth=1, embed_dim=front_embed_dim, num_heads=front_num_heads, init_values=init_values)
+        back_family = ViTSpec(depth=1, embed_dim=embed_dim, num_heads=num_heads, init_values=init_values)
         self.blocks = nn.Sequential(
-            *[vit_block(front_embed_dim, front_num_heads, front_mlp_ratio) for _ in range(front_depth)],
-            *[vit_block(embed_dim, num_heads, mlp_ratio) for _ in range(depth - front_depth)],
+            *[vit_block(front_embed_dim, front_num_heads, front_mlp_ratio, front_family) for _ in range(front_depth)],
+            *[vit_block(embed_dim, num_heads, mlp_ratio, back_family) for _ in range(depth - front_depth)],
         )
         self.stitch = nn.Linear(front_embed_dim, embed_dim) if front_embed_dim != embed_dim else nn.Identity()
         self.norm = LayerNorm(embed_dim) if global_pool == "token" else nn.Identity()

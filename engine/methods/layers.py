@@ -68,10 +68,21 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
 def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
     """Depth (at least the number of kept blocks), classes and image size (positions resampled) are free;
     everything else is the ancestry's."""
-    spec = merge_request(learngene.base_spec, partial, {"depth", "num_classes", "img_size"}, name)
+    base = learngene.base_spec
     kept = len(learngene.meta["indices"])
+    try:
+        spec = merge_request(base, partial, {"depth", "num_classes", "img_size"}, name)
+    except SpecError as exc:
+        if exc.field in ("embed_dim", "num_heads", "mlp_ratio"):
+            raise SpecError(f"{exc}: Learngene layers keeps whole ancestry blocks, so every descendant has the "
+                            f"ancestry's width {base.embed_dim} ({base.num_heads} heads, MLP ratio {base.mlp_ratio}) "
+                            f"whatever its count; weight-selection, front and wave make other widths",
+                            exc.field) from None
+        raise
     if spec.depth < kept:
-        raise SpecError(f"depth must be at least the {kept} inherited blocks", "depth")
+        raise SpecError(f"depth {spec.depth} is below the {kept} blocks this learngene inherits (it offers depths "
+                        f"{kept} to {2 * base.depth}); a learngene condensed with count in [1, {spec.depth}] "
+                        f"makes depth {spec.depth}", "depth")
     return spec
 
 

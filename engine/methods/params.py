@@ -152,4 +152,10 @@ DISTILLATION: dict[str, Param] = {
     "temperature": Param(1.0, real(0.0, 100.0, low_open=True), "softmax temperature of the KL term"),
     "kl_weight": Param(1.0, real(0.0, 1000.0), "weight of the distillation (KL) term"),
     "ce_weight": Param(0.0, real(0.0, 1000.0), "weight of the cross-entropy on labels"),
+    "objective": Param("auto", choice("auto", "logits", "features", "both"),
+                       "what is distilled: the ancestry's class predictions (logits: KL at `temperature` plus "
+                       "cross-entropy), its tokens (features: 1 - cosine on the pooled token and on the normalized "
+                       "patch tokens, through a training-only projection where widths differ), or both; auto: "
+                       "features for an ancestry without a head (num_classes 0), logits otherwise"),
+    "feature_weight": Param(1.0, real(0.0, 1000.0), "weight of the feature term (objective features or both)"),
 }

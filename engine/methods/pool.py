@@ -30,12 +30,13 @@ import torch
 from engine.costs import preference_key, state_shapes
 from engine.methods import weight_selection
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.spec import FrontSpec, SpecError, ViTSpec, require_features, validate_structure
-from engine.vit import BLOCK_TENSORS, STEM_TENSORS, as_float32, assemble, block_key, build_model, check_layout
+from engine.spec import STITCHED_FEATURES, FrontSpec, SpecError, ViTSpec, require_features, validate_structure
+from engine.vit import STEM_TENSORS, as_float32, assemble, block_key, block_tensors, build_model, check_layout
 
 name = "pool"
-#: None of the ViT family features: a stitched descendant (engine.stitched) is built of plain timm blocks.
-FEATURES: frozenset[str] = frozenset()
+#: Layer scale only: a stitched descendant (engine.stitched) is built of timm blocks with or without layer scale,
+#: and nothing else of the family.
+FEATURES: frozenset[str] = STITCHED_FEATURES
 
 #: Fields every student shares, so that any front fits any back.
 SHARED_FIELDS = ("img_size", "patch_size", "in_chans", "class_token", "global_pool", "num_classes")
@@ -261,12 +262,12 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     f, b = f"students.{entry.front}.", f"students.{entry.back}."
     state: StateDict = {key: tensors[f + key] for key in STEM_TENSORS if f + key in tensors}
     for i in range(entry.last_front_block + 1):
-        state.update({block_key(i, t): tensors[f + block_key(i, t)] for t in BLOCK_TENSORS})
+        state.update({block_key(i, t): tensors[f + block_key(i, t)] for t in block_tensors(front)})
     if front.embed_dim != back.embed_dim:
         stitch = f"stitches.{entry.front}.{entry.back}."
         state["stitch.weight"], state["stitch.bias"] = tensors[stitch + "weight"], tensors[stitch + "bias"]
     for offset, i in enumerate(range(entry.first_back_block, back.depth), start=entry.last_front_block + 1):
-        state.update({block_key(offset, t): tensors[b + block_key(i, t)] for t in BLOCK_TENSORS})
+        state.update({block_key(offset, t): tensors[b + block_key(i, t)] for t in block_tensors(back)})
     for part in ("weight", "bias"):
         state[f"{back.final_norm}.{part}"] = tensors[f"{b}{back.final_norm}.{part}"]
     head = (tensors[b + "head.weight"], tensors[b + "head.bias"]) if back.num_classes else None

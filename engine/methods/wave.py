@@ -150,7 +150,7 @@ def _learngene_layout(learngene: Learngene) -> dict[str, tuple[int, ...]]:
     return layout(learngene.base_spec, _tile(learngene), counts, learngene.meta.get("refined"))
 
 
-def _check_tile(spec: ViTSpec, tile: tuple[int, int]) -> None:
+def check_tile(spec: ViTSpec, tile: tuple[int, int]) -> None:
     w1, w2 = tile
     for field, size in (("embed_dim", spec.embed_dim), ("mlp_ratio", spec.mlp_hidden)):
         if size % w1 or size % w2:
@@ -160,7 +160,7 @@ def _check_tile(spec: ViTSpec, tile: tuple[int, int]) -> None:
 def make_learngene(tensors: StateDict, spec: ViTSpec, tile: tuple[int, int], counts: dict[str, int],
                    **meta: Any) -> Learngene:
     """Package templates, scalers and the tensors outside the scheme (named as in the module docstring)."""
-    _check_tile(spec, tile)
+    check_tile(spec, tile)
     tensors = as_float32(tensors)
     check_layout(tensors, layout(spec, tile, counts, meta.get("refined")), "WAVE learngene")
     return Learngene(method=name, tensors=tensors,
@@ -217,7 +217,7 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
     check_layout(ancestry, state_shapes(ancestry_spec), "ancestry")
     w1, w2 = (int(x) for x in params.get("tile", [_default_tile(ancestry_spec)] * 2))
     try:
-        _check_tile(ancestry_spec, (w1, w2))
+        check_tile(ancestry_spec, (w1, w2))
     except SpecError as exc:
         raise LearngeneError(str(exc)) from exc
     requested = params.get("counts", DEFAULT_COUNT)
@@ -244,7 +244,7 @@ def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
     """Depth, width (a multiple of the tile), heads, MLP ratio, classes and image size are free."""
     spec = merge_request(learngene.base_spec, partial, {"depth", "embed_dim", "num_heads", "mlp_ratio",
                                                          "num_classes", "img_size"}, name)
-    _check_tile(spec, _tile(learngene))
+    check_tile(spec, _tile(learngene))
     return spec
 
 

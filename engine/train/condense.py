@@ -10,11 +10,103 @@ from __future__ import annotations
 from typing import Any
 
 from engine.data import Dataset, load_dataset, normalization
-from engine.methods import FIT, REFINE, TRAIN, get_entry
+from engine.methods import FIT, MODES, REFINE, TRAIN, get_entry
 from engine.methods.base import Learngene, StateDict
 from engine.methods.params import ParamError, check_img_size
-from engine.spec import ViTSpec
+from engine.spec import SpecError, ViTSpec, require_features
+from engine.train.distill import resolve_objective
 from engine.train.loop import Hooks, LossHistory, stop_check
+
+
+class RequestError(ValueError):
+    """A condensing request that cannot run; ``field`` names what to change (``mode``, ``ancestry.<field>``...).
+    A bad parameter is a :class:`ParamError` (``params.<name>``), also a ``ValueError`` with a ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_request(method: str, mode: str, ancestry_spec: ViTSpec, params: dict[str, Any],
+                  learngene: Learngene | None = None, dataset_classes: int | None = None) -> None:
+    """Refuse, before any work, a request that could never run: a mode the method lacks, an ancestry whose
+    family the method does not carry, parameters that do not fit this ancestry (a logits objective without a
+    head, more blocks than it has, pool students it cannot select, a WAVE tile that does not divide its widths),
+    refine sizes the learngene cannot make, a cross-entropy on more classes than the ancestry's head has. ``params``
+    are already validated (:meth:`MethodEntry.validate_params`); ``learngene`` is the version a refine starts from,
+    ``dataset_classes`` the dataset's class count where known. Raises :class:`RequestError` or
+    :class:`ParamError`.
+
+    The service calls this at submission and :func:`condense` / :func:`refine` again when the job runs: one set of
+    rules, so a request the API accepts is one the worker can run."""
+    if mode not in MODES:
+        raise RequestError("mode", f"must be one of {list(MODES)}, got {mode!r}")
+    entry = get_entry(method)
+    if not entry.offers(mode):
+        raise RequestError("mode", f"{method} has no {mode} mode; it offers {list(entry.modes)}")
+    module = entry.load()
+    try:
+        require_features(ancestry_spec, module.FEATURES, method)
+    except SpecError as exc:
+        raise RequestError(f"ancestry.{exc.field}", f"the ancestry cannot be condensed by {method}: {exc}") from None
+    if mode != FIT and "objective" in params:
+        resolve_objective(params["objective"], ancestry_spec.num_classes)
+    if mode != FIT and dataset_classes is not None:
+        check_labels(ancestry_spec, params, dataset_classes)
+    if method == "layers":
+        _check_layers(ancestry_spec, params)
+    elif method == "pool":
+        _check_pool(ancestry_spec, params)
+    elif method == "wave" and params.get("tile") is not None:
+        from engine.methods import wave
+
+        try:
+            wave.check_tile(ancestry_spec, tuple(params["tile"]))
+        except SpecError as exc:
+            raise ParamError("tile", f"{exc} of the ancestry") from None
+    if mode == REFINE:
+        if learngene is None:
+            raise RequestError("learngene", "refine adds to an existing learngene")
+        if learngene.base_spec.num_classes != ancestry_spec.num_classes:
+            raise RequestError("ancestry", f"the learngene has {learngene.base_spec.num_classes} classes, the "
+                                           f"ancestry {ancestry_spec.num_classes}: refine against the ancestry it "
+                                           "was condensed from")
+        refine_sizes(method, learngene, params["sizes"])
+
+
+def check_labels(ancestry_spec: ViTSpec, params: dict[str, Any], dataset_classes: int) -> None:
+    """A cross-entropy term (logits objective, ``ce_weight`` > 0) needs the dataset's labels among the ancestry's
+    classes."""
+    logits = "objective" not in params or resolve_objective(params["objective"], ancestry_spec.num_classes)[0]
+    if logits and params.get("ce_weight") and dataset_classes > ancestry_spec.num_classes:
+        raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset_classes} classes within the "
+                                      f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
+
+
+def _check_layers(ancestry_spec: ViTSpec, params: dict[str, Any]) -> None:
+    depth = ancestry_spec.depth
+    if params.get("count") is not None and params["count"] > depth:
+        raise ParamError("count", f"the ancestry has {depth} blocks: count must be in [1, {depth}], got "
+                                  f"{params['count']}")
+    if params.get("indices") is not None:
+        bad = [i for i in params["indices"] if i >= depth]
+        if bad or sorted(set(params["indices"])) != list(params["indices"]):
+            raise ParamError("indices", f"must be increasing blocks of the ancestry, in [0, {depth - 1}]; got "
+                                        f"{params['indices']}")
+
+
+def _check_pool(ancestry_spec: ViTSpec, params: dict[str, Any]) -> None:
+    """Each student is selected from the ancestry (weight selection): it can only shrink it."""
+    if params.get("students") is None:
+        return
+    from engine.methods import weight_selection
+
+    source = Learngene(method=weight_selection.name, tensors={}, meta={"spec": ancestry_spec.to_dict()})
+    for number, fields in enumerate(params["students"]):
+        try:
+            weight_selection.resolve_spec(source, dict(fields))
+        except SpecError as exc:
+            raise ParamError("students", f"student {number} {fields}: {exc}") from None
 
 
 def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: ViTSpec, dataset_uri: str | None,
@@ -27,21 +119,20 @@ def condense(method: str, mode: str, ancestry_state: StateDict, ancestry_spec: V
     Raises ``ValueError`` (its subclass :class:`ParamError` names a parameter) for what cannot run, and
     :class:`engine.train.loop.Cancelled` when the hooks stop a training run."""
     if mode not in (FIT, TRAIN):
-        raise ValueError(f"mode must be 'fit' or 'train', got {mode!r}")
+        raise RequestError("mode", f"must be 'fit' or 'train', got {mode!r}")
     entry = get_entry(method)
     if not entry.offers(mode):
-        raise ValueError(f"{method} has no {mode} mode")
+        raise RequestError("mode", f"{method} has no {mode} mode; it offers {list(entry.modes)}")
     resolved = entry.validate_params(params)
     chosen = {k: v for k, v in resolved.items() if k in entry.params(mode)}
+    check_request(method, mode, ancestry_spec, chosen)
     if mode == FIT:
         # None means "the method's default", which the methods express by the key being absent.
         learngene = entry.load().fit(ancestry_state, ancestry_spec, {k: v for k, v in chosen.items() if v is not None})
         _record(learngene, preprocessing)
         return learngene, {"mode": "fit", **({"fit": learngene.meta["fit"]} if "fit" in learngene.meta else {})}, []
     if dataset_uri is None:
-        raise ValueError("mode 'train' needs a dataset")
-    if ancestry_spec.num_classes == 0:
-        raise ValueError("training distils the ancestry's class predictions: the ancestry needs a head")
+        raise RequestError("dataset", "mode 'train' needs a dataset")
     ancestry_state, ancestry_spec = at_img_size(ancestry_state, ancestry_spec, chosen.get("img_size"))
     dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing, hooks)
     learngene, metrics, history = entry.runner(TRAIN)(ancestry_state, ancestry_spec, dataset, chosen, hooks)
@@ -71,9 +162,7 @@ def _distillation_data(dataset_uri: str, ancestry_spec: ViTSpec, chosen: dict[st
     its labels among the ancestry's classes."""
     dataset = load_dataset(dataset_uri, ancestry_spec.img_size, ancestry_spec.in_chans, **normalization(preprocessing),
                            check=stop_check(hooks))
-    if chosen.get("ce_weight") and dataset.num_classes > ancestry_spec.num_classes:
-        raise ParamError("ce_weight", f"cross-entropy needs the dataset's {dataset.num_classes} classes within the "
-                                      f"ancestry's {ancestry_spec.num_classes}; set ce_weight 0")
+    check_labels(ancestry_spec, chosen, dataset.num_classes)
     return dataset
 
 
@@ -107,14 +196,10 @@ def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestr
     (normalized with the ancestry's ``preprocessing``)."""
     entry = get_entry(method)
     if not entry.offers(REFINE):
-        raise ValueError(f"{method} has no refine mode")
+        raise RequestError("mode", f"{method} has no refine mode")
     chosen = entry.validate_params(params, REFINE)
+    check_request(method, REFINE, ancestry_spec, chosen, learngene)
     specs = refine_sizes(method, learngene, chosen["sizes"])
-    if ancestry_spec.num_classes == 0:
-        raise ValueError("refinement distils the ancestry's class predictions: the ancestry needs a head")
-    if learngene.base_spec.num_classes != ancestry_spec.num_classes:
-        raise ValueError(f"the learngene has {learngene.base_spec.num_classes} classes, the ancestry "
-                         f"{ancestry_spec.num_classes}: refine against the ancestry it was condensed from")
     # Refinement trains the learngene's sizes at the size it was condensed at unless asked for another.
     img_size = chosen.get("img_size") or learngene.base_spec.img_size
     ancestry_state, ancestry_spec = at_img_size(ancestry_state, ancestry_spec, img_size)

@@ -5,6 +5,17 @@ distributions, times tau^2 (so its gradient scale does not shrink with the tempe
 batch ("batchmean": the true KL per image). DeiT's reference divides the summed KL by batch x classes instead,
 a constant factor 1/classes that only rescales the loss; we keep the per-image KL so the recorded loss reads as
 nats. TLEG's reference setting is temperature 1 and weight 1 on the KL term; WAVE adds cross-entropy.
+
+**Feature distillation** (``objective``, :func:`resolve_objective`): an ancestry without a head (``num_classes``
+0, the normal form of a self-supervised checkpoint such as DINOv2) has no class predictions to distil, so the
+student matches its **tokens**: the pooled token (the final-normed class token, or the average-pooled token
+after ``fc_norm``, as the spec's ``global_pool`` says) and the patch tokens, each by ``1 - cosine``, the patch
+tokens layer-normalized first (no affine) so that a student whose final norm sits after pooling (TLEG's ``fc_norm``)
+compares on the same scale. Prefix tokens other than the class token (registers, distillation token) are never
+compared: student and teacher need not have the same ones. Where the student's width differs from the teacher's (a
+pool student, a refined WAVE width) a learnable ``Linear(student width -> teacher width)`` maps the student's
+tokens first; it lives in :class:`FeatureStudent`, a training-only wrapper, so it is optimized and checkpointed
+with the student but never stored in a learngene. ``docs/methods.md`` records why this objective.
 """
 from __future__ import annotations
 
@@ -16,8 +27,10 @@ import torch.nn.functional as F
 
 from engine.data import Dataset, Split
 from engine.methods.base import StateDict
+from engine.methods.params import ParamError
 from engine.spec import ViTSpec
-from engine.train.loop import Hooks, LossHistory, TrainConfig, pick_device, predict_logits, predict_many, train
+from engine.train.loop import (Cancelled, Hooks, LossHistory, TrainConfig, autocast, pick_device, predict_logits,
+                               predict_many, train)
 from engine.vit import build_model
 
 
@@ -29,6 +42,22 @@ def load_teacher(state: StateDict, spec: ViTSpec) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def distillation(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Distillation:
+    """The loss a trainer distils with, from the method's validated params (``objective`` resolved against the
+    ancestry's head)."""
+    logits, features = resolve_objective(params.get("objective", "auto"), ancestry_spec.num_classes)
+    return Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
+                        params["ce_weight"], params.get("feature_weight", 1.0), logits=logits, features=features)
+
+
+def feature_student(model: nn.Module, loss: Distillation, widths: list[int]) -> nn.Module:
+    """What the loop trains: ``model`` itself for the logits objective, else ``model`` in a
+    :class:`FeatureStudent` whose projections map ``widths`` (the widths of its output paths) to the teacher's."""
+    if not loss.features:
+        return model
+    return FeatureStudent(model, widths, loss.teacher.embed_dim)
 
 
 def per_path(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -49,31 +78,172 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature ** 2
 
 
+#: What ``objective`` may be (a method param): "auto" is features for a headless ancestry, logits otherwise.
+OBJECTIVES = ("auto", "logits", "features", "both")
+
+
+def resolve_objective(objective: str, teacher_classes: int) -> tuple[bool, bool]:
+    """(use logits, use features) for ``objective`` against a teacher of ``teacher_classes`` classes; a
+    :class:`ParamError` on ``objective`` when the logits are asked of a teacher without a head."""
+    if objective not in OBJECTIVES:
+        raise ParamError("objective", f"must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if objective == "auto":
+        return (True, False) if teacher_classes else (False, True)
+    if objective in ("logits", "both") and not teacher_classes:
+        raise ParamError("objective", f"{objective!r} distils class predictions, and the ancestry has no head "
+                                      "(num_classes 0): use 'features' (or 'auto')")
+    return objective in ("logits", "both"), objective in ("features", "both")
+
+
+#: One output path of a network, in what the feature objective compares: the pooled token (batch, width), the
+#: patch tokens (batch, patches, width) and the logits (batch, classes; None without a head).
+PathOutputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+def vit_outputs(vit: nn.Module, tokens: torch.Tensor) -> PathOutputs:
+    """A timm ``VisionTransformer``'s outputs from its final-normed tokens (``forward_features``)."""
+    pooled = vit.forward_head(tokens, pre_logits=True)
+    logits = vit.head(pooled) if vit.num_classes else None
+    return pooled, tokens[:, vit.num_prefix_tokens:], logits
+
+
+def path_outputs(model: nn.Module, images: torch.Tensor) -> list[PathOutputs]:
+    """Every output path of ``model``: a timm ViT has one; a network with several (the pool's paths, WAVE's
+    refined sizes) says so with a ``path_outputs(images)`` method of its own."""
+    own = getattr(model, "path_outputs", None)
+    if own is not None:
+        return own(images)
+    return [vit_outputs(model, model.forward_features(images))]
+
+
+class FeatureStudent(nn.Module):
+    """The student plus the training-only projections of its token widths to the teacher's (one ``Linear`` per
+    width that differs; none when all match). ``forward`` is the student's own (logits), so logit metrics read it
+    as they would the student; the trainers store ``student.net``'s tensors, never the projections."""
+
+    def __init__(self, net: nn.Module, widths: list[int], teacher_width: int) -> None:
+        super().__init__()
+        self.net = net
+        self.teacher_width = teacher_width
+        self.projections = nn.ModuleDict({str(w): nn.Linear(w, teacher_width) for w in sorted(set(widths))
+                                          if w != teacher_width})
+        for projection in self.projections.values():
+            # Starts as a plain copy of the shared coordinates (zeros elsewhere): a half-width student's tokens
+            # reach the teacher's first half unchanged, so the loss starts from what the student already computes.
+            nn.init.zeros_(projection.bias)
+            with torch.no_grad():
+                projection.weight.copy_(torch.eye(teacher_width, projection.in_features))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        width = tokens.shape[-1]
+        return tokens if width == self.teacher_width else self.projections[str(width)](tokens)
+
+    def path_outputs(self, images: torch.Tensor) -> list[PathOutputs]:
+        return [(self.project(pooled), self.project(patches), logits)
+                for pooled, patches, logits in path_outputs(self.net, images)]
+
+
+def feature_terms(student: PathOutputs, teacher: PathOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - cosine of the pooled tokens, 1 - mean cosine of the layer-normalized patch tokens), batch means, in
+    fp32. The patch grids must match: same image size and patch size on both sides."""
+    s_pooled, s_patches, _ = student
+    t_pooled, t_patches, _ = teacher
+    if s_patches.shape[1] != t_patches.shape[1]:
+        raise ValueError(f"the student has {s_patches.shape[1]} patch tokens, the teacher {t_patches.shape[1]}: "
+                         "feature distillation needs the same image and patch size")
+    pooled = 1.0 - F.cosine_similarity(s_pooled.float(), t_pooled.float(), dim=-1).mean()
+    width = t_patches.shape[-1]
+    patches = 1.0 - F.cosine_similarity(F.layer_norm(s_patches.float(), (width,)),
+                                        F.layer_norm(t_patches.float(), (width,)), dim=-1).mean()
+    return pooled, patches
+
+
 class Distillation(nn.Module):
-    """loss = kl_weight * KL(teacher || student) at ``temperature`` + ce_weight * CE(student, labels).
+    """loss = kl_weight * KL(teacher || student) at ``temperature`` + ce_weight * CE(student, labels) (the
+    logits objective) + feature_weight * (pooled + patch feature terms) (the features objective); ``logits`` and
+    ``features`` say which objectives are on (:func:`resolve_objective`; by default the logits only).
 
     Holds the teacher as a submodule so the loop moves it to the training device with the student; the
     teacher runs without gradients and in eval mode."""
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, kl_weight: float = 1.0,
-                 ce_weight: float = 0.0) -> None:
+                 ce_weight: float = 0.0, feature_weight: float = 1.0, logits: bool = True,
+                 features: bool = False) -> None:
         super().__init__()
+        if not (logits or features):
+            raise ValueError("distillation needs the logits or the features objective")
         self.teacher = teacher
         self.temperature = temperature
         self.kl_weight = kl_weight
         self.ce_weight = ce_weight
+        self.feature_weight = feature_weight
+        self.logits = logits
+        self.features = features
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()
         with torch.no_grad():
             return self.teacher(images)
 
-    def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        student_logits, teacher_logits, labels = per_path(model(images), self.teacher_logits(images), labels)
+    def teacher_outputs(self, images: torch.Tensor) -> PathOutputs:
+        self.teacher.eval()
+        with torch.no_grad():
+            return vit_outputs(self.teacher, self.teacher.forward_features(images))
+
+    def logit_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+        student_logits, teacher_logits, labels = per_path(student_logits, teacher_logits, labels)
         loss = self.kl_weight * soft_kl(student_logits, teacher_logits, self.temperature)
         if self.ce_weight:
             loss = loss + self.ce_weight * F.cross_entropy(student_logits.float(), labels)
         return loss
+
+    def feature_loss(self, student: list[PathOutputs], teacher: PathOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (pooled, patch) feature terms averaged over the student's paths, each path with equal weight."""
+        terms = [feature_terms(path, teacher) for path in student]
+        return (torch.stack([p for p, _ in terms]).mean(), torch.stack([q for _, q in terms]).mean())
+
+    def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not self.features:
+            return self.logit_loss(model(images), self.teacher_logits(images), labels)
+        teacher = self.teacher_outputs(images)
+        student = path_outputs(model, images)
+        pooled, patches = self.feature_loss(student, teacher)
+        loss = self.feature_weight * (pooled + patches)
+        if self.logits:
+            student_logits = torch.stack([logits for _, _, logits in student], dim=1)
+            loss = loss + self.logit_loss(student_logits.squeeze(1) if student_logits.shape[1] == 1
+                                          else student_logits, teacher[2], labels)
+        return loss
+
+
+@torch.no_grad()
+def feature_metrics(student: nn.Module, loss: Distillation, data: Split, hooks: Hooks | None = None,
+                    precision: str = "auto", batch_size: int = 64) -> dict[str, float]:
+    """On held-out images: the feature terms of the student against the loss's teacher (its projections
+    included) and the plain cosine of the pooled tokens, each a mean over images (and paths). Batch by batch,
+    each batch preprocessed once; raises :class:`Cancelled` between batches when ``hooks`` ask to stop."""
+    device = next(loss.teacher.parameters()).device
+    was_training = student.training
+    student.eval()
+    sums = {"feature_loss": 0.0, "pooled_cosine": 0.0, "patch_cosine": 0.0}
+    try:
+        with torch.no_grad():
+            for batch, _ in data.batches(batch_size):
+                if hooks is not None and hooks.should_stop():
+                    raise Cancelled(0)
+                batch = batch.to(device)
+                with autocast(device, precision):
+                    pooled, patches = loss.feature_loss(path_outputs(student, batch), loss.teacher_outputs(batch))
+                sums["feature_loss"] += (pooled + patches).item() * len(batch)
+                sums["pooled_cosine"] += (1.0 - pooled).item() * len(batch)
+                sums["patch_cosine"] += (1.0 - patches).item() * len(batch)
+    finally:
+        student.train(was_training)
+    return {key: value / max(len(data), 1) for key, value in sums.items()}
 
 
 def distillation_metrics(student: nn.Module, teacher: nn.Module, data: Split, temperature: float,
@@ -108,21 +278,36 @@ def evaluation_split(dataset: Dataset, config: TrainConfig) -> Split | None:
 def distil(student: nn.Module, loss: Distillation, dataset: Dataset, config: TrainConfig,
            hooks: Hooks | None) -> tuple[LossHistory, dict[str, Any]]:
     """Train ``student`` against ``loss`` on the training split; metrics compare it with the teacher before and
-    after on the validation subset of :func:`evaluation_split` (``config.evaluate``, ``config.eval_images``).
-    With ``evaluate: false`` no metrics pass runs at all, not even the teacher's accuracy."""
+    after on the validation subset of :func:`evaluation_split` (``config.evaluate``, ``config.eval_images``): the
+    logits' KL and accuracy, the features' loss and cosines, whichever objectives the loss uses. With
+    ``evaluate: false`` no metrics pass runs at all, not even the teacher's accuracy."""
     device = pick_device(config.device)
     loss.to(device)
     student.to(device)
     val = evaluation_split(dataset, config)
     if val is None:
         return train(student, loss, dataset.train, config, hooks), {"evaluated": False}
+    if not loss.logits:  # a headless teacher: there are no class predictions to compare
+        before_features = feature_metrics(student, loss, val, hooks, config.precision)
+        history = train(student, loss, dataset.train, config, hooks)
+        after_features = feature_metrics(student, loss, val, hooks, config.precision)
+        return history, {**_feature_report(before_features, after_features), "val_images": len(val)}
     before = distillation_metrics(student, loss.teacher, val, loss.temperature, hooks, config.precision)
+    before_features = feature_metrics(student, loss, val, hooks, config.precision) if loss.features else None
     history = train(student, loss, dataset.train, config, hooks)
     after = distillation_metrics(student, loss.teacher, val, loss.temperature, hooks, config.precision,
                                  teacher_logits=before["teacher_logits"])
+    features = {} if before_features is None else _feature_report(
+        before_features, feature_metrics(student, loss, val, hooks, config.precision))
     return history, {
         "val_kl_before": before["kl"], "val_kl_after": after["kl"],
         "val_accuracy_before": before["accuracy"], "val_accuracy": after["accuracy"],
         "teacher_val_accuracy": after["teacher_accuracy"], "teacher_agreement": after["agreement"],
-        "val_images": len(val),
+        "val_images": len(val), **features,
     }
+
+
+def _feature_report(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {"val_feature_loss_before": before["feature_loss"], "val_feature_loss_after": after["feature_loss"],
+            "val_pooled_cosine_before": before["pooled_cosine"], "val_pooled_cosine": after["pooled_cosine"],
+            "val_patch_cosine_before": before["patch_cosine"], "val_patch_cosine": after["patch_cosine"]}

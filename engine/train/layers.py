@@ -7,7 +7,9 @@ distribution and that of the ancestry with block i skipped (the residual stream 
 whose removal changes the predictions most holds the most of what the ancestry computes. ``selection="window"``
 (the default) keeps the contiguous run of ``count`` blocks with the largest total score; ``"score"`` keeps the
 ``count`` top-scoring blocks wherever they are (in ancestry order); ``"end"`` keeps the blocks at ``position``'s
-end, as the paper's baselines do, with the scores still recorded so the choice can be judged.
+end, as the paper's baselines do, with the scores still recorded so the choice can be judged. An ancestry without
+a head has no class distribution: its blocks score **ablation-cosine**, 1 - cosine between its pooled features with
+and without block i.
 
 Why a window by default: the kept blocks are stacked next to each other in the descendant, and each was trained
 on what the block before it produced. In the quality report (docs/quality.md) the top-scoring blocks of a digits
@@ -24,6 +26,7 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from engine.data import Dataset
 from engine.methods import layers
@@ -33,6 +36,12 @@ from engine.train.distill import load_teacher, soft_kl
 from engine.train.loop import Cancelled, Hooks, NoHooks, autocast, pick_device
 
 CRITERION = "ablation-kl"
+#: The criterion for an ancestry without a head: the same ablation, scored on its pooled features.
+HEADLESS_CRITERION = "ablation-cosine"
+
+
+def criterion_name(ancestry_spec: ViTSpec) -> str:
+    return HEADLESS_CRITERION if ancestry_spec.num_classes == 0 else CRITERION
 
 
 @torch.no_grad()
@@ -43,6 +52,7 @@ def block_scores(ancestry: StateDict, ancestry_spec: ViTSpec, images: torch.Tens
     device = pick_device()
     model = load_teacher(ancestry, ancestry_spec).to(device)
     totals = torch.zeros(ancestry_spec.depth, dtype=torch.float64)
+    headless = ancestry_spec.num_classes == 0
     batches = range(0, len(images), batch_size)
     started = time.perf_counter()
     for done, start in enumerate(batches, start=1):
@@ -60,12 +70,20 @@ def block_scores(ancestry: StateDict, ancestry_spec: ViTSpec, images: torch.Tens
                 x = inputs[i]  # block i skipped
                 for block in model.blocks[i + 1:]:
                     x = block(x)
-                totals[i] += soft_kl(model.forward_head(model.norm(x)), full, 1.0).item() * len(batch)
+                totals[i] += _change(model.forward_head(model.norm(x)), full, headless).item() * len(batch)
         elapsed = time.perf_counter() - started
         hooks.on_progress({"step": done, "total_steps": len(batches), "epoch": 0, "loss": None,
                            "images_per_s": min(start + batch_size, len(images)) / elapsed,
                            "eta_s": elapsed / done * (len(batches) - done)})
     return (totals / len(images)).tolist()
+
+
+def _change(ablated: torch.Tensor, full: torch.Tensor, headless: bool) -> torch.Tensor:
+    """How far the ablated ancestry's output is from the full one's, averaged over the batch: the KL of the class
+    distributions at T=1, or for an ancestry without a head 1 - cosine of the pooled features."""
+    if headless:
+        return 1.0 - F.cosine_similarity(ablated.float(), full.float(), dim=-1).mean()
+    return soft_kl(ablated, full, 1.0)
 
 
 def best_window(scores: list[float], count: int) -> int:
@@ -78,8 +96,6 @@ def train_layers(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, 
                  hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], list[tuple[int, float]]]:
     depth = ancestry_spec.depth
     count = params["count"] if params["count"] is not None else max(1, depth // 2)
-    if not 1 <= count <= depth:
-        raise ValueError(f"count must be in [1, {depth}] for this ancestry, got {count}")
     sample = dataset.train.sample(params["sample_size"]).images
     scores = block_scores(ancestry, ancestry_spec, sample, params["batch_size"], hooks)
     if params["selection"] == "score":
@@ -93,8 +109,10 @@ def train_layers(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, 
         indices = list(range(start, start + count))
     kept = {"score": f"the {count} top-scoring", "window": f"the {count} contiguous with the largest total score",
             "end": f"the {params['position']} {count}"}[params["selection"]]
-    criterion = (f"{CRITERION}: mean KL(ancestry || ancestry without block i) at T=1 over {len(sample)} training "
-                 f"images; kept {kept} blocks")
+    change = ("1 - cosine(pooled features of the ancestry, of the ancestry without block i)"
+              if ancestry_spec.num_classes == 0 else "KL(ancestry || ancestry without block i) at T=1")
+    name = criterion_name(ancestry_spec)
+    criterion = f"{name}: mean {change} over {len(sample)} training images; kept {kept} blocks"
     learngene = layers.make_learngene(ancestry, ancestry_spec, indices, params["position"], criterion, scores)
-    metrics = {"criterion": CRITERION, "scores": scores, "indices": indices, "sample_images": len(sample)}
+    metrics = {"criterion": name, "scores": scores, "indices": indices, "sample_images": len(sample)}
     return learngene, metrics, []

@@ -222,7 +222,9 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         chunks = index.split(micro)
         for k, part in enumerate(chunks):
             if k and hooks.should_stop():  # a long step on a CPU: stop between its micro-batches too
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)  # the step is dropped: model and optimizer are at ``step``
+                if step > 0:
+                    hooks.save_checkpoint(_snapshot(model, optimizer, step, history))
                 raise Cancelled(step)
             images, labels = data.batch(part)  # preprocessed now, at the target size: memory flat in img_size
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

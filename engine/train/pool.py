@@ -23,17 +23,13 @@ from engine.methods import pool
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import parameter_tree
-from engine.train.distill import Distillation, distil, load_teacher
+from engine.train.distill import PathOutputs, distil, distillation, feature_student, vit_outputs
 from engine.train.loop import Hooks, LossHistory, TrainConfig
 from engine.vit import build_model
 
 
 def _stem(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
     return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
-
-
-def _head(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    return vit.forward_head(vit.norm(x))
 
 
 class PoolNet(nn.Module):
@@ -62,23 +58,30 @@ class PoolNet(nn.Module):
         stitch = self.stitches.get_submodule(f"{f}.{b}")
         return nn.functional.linear(x, stitch.weight, stitch.bias)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _final_tokens(self, images: torch.Tensor) -> list[tuple[VisionTransformer, torch.Tensor]]:
+        """Every path's final-normed tokens, with the student whose pooling and head end that path."""
         hidden = []  # hidden[s][j]: tokens after block j of student s, reused by every path leaving it
-        logits = []
+        ends = []
         for student in self.students:
             x, states = _stem(student, images), []
             for block in student.blocks:
                 x = block(x)
                 states.append(x)
             hidden.append(states)
-            logits.append(_head(student, x))
+            ends.append((student, student.norm(x)))
         for f, j, b, k in self.paths:
             back = self.students[b]
             x = self._stitch(f, b, hidden[f][j])
             for block in back.blocks[k:]:
                 x = block(x)
-            logits.append(_head(back, x))
-        return torch.stack(logits, dim=1)
+            ends.append((back, back.norm(x)))
+        return ends
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([vit.forward_head(tokens) for vit, tokens in self._final_tokens(images)], dim=1)
+
+    def path_outputs(self, images: torch.Tensor) -> list[PathOutputs]:
+        return [vit_outputs(vit, tokens) for vit, tokens in self._final_tokens(images)]
 
     def path_names(self) -> list[str]:
         return ([f"student {s}" for s in range(len(self.specs))]
@@ -99,9 +102,9 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     sample = dataset.train.sample(params["stitch_images"]).images
     stitches = pool.fit_stitches(students, sample)
     model = PoolNet(students, stitches)
-    loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
-                        params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
+    loss = distillation(ancestry, ancestry_spec, params)
+    student = feature_student(model, loss, [spec.embed_dim for spec in specs])
+    history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
     metrics["paths"] = model.path_names()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     trained_students = _split_students(state, specs)

@@ -20,7 +20,7 @@ from engine.methods import tleg
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT
-from engine.train.distill import Distillation, distil, load_teacher
+from engine.train.distill import distil, distillation, feature_student
 from engine.train.loop import Hooks, LossHistory, TrainConfig
 
 
@@ -56,8 +56,8 @@ def train_tleg(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
         fitted = tleg.fit(ancestry, ancestry_spec, {})
         model.load_state_dict(fitted.tensors, strict=True)
         meta["fit"] = fitted.meta["fit"]
-    loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
-                        params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
+    loss = distillation(ancestry, ancestry_spec, params)
+    student = feature_student(model, loss, [spec.embed_dim])
+    history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return tleg.make_learngene(tensors, spec, **meta), metrics, history

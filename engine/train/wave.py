@@ -21,7 +21,7 @@ from engine.methods import wave
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT, parameter_tree
-from engine.train.distill import Distillation, distil, evaluation_split, load_teacher
+from engine.train.distill import PathOutputs, distil, distillation, evaluation_split, feature_student, vit_outputs
 from engine.train.loop import Hooks, LossHistory, TrainConfig, predict_logits
 
 
@@ -55,9 +55,9 @@ def train_wave(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     fit_params |= {k: params[k] for k in ("tile", "counts") if params[k] is not None}
     fitted = wave.fit(ancestry, ancestry_spec, fit_params)
     model = TemplateViT(fitted)
-    loss = Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
-                        params["ce_weight"])
-    history, metrics = distil(model, loss, dataset, TrainConfig.from_params(params), hooks)
+    loss = distillation(ancestry, ancestry_spec, params)
+    student = feature_student(model, loss, [fitted.base_spec.embed_dim])
+    history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     learngene = wave.make_learngene(tensors, fitted.base_spec, tuple(fitted.meta["tile"]), fitted.meta["counts"],
                                     init="fit", fit=fitted.meta["fit"])
@@ -78,6 +78,9 @@ class ScalerRefinement(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(images) for member in self.members], dim=1)
 
+    def path_outputs(self, images: torch.Tensor) -> list[PathOutputs]:
+        return [vit_outputs(member, member.forward_features(images)) for member in self.members]
+
 
 def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset,
                 specs: list[ViTSpec], params: dict[str, Any],
@@ -89,12 +92,12 @@ def refine_wave(learngene: Learngene, ancestry: StateDict, ancestry_spec: ViTSpe
     if len(set(keys)) != len(keys):
         raise ValueError(f"refine one size per width, got widths {keys}")
     model = ScalerRefinement(learngene, specs)
-    teacher = load_teacher(ancestry, ancestry_spec)
-    loss = Distillation(teacher, params["temperature"], params["kl_weight"], params["ce_weight"])
+    loss = distillation(ancestry, ancestry_spec, params)
+    student = feature_student(model, loss, [spec.embed_dim for spec in specs])
     config = TrainConfig.from_params(params)
-    val = evaluation_split(dataset, config)  # bounded, and none with evaluate: false
+    val = evaluation_split(dataset, config) if loss.logits else None  # bounded, and none with evaluate: false
     before = _accuracies(model, val, hooks)
-    history, metrics = distil(model, loss, dataset, config, hooks)
+    history, metrics = distil(student, loss, dataset, config, hooks)
     after = _accuracies(model, val, hooks)
     tensors = dict(learngene.tensors)
     refined = dict(learngene.meta.get("refined", {}))

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.data_uri import BUILTIN_PREFIX, check_available, parse_builtin
+from engine.data_uri import BUILTIN_PREFIX, builtin_classes, check_available, parse_builtin
 from service.ancestries import service as ancestries
 from service.condensing.schemas import CondenseRequest
 from service.bounds import MAX_ID, parse_id
@@ -59,12 +59,8 @@ def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal
                          "imagefolder:<path> or dataset:<id>", field="dataset")
 
 
-def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any]) -> LearngeneVersion:
-    """The version a refine job starts from (the learngene's latest), with the requested sizes checked against it."""
-    from engine.methods.base import Learngene
-    from engine.methods.params import ParamError
-    from engine.train import refine_sizes
-
+def _refine_source(session: Session, req: CondenseRequest) -> LearngeneVersion:
+    """The version a refine job starts from: the learngene's latest, condensed from the requested ancestry."""
     lg = learngene_repo.by_name(session, req.learngene)
     if lg is None:
         raise InvalidRequest(f"refine adds to an existing learngene; {req.learngene!r} does not exist",
@@ -75,24 +71,37 @@ def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any
     if source.ancestry_id is not None and source.ancestry_id != req.ancestry:
         raise InvalidRequest(f"refinement distils from the ancestry {req.learngene!r} was condensed from: "
                              f"ancestry {source.ancestry_id}", field="ancestry")
-    try:
-        refine_sizes(req.method, Learngene(method=req.method, tensors={}, meta=source.meta), params["sizes"])
-    except ParamError as exc:
-        raise InvalidRequest(str(exc), field=exc.field) from exc
     return source
 
 
-def check_family(method: str, ancestry_spec: dict[str, Any]) -> None:
-    """Refuse, before queuing, an ancestry using a ViT family feature the method does not carry (``Method.FEATURES``;
-    a method that lists none handles plain ViTs only)."""
-    from engine.methods import get_method
-    from engine.spec import SpecError, ViTSpec, require_features
+def dataset_classes(session: Session, uri: str | None, caller: Principal | None = None) -> int | None:
+    """The class count of a checked dataset URI where it is known without reading images: a built-in's (its
+    ``classes`` option or all its sources'), an uploaded dataset's recorded count; None for a server folder."""
+    if uri is None:
+        return None
+    if uri.startswith(BUILTIN_PREFIX):
+        parsed = parse_builtin(uri)
+        return len(parsed.classes) if parsed.classes is not None else len(builtin_classes(parsed.name))
+    if uri.startswith("dataset:"):
+        ident = parse_id(uri.removeprefix("dataset:"))
+        return None if ident is None else datasets.get_dataset(session, ident, "dataset", caller).num_classes
+    return None
 
+
+def check_request(method: str, mode: str, ancestry_spec: dict[str, Any], params: dict[str, Any],
+                  source: LearngeneVersion | None = None, classes: int | None = None) -> None:
+    """The engine's own rules (:func:`engine.train.condense.check_request`) before queuing: a job the API accepts
+    is one the worker can run (a mode the method lacks, a family feature it does not carry, parameters that do
+    not fit the ancestry, refine sizes the learngene cannot make). Each refusal is a 422 naming the field."""
+    from engine.methods.base import Learngene
+    from engine.spec import ViTSpec
+    from engine.train.condense import check_request as engine_check
+
+    learngene = None if source is None else Learngene(method=method, tensors={}, meta=source.meta)
     try:
-        require_features(ViTSpec.from_dict(ancestry_spec), get_method(method).FEATURES, method)
-    except SpecError as exc:
-        raise InvalidRequest(f"the ancestry cannot be condensed by {method}: {exc}",
-                             field=f"ancestry.{exc.field}") from exc
+        engine_check(method, mode, ViTSpec.from_dict(ancestry_spec), params, learngene, classes)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), field=getattr(exc, "field", None) or "params") from exc
 
 
 def check_run_params(params: dict[str, Any], req: CondenseRequest, ancestry_spec: dict[str, Any]) -> None:
@@ -136,7 +145,6 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
     if req.evaluate and dataset is None:
         raise InvalidRequest("the evaluation card needs a dataset (or leave evaluate out)", field="evaluate")
     evaluate = dataset is not None if req.evaluate is None else req.evaluate
-    check_family(req.method, ancestry.spec)
     try:
         params = entry.validate_params(req.params, mode)
         check_run_params(params, req, ancestry.spec)
@@ -144,7 +152,8 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
         raise InvalidRequest(str(exc), field=exc.field) from exc
     except ValueError as exc:
         raise InvalidRequest(str(exc), field="params") from exc
-    source = _refine_source(session, req, params) if mode == "refine" else None
+    source = _refine_source(session, req) if mode == "refine" else None
+    check_request(req.method, mode, ancestry.spec, params, source, dataset_classes(session, dataset, caller))
     payload = CondensePayload(ancestry_id=ancestry.id, method=req.method, mode=mode, dataset=dataset,
                               learngene=req.learngene, params=params, evaluate=evaluate,
                               description=req.description, source_version_id=source.id if source else None,

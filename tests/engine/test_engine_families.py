@@ -116,13 +116,26 @@ def test_every_method_expands_the_family_or_names_the_feature(family: tuple, met
     assert out.shape == (2, 7) and bool(torch.isfinite(out).all())
 
 
-def test_the_pool_refuses_what_stitching_cannot_carry(family: tuple) -> None:
+def test_the_pool_carries_layer_scale_and_refuses_what_stitching_cannot_carry(family: tuple) -> None:
     _, state, spec, _ = family
     if not spec.features:
         pytest.skip("a plain ViT: the pool's own tests cover it")
-    with pytest.raises(SpecError) as caught:
-        get_method("pool").fit(state, spec, {})
-    assert caught.value.field == spec.features[0]
+    pool = get_method("pool")
+    unsupported = [f for f in spec.features if f not in pool.FEATURES]
+    if unsupported:
+        with pytest.raises(SpecError) as caught:
+            pool.fit(state, spec, {})
+        assert caught.value.field == unsupported[0]
+        return
+    learngene = pool.fit(state, spec, {})
+    stitched = [s for s in pool.candidate_specs(learngene) if s.front is not None]
+    assert stitched, "a pool of two widths offers stitched descendants"
+    for target in (stitched[0].replace(num_classes=7), pool.candidate_specs(learngene)[0]):
+        descendant = pool.expand(learngene, target, seed=3)
+        assert any(k.endswith("ls1.gamma") for k in descendant.state_dict)  # the ancestry's layer scale, carried
+        with torch.inference_mode():
+            out = rebuilt(descendant, target)(images(target))
+        assert out.shape == (2, target.num_classes) and bool(torch.isfinite(out).all())
 
 
 def test_config_json_carries_the_family_and_a_fine_tuning_head() -> None:

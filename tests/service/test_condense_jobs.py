@@ -128,6 +128,9 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     ({"params": {"precision": "fp16"}}, "params.precision"),
     ({"dataset": None, "mode": "train"}, "dataset"),
     ({"dataset": None, "mode": "fit", "evaluate": True}, "evaluate"),
+    # Cross-entropy on 20 classes through the ancestry's 10-class head: used to be queued, then fail.
+    ({"dataset": "builtin:digits+mnist", "params": {"ce_weight": 1.0}}, "params.ce_weight"),
+    ({"method": "wave", "dataset": "builtin:fashion-mnist+mnist"}, "params.ce_weight"),
 ])
 def test_bad_condense_requests_are_4xx_and_queue_nothing(
     patch: dict[str, Any], field: str, client: TestClient, ctx: AppContext, ancestry: int

@@ -106,9 +106,11 @@ def test_tleg_wave_and_front_fits_expand_real_families_or_refuse_up_front(client
 
 
 def _first_feature(ancestry: dict[str, Any]) -> str:
+    """The first family feature of the ancestry that the pool does not carry (it carries layer scale only)."""
+    from engine.methods import pool
     from engine.spec import ViTSpec
 
-    return ViTSpec.from_dict(ancestry["spec"]).features[0]
+    return [f for f in ViTSpec.from_dict(ancestry["spec"]).features if f not in pool.FEATURES][0]
 
 
 def test_a_hugging_face_checkpoint_uploads_as_the_timm_model_it_is(client: TestClient, tmp_path: Path) -> None:
