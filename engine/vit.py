@@ -13,7 +13,6 @@ from typing import Any
 
 import timm
 import torch
-from timm.layers import trunc_normal_
 from torch import nn
 
 from engine.costs import block_shapes, head_modules, spec_block_shapes
@@ -169,7 +168,7 @@ def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
     weights = [k for k, shape in shapes.items() if len(shape) == 2]  # the 2-D tensors are the linear weights
     drawn = torch.empty(sum(math.prod(shapes[k]) for k in weights))
     with seeded(seed):
-        trunc_normal_(drawn, std=0.02)
+        normal_(drawn, std=0.02, cut=2.0)  # timm's trunc_normal_(std=0.02, a=-2, b=2), the same bits on every CPU
     state: StateDict = {}
     offset = 0
     for key, shape in shapes.items():
@@ -241,18 +240,22 @@ _NORMAL_TOKENS = ("cls_token", "reg_token")
 
 def build_seeded(spec: ViTSpec, seed: int) -> nn.Module:
     """``torch.manual_seed(seed); timm.create_model(...)`` without touching the caller's RNG, and with the same
-    bits on every CPU. Two of timm's draws depend on the CPU's vector unit: the class and register tokens'
-    ``normal_`` (a vectorized Box-Muller on AVX2, a scalar one elsewhere) and the patch embedding's default
-    ``kaiming_uniform_`` (``a + (b - a) * u`` fused on AVX2); those tensors are drawn again, from the same
-    distributions, by :mod:`engine.numerics` after timm's draws. Every other tensor is timm's own."""
+    bits on every CPU. timm's random draws depend on the CPU: its truncated normals (linear weights, position
+    embedding) go through torch's ``erfinv``, which MKL computes differently by CPU and ``MKL_CBWR``; the class
+    and register tokens' ``normal_`` is a vectorized Box-Muller on AVX2 and a scalar one elsewhere; the patch
+    embedding's default ``kaiming_uniform_`` computes ``a + (b - a) * u``, fused on AVX2. After timm builds the
+    model, :mod:`engine.numerics` draws all of those again from the same distributions (in module order, from the
+    same seeded generator); zeros and ones are timm's own."""
     with seeded(seed):
         model = build_model(spec)
-        for token_name in _NORMAL_TOKENS:
-            token = getattr(model, token_name, None)
+        for name in ("pos_embed", *_NORMAL_TOKENS):
+            token = getattr(model, name, None)
             if isinstance(token, nn.Parameter):
-                normal_(token.data, std=1e-6)
+                normal_(token.data, std=0.02, cut=2.0) if name == "pos_embed" else normal_(token.data, std=1e-6)
         for module in model.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Linear):
+                normal_(module.weight.data, std=0.02, cut=2.0)  # init_weights_vit_timm: trunc_normal_(std=.02)
+            elif isinstance(module, nn.Conv2d):
                 # torch's default: kaiming_uniform_(a=sqrt(5)) and a bias, both U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
                 bound = 1.0 / math.sqrt(module.weight[0].numel())
                 uniform_(module.weight.data, bound)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -56,3 +57,30 @@ def test_the_redrawn_distributions_are_the_ones_they_replace() -> None:
     spread = uniform_(torch.empty(200_000), bound, torch.Generator().manual_seed(0))
     assert float(spread.min()) >= -bound and float(spread.max()) < bound
     assert abs(float(spread.std()) - bound / math.sqrt(3)) < 1e-3
+
+
+def test_the_normal_quantile_matches_scipys_within_acklams_bound_in_the_centre_and_tails() -> None:
+    from scipy.special import ndtri
+
+    from engine.numerics import standard_normal_quantile
+
+    u = torch.linspace(-1 + 2 ** -23, 1 - 2 ** -23, 400_001)
+    z = standard_normal_quantile(u).numpy()
+    ref = ndtri((u.double().numpy() + 1.0) * 0.5)
+    assert np.all(np.abs(z - ref) <= 1.2e-9 * np.maximum(np.abs(ref), 1e-3))
+
+
+def test_normal_draws_do_not_depend_on_mkls_code_path_or_torchs_cpu_capability() -> None:
+    # On a Xeon, torch's erfinv (timm's trunc_normal_) gave other bits with MKL_CBWR=COMPATIBLE and
+    # ATEN_CPU_CAPABILITY=default: every fresh weight of a descendant changed.
+    import subprocess
+    import sys
+
+    code = ("import torch, hashlib; from engine.numerics import normal_; t = torch.empty(1_000_000); "
+            "normal_(t, 0.02, torch.Generator().manual_seed(0), cut=2.0); "
+            "print(hashlib.sha256(t.numpy().tobytes()).hexdigest())")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, **env}).stdout
+            for env in ({}, {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"},
+                        {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "3"})}
+    assert len(runs) == 1
