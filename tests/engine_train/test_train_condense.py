@@ -232,7 +232,7 @@ def test_a_restarted_condensing_job_continues_to_the_same_learngene(trained_ance
     first = Interrupted(25)
     with pytest.raises(Cancelled):
         condense("tleg", "train", state, spec, DIGITS_URI, params, first)
-    assert len(first.saved) == 25
+    assert len(first.saved) == 26  # one after each of 25 steps, and one where the stop found it
     restarted = Interrupted(10_000, checkpoint=first.saved[-1])
     learngene, _, history = condense("tleg", "train", state, spec, DIGITS_URI, params, restarted)
     uninterrupted, _, full_history = condensed["tleg"]
