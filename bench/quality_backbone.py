@@ -571,6 +571,39 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _select(args: argparse.Namespace) -> None:
+    """Narrow the module's plan to the initializations and targets asked for (a pass of its own)."""
+    global INITS, PROBED, TARGETS, TRAIN_STEPS
+    TRAIN_STEPS = args.train_steps
+    if args.inits:
+        labels = set(args.inits.split(","))
+        unknown = labels - {i.label for i in INITS + PROBED}
+        if unknown:
+            raise SystemExit(f"unknown initializations {sorted(unknown)}")
+        INITS = tuple(_with_steps(i) for i in INITS if i.label in labels)
+        PROBED = tuple(i for i in PROBED if i.label in labels)
+    if args.targets:
+        TARGETS = {t: TARGETS[t] for t in args.targets.split(",")}
+
+
+def _with_steps(init: Init) -> Init:
+    if not init.trained:
+        return init
+    return Init(init.label, init.method, init.mode,
+                tuple((k, TRAIN_STEPS if k == "steps" else v) for k, v in init.params), init.priority)
+
+
+def merged(passes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several passes' raw results as one (a later pass's record of the same key wins)."""
+    out = dict(passes[0])
+    for name in ("learngenes", "descendants", "results"):
+        out[name] = {k: v for p in passes for k, v in p.get(name, {}).items()}
+    out["skipped"] = [s for p in passes for s in p.get("skipped", [])]
+    out["loadavg"] = [x for p in passes for x in p.get("loadavg", [])]
+    out["passes"] = [{"setup": p.get("setup"), "inits": [i["label"] for i in p.get("inits", [])]} for p in passes]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ancestry", type=Path, default=ROOT / "bench" / "out" / "dinov2_vits14",
@@ -580,12 +613,22 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "quality.md")
     parser.add_argument("--deadline", help="HH:MM (local): stop handing out work then; the report shows what ran")
     parser.add_argument("--render", action="store_true", help="only write the report from the raw results")
+    parser.add_argument("--inits", help="comma-separated labels: measure only these initializations (a pass of its "
+                                        "own, e.g. the trained learngenes once the CPU is free), with --raw of its own")
+    parser.add_argument("--targets", help="comma-separated: only these targets' learngenes and cells")
+    parser.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help="condensing steps of trained learngenes")
+    parser.add_argument("--merge", nargs="+", type=Path, help="raw files of several passes: render them as one")
     args = parser.parse_args()
+    _select(args)
     if args.deadline:
         hour, minute = map(int, args.deadline.split(":"))
         now = time.localtime()
         args.deadline = time.mktime((*now[:3], hour, minute, 0, *now[6:]))
-    data = json.loads(args.raw.read_text()) if args.render else run(args)
+    if args.merge:
+        data = merged([json.loads(path.read_text()) for path in args.merge])
+        args.raw.write_text(json.dumps(data, indent=None))
+    else:
+        data = json.loads(args.raw.read_text()) if args.render else run(args)
     args.report.write_text(markdown(data))
     print(f"wrote {args.report}", flush=True)
 
