@@ -307,11 +307,11 @@ def test_wave_refinement_refuses_sizes_it_cannot_make(condensed: dict, trained_a
 
 
 class TeacherCounter:
-    """Counts the batches the (real, frozen) teacher is run on, through a forward hook on the model the trainer
-    loads."""
+    """Counts the batches the (real, frozen) teacher is run on, through a forward hook on the model the trainers'
+    distillation loss loads."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import engine.train.tleg as trainer
+        import engine.train.distill as trainer
 
         self.batches = 0
         load = trainer.load_teacher

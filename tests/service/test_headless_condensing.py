@@ -72,8 +72,9 @@ def _descendant_outputs(client: TestClient, body: dict[str, Any]) -> torch.Tenso
 ])
 def test_trained_condensing_of_a_headless_ancestry_succeeds_end_to_end(
         client: TestClient, ancestry: int, method: str, params: dict[str, Any]) -> None:
+    # No evaluation card (the request's evaluate), but the run's own before/after metrics (the params').
     r = _submit(client, {"ancestry": ancestry, "method": method, "learngene": f"h-{method}", "mode": "train",
-                         "dataset": "builtin:digits", "params": params, "evaluate": False})
+                         "dataset": "builtin:digits", "params": {**params, "evaluate": True}, "evaluate": False})
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["id"], timeout=300)
     assert job["state"] == "succeeded", job["error"]
