@@ -3,6 +3,7 @@ the job dispatcher. Built once per process by the composition root (``service/wi
 workers build the same context, only the dispatcher differs (Celery or in-process threads)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ class AppContext:
     dispatcher: Dispatcher | None = field(default=None)
     #: Rate-limit and quota counters; set by the API (``service.app``), None in workers.
     counters: Counters | None = field(default=None)
+    #: The domains' housekeeping (the descendant cache's budget, garbage collection of orphan blobs), run by the
+    #: job kernel's maintenance loop beside its reaper and sweeper; set by the composition root.
+    housekeeping: tuple[Callable[[AppContext], object], ...] = field(default=())
 
     def close(self) -> None:
         if self.dispatcher is not None:

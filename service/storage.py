@@ -95,6 +95,8 @@ class LocalArtifactStore:
         key = content_key(digest)
         size = src.stat().st_size
         if self.exists(key):
+            # Used again: garbage collection's grace period counts from now (a row naming it is about to commit).
+            os.utime(self._path(key))
             if move:
                 src.unlink()
             return StoredObject(key, digest, size)

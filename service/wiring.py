@@ -20,6 +20,7 @@ from service.context import AppContext
 from service.datasets import endpoints as datasets
 from service.db import make_engine, make_sessionmaker
 from service.descendants import endpoints as descendants
+from service.descendants import cache as descendant_cache
 from service.descendants import tasks as descendant_tasks
 from service.jobs import endpoints as jobs
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
@@ -32,6 +33,8 @@ from service.storage import make_store
 
 #: Every domain's job kinds: what a process that runs jobs can run.
 KINDS: tuple[JobKind[Any], ...] = (*descendant_tasks.KINDS, *condensing_tasks.KINDS)
+#: What the maintenance loop of every process that runs jobs does besides reaping and sweeping jobs.
+HOUSEKEEPING: tuple[Callable[[AppContext], object], ...] = (descendant_cache.enforce_budget,)
 #: Routes open to everyone: the probes.
 OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
 #: Every domain's routes; each checks the caller's key when one is sent (or when reads need one), and writes
@@ -53,6 +56,7 @@ def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppCon
     )
     if with_dispatcher:
         ctx.dispatcher = make_dispatcher(ctx)
+    ctx.housekeeping = HOUSEKEEPING
     return ctx
 
 

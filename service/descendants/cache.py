@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.blobs import remove_unreferenced
+from service.context import AppContext
 from service.models import DescendantRow
 from service.settings import Settings
 from service.storage import ArtifactStore
@@ -69,3 +70,8 @@ def evict_over_budget(sessions: sessionmaker[Session], store: ArtifactStore, set
                  budget, evicted)
         remove_unreferenced(sessions, store, keys)
     return evicted
+
+
+def enforce_budget(ctx: AppContext) -> list[int]:
+    """Housekeeping (the job maintenance loop): a budget lowered since the last expansion is enforced too."""
+    return evict_over_budget(ctx.sessions, ctx.store, ctx.settings)
