@@ -28,6 +28,7 @@ from service.jobs.kinds import JobKind
 from service.jobs.runner import Outcome, run_job
 from service.keys import endpoints as keys
 from service.learngenes import endpoints as learngenes
+from service.registry import endpoints as registry
 from service.settings import Settings
 from service.storage import make_store
 
@@ -40,7 +41,7 @@ OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
 #: Every domain's routes; each checks the caller's key when one is sent (or when reads need one), and writes
 #: also check the write scope in their own dependency.
 ROUTERS: tuple[APIRouter, ...] = (learngenes.router, descendants.router, ancestries.router, condensing.router,
-                                  datasets.router, jobs.router, keys.router, hub.router)
+                                  datasets.router, jobs.router, keys.router, registry.router, hub.router)
 
 
 def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppContext:
