@@ -172,6 +172,27 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Blobs no row names (a crash between writing one and committing its row): listed, and removed unless
+    ``--dry-run``."""
+    from service.registry import gc
+    from service.wiring import build_context
+
+    _migrate()
+    ctx = build_context(get_settings(), with_dispatcher=False)
+    try:
+        found = gc.collect(ctx, dry_run=args.dry_run, grace_s=args.grace)
+    finally:
+        ctx.close()
+    for blob in found.orphans:
+        print(f"{blob.key}\t{blob.size}")
+    verb = "would remove" if args.dry_run else "removed"
+    count = len(found.orphans) if args.dry_run else len(found.removed)
+    print(f"{verb} {count} orphan blob(s), {found.orphan_bytes} bytes, and {len(found.scratch)} scratch file(s); "
+          f"{found.young} younger than the grace period left alone", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learngene", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = keys_sub.add_parser("list", help="every key (prefix, owner, scopes, state), never the key itself")
     listing.add_argument("--owner")
     keys.set_defaults(func=cmd_keys)
+
+    gc = sub.add_parser("gc", help="remove blobs in storage that no row names (left by a crash)")
+    gc.add_argument("--dry-run", action="store_true", help="only list them")
+    gc.add_argument("--grace", type=float, metavar="SECONDS",
+                    help="leave blobs younger than this (default LEARNGENE_GC_GRACE_S)")
+    gc.set_defaults(func=cmd_gc)
     return parser
 
 

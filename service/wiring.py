@@ -29,13 +29,14 @@ from service.jobs.runner import Outcome, run_job
 from service.keys import endpoints as keys
 from service.learngenes import endpoints as learngenes
 from service.registry import endpoints as registry
+from service.registry import gc
 from service.settings import Settings
 from service.storage import make_store
 
 #: Every domain's job kinds: what a process that runs jobs can run.
 KINDS: tuple[JobKind[Any], ...] = (*descendant_tasks.KINDS, *condensing_tasks.KINDS)
 #: What the maintenance loop of every process that runs jobs does besides reaping and sweeping jobs.
-HOUSEKEEPING: tuple[Callable[[AppContext], object], ...] = (descendant_cache.enforce_budget,)
+HOUSEKEEPING: tuple[Callable[[AppContext], object], ...] = (descendant_cache.enforce_budget, gc.sweep)
 #: Routes open to everyone: the probes.
 OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
 #: Every domain's routes; each checks the caller's key when one is sent (or when reads need one), and writes

@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.deps import CtxDep, Reader, UowDep
+from service.deps import Admin, CtxDep, Reader, UowDep
 from service.http_errors import error_responses
-from service.registry import usage
-from service.registry.schemas import UsageReport
+from service.registry import gc, usage
+from service.registry.schemas import GarbageOut, OrphanOut, UsageReport
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -20,3 +20,22 @@ def get_usage(ctx: CtxDep, uow: UowDep, caller: Reader,
     """Bytes stored per kind, jobs by state, descendants produced and today's quotas left: the caller's own (an
     admin's: every owner's, or `owner`'s)."""
     return usage.report(uow.session, ctx, caller, owner)
+
+
+def _garbage(found: gc.Collection, dry_run: bool) -> GarbageOut:
+    return GarbageOut(dry_run=dry_run, orphans=[OrphanOut(key=b.key, size_bytes=b.size) for b in found.orphans],
+                      orphan_bytes=found.orphan_bytes, removed=found.removed, scratch_files=len(found.scratch),
+                      within_grace=found.young)
+
+
+@router.get("/gc", operation_id="list_garbage", response_model=GarbageOut, responses=error_responses(401, 403))
+def list_garbage(ctx: CtxDep, caller: Admin) -> GarbageOut:
+    """Admins: blobs in storage that no row names and that are past the grace period (LEARNGENE_GC_GRACE_S), which
+    the next collection removes. Nothing is removed."""
+    return _garbage(gc.find_orphans(ctx), True)
+
+
+@router.post("/gc", operation_id="collect_garbage", response_model=GarbageOut, responses=error_responses(401, 403))
+def collect_garbage(ctx: CtxDep, caller: Admin) -> GarbageOut:
+    """Admins: remove now what ``GET /v1/gc`` lists (the sweeper does it every LEARNGENE_GC_EVERY_S)."""
+    return _garbage(gc.collect(ctx), False)

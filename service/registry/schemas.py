@@ -52,3 +52,17 @@ class UsageReport(BaseModel):
     owners: list[OwnerUsage]
     descendant_cache_bytes: int = Field(description="The descendant cache's budget (0: unbounded)")
     descendant_cache_used_bytes: int = Field(description="Bytes of stored descendant weights, every owner's")
+
+
+class OrphanOut(BaseModel):
+    key: str
+    size_bytes: int
+
+
+class GarbageOut(BaseModel):
+    dry_run: bool
+    orphans: list[OrphanOut] = Field(description="Blobs no row names, past the grace period")
+    orphan_bytes: int
+    removed: list[str] = Field(description="The keys removed (empty in a dry run)")
+    scratch_files: int = Field(description="Scratch files past the grace period (removed unless a dry run)")
+    within_grace: int = Field(description="Blobs no row names yet, left alone: younger than the grace period")
