@@ -145,7 +145,8 @@ class Client:
                              json={"version": version}).json()
 
     def delete_alias(self, learngene: str, alias: str) -> dict[str, int]:
-        return self._request("DELETE", f"/v1/learngenes/{learngene}/aliases/{alias}").json()  # type: ignore[no-any-return]
+        aliases: dict[str, int] = self._request("DELETE", f"/v1/learngenes/{learngene}/aliases/{alias}").json()
+        return aliases
 
     def pin(self, descendant: Descendant | int, pinned: bool = True) -> Descendant:
         """A pinned descendant's weights are never evicted from the server's descendant cache."""

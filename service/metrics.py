@@ -108,8 +108,8 @@ class RegistryCollector:
                                 "Training images per second over all running condensing jobs",
                                 value=throughput["images"])
         produced = CounterMetricFamily("learngene_descendants_produced", "Descendants in the registry, by method "
-                                       "and status (ready: produced; evicted: weights left the descendant cache; deleted ones not counted)",
-                                       labels=["method", "status"])
+                                       "and status (ready: produced; evicted: its weights left the descendant "
+                                       "cache); deleted ones are not counted", labels=["method", "status"])
         for method, status, n in descendants:
             produced.add_metric([method, status], n)
         yield produced
