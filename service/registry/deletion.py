@@ -32,7 +32,7 @@ from service.learngenes import repository as learngene_repo
 from service.learngenes import service as learngenes
 from service.models import (Ancestry, DatasetRow, DescendantRow, Job, LearngeneAlias, LearngeneRow,
                             LearngeneVersion, utcnow)
-from service.ownership import can_see, check_may_change
+from service.ownership import PRIVATE, can_see, check_may_change
 
 ACTIVE = ("queued", "running")
 #: How many dependants a 409 names before it counts the rest.
@@ -70,11 +70,14 @@ def _active_jobs(session: Session) -> Sequence[Job]:
     return session.scalars(select(Job).where(Job.state.in_(ACTIVE)).order_by(Job.created_at)).all()
 
 
-def _refuse_if_jobs(jobs: list[Job], what: str) -> None:
+def _refuse_if_jobs(jobs: list[Job], what: str, caller: Principal | None) -> None:
+    """409 naming the jobs the caller may see (jobs are private: the others are only counted)."""
     if jobs:
-        ids = ", ".join(j.id for j in jobs[:NAMED])
-        raise Conflict(f"{what} is read by {len(jobs)} queued or running job(s) ({ids}); cancel them or wait for "
-                       "them to end before deleting it")
+        seen = [j.id for j in jobs if can_see(caller, j.owner, PRIVATE)]
+        names = ", ".join(seen[:NAMED]) + (f" and {len(jobs) - len(seen)} of other owners" if len(seen) < len(jobs)
+                                          else "")
+        raise Conflict(f"{what} is read by {len(jobs)} queued or running job(s) ({names}); cancel them or wait "
+                       "for them to end before deleting it")
 
 
 def _expanding(session: Session, jobs: Sequence[Job]) -> dict[str, DescendantRow]:
@@ -118,7 +121,7 @@ def delete_descendant(uow: UnitOfWork, ctx: AppContext, descendant_id: int, call
     active = _active_jobs(session)
     expanding = _expanding(session, active)
     _refuse_if_jobs([j for j in active if j.id in expanding and expanding[j.id].id == row.id],
-                    f"descendant {descendant_id}")
+                    f"descendant {descendant_id}", caller)
     done = Deletion()
     _delete_descendants(session, [row], caller, done)
     return _finish(uow, ctx, done)
@@ -165,7 +168,7 @@ def delete_version(uow: UnitOfWork, ctx: AppContext, name: str, ref: str, caller
     lg = learngenes.get_learngene(session, name, caller)
     check_may_change(caller, lg.owner, f"learngene {name!r}")
     v = learngenes.get_version(session, lg, ref)
-    _refuse_if_jobs(_version_jobs(session, [v], None), f"learngene {name!r} version {v.version}")
+    _refuse_if_jobs(_version_jobs(session, [v], None), f"learngene {name!r} version {v.version}", caller)
     done = Deletion()
     _delete_versions(session, lg, [v], caller, done)
     return _finish(uow, ctx, done)
@@ -178,7 +181,7 @@ def delete_learngene(uow: UnitOfWork, ctx: AppContext, name: str, caller: Princi
     lg = learngenes.get_learngene(session, name, caller)
     check_may_change(caller, lg.owner, f"learngene {name!r}")
     versions = [v for v in lg.versions if v.deleted_at is None]
-    _refuse_if_jobs(_version_jobs(session, versions, lg.name), f"learngene {name!r}")
+    _refuse_if_jobs(_version_jobs(session, versions, lg.name), f"learngene {name!r}", caller)
     done = Deletion()
     _delete_versions(session, lg, versions, caller, done)
     session.execute(delete(LearngeneAlias).where(LearngeneAlias.learngene_id == lg.id))
@@ -228,7 +231,7 @@ def delete_ancestry(uow: UnitOfWork, ctx: AppContext, ancestry_id: int, caller: 
     _refuse_if_jobs([j for j in active if (j.kind == "condense" and isinstance(j.payload, dict)
                                            and j.payload.get("ancestry_id") == ancestry_id)
                      or (j.id in expanding and expanding[j.id].ancestry_id == ancestry_id)],
-                    f"ancestry {ancestry_id}")
+                    f"ancestry {ancestry_id}", caller)
     if not cascade:
         _refuse_dependants(session, _live_versions(session, ancestry_id=ancestry_id), f"ancestry {ancestry_id}",
                            caller)
@@ -248,7 +251,7 @@ def delete_dataset(uow: UnitOfWork, ctx: AppContext, dataset_id: int, caller: Pr
     check_may_change(caller, row.owner, f"dataset {dataset_id}")
     _check_cascade(caller, cascade)
     _refuse_if_jobs([j for j in _active_jobs(session) if j.kind == "condense" and isinstance(j.payload, dict)
-                     and j.payload.get("dataset") == row.uri], f"dataset {dataset_id}")
+                     and j.payload.get("dataset") == row.uri], f"dataset {dataset_id}", caller)
     if not cascade:
         _refuse_dependants(session, _live_versions(session, dataset=row.uri), f"dataset {dataset_id}", caller)
     done = Deletion()

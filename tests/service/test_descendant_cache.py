@@ -89,14 +89,18 @@ def test_least_recently_used_weights_are_evicted_past_the_budget_and_come_back_i
     regenerated = _download(c, b)  # b comes back (evicting d: a is pinned)
     assert hashlib.sha256(regenerated).hexdigest() == b["sha256"] and regenerated == original_b
     assert [_status(c, x) for x in (a, b, d)] == ["ready", "ready", "evicted"]
-    # The same request also makes evicted weights again, identical.
-    again = _make(c, 2)
-    assert again["id"] == d["id"] and again["status"] == "ready" and again["sha256"] == d["sha256"]
-    assert _stored(cache_ctx, d["sha256"]) and not _stored(cache_ctx, b["sha256"])
+    # /hub (timm's hf-hub: loading) makes evicted weights again too, identical; and so does the same request.
+    hub = c.get(f"/hub/{d['hub_repo_id']}/resolve/main/model.safetensors")
+    assert hub.status_code == 200 and hashlib.sha256(hub.content).hexdigest() == d["sha256"]
+    assert [_status(c, x) for x in (a, b, d)] == ["ready", "evicted", "ready"]
+    again = _make(c, 1)  # b's own request makes b again (and d, now the least recently used, goes)
+    assert again["id"] == b["id"] and again["status"] == "ready" and again["sha256"] == b["sha256"]
+    assert [_status(c, x) for x in (a, b, d)] == ["ready", "ready", "evicted"]
+    assert _stored(cache_ctx, b["sha256"]) and not _stored(cache_ctx, d["sha256"])
 
     # A budget lowered later is enforced by the maintenance loop's housekeeping; pinned ones stay.
     cache_ctx.settings.descendant_cache_bytes = 1
-    assert sorted(enforce_budget(cache_ctx)) == [d["id"]]
+    assert sorted(enforce_budget(cache_ctx)) == [b["id"]]
     assert [_status(c, x) for x in (a, b, d)] == ["ready", "evicted", "evicted"]
     assert c.patch(f"/v1/descendants/{a['id']}", json={"pinned": "yes"}).status_code == 422
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from service.context import AppContext
 from service.db import unit_of_work
 from service.learngenes.service import publish_version
-from service.models import DescendantRow
+from service.models import Ancestry
 from tests.service.conftest import ARCH, TINY_ARGS, app_client, bearer, new_key, wait_job
 from tests.service.test_datasets_api import _digit_images, _zip
 from tests.support import UNTHROTTLED
@@ -188,6 +189,17 @@ def test_a_running_jobs_inputs_cannot_be_deleted_under_it(c: TestClient, ctx: Ap
             assert "queued or running job" in r.json()["error"]["message"]
         assert job in c.delete(f"/v1/ancestries/{anc['id']}", params={"cascade": "true"},
                                headers=ADMIN).json()["error"]["message"]
+        # Jobs are private: alice's are named to her and admins, only counted for others.
+        bob = new_key(c, "boot", owner="bob")
+        r = c.delete(f"/v1/ancestries/{anc['id']}", headers=bearer(alice))
+        assert r.status_code == 409 and job in r.json()["error"]["message"]
+        with ctx.sessions.begin() as session:  # as if the ancestry alice's queued job reads were bob's
+            session.execute(update(Ancestry).where(Ancestry.id == anc["id"]).values(owner="bob"))
+        r = c.delete(f"/v1/ancestries/{anc['id']}", params={"cascade": "true"}, headers=ADMIN)
+        assert job in r.json()["error"]["message"]
+        r = c.delete(f"/v1/ancestries/{anc['id']}", headers=bearer(bob))
+        assert r.status_code == 409 and job not in r.json()["error"]["message"]
+        assert "1 of other owners" in r.json()["error"]["message"]
     finally:
         ctx.dispatcher = dispatcher
     for j in (job, expanding["job_id"]):
