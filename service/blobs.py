@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterable
 
 from sqlalchemy import Select, select, union
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.models import Ancestry, DatasetRow, DescendantRow, LearngeneVersion
 from service.storage import ArtifactStore
@@ -45,14 +45,14 @@ def unreferenced(session: Session, keys: Iterable[str]) -> set[str]:
     return wanted - still
 
 
-def remove_unreferenced(sessions: object, store: ArtifactStore, keys: Iterable[str]) -> list[str]:
+def remove_unreferenced(sessions: sessionmaker[Session], store: ArtifactStore, keys: Iterable[str]) -> list[str]:
     """After a commit: remove from storage each of ``keys`` that no live row names (checked again now, in a new
     transaction: a row committed meanwhile keeps its blob). Returns the keys removed. Best effort: a blob left
     behind is an orphan that garbage collection removes later."""
     keys = list(keys)
     if not keys:
         return []
-    with sessions() as session:  # type: ignore[operator]
+    with sessions() as session:
         gone = sorted(unreferenced(session, keys))
         dataset_shas = _unused_dataset_dirs(session, gone)
     removed = []

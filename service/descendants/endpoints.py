@@ -160,6 +160,9 @@ def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: 
         # Answered, not raised: the job must commit (and be published) with this request's unit of work.
         return error_response(503, Unavailable.code, f"descendant {descendant_id}'s weights were evicted from the "
                               f"descendant cache and are being made again (job {job.id}); try again shortly")
+    if row.status == "pending" and row.sha256 is not None:  # made again after an eviction, not yet done
+        return error_response(503, Unavailable.code, f"descendant {descendant_id}'s weights are being made again "
+                              "after an eviction from the descendant cache; try again shortly")
     row = service.get_ready(uow.session, descendant_id, caller)
     row.last_used_at = utcnow()
     assert row.storage_key is not None and row.sha256 is not None

@@ -150,3 +150,26 @@ def test_only_the_descendants_owner_its_sources_owner_or_an_admin_pins_it(ctx: A
         for key in (bob, alice, "boot"):
             assert c.patch(f"/v1/descendants/{desc['id']}", json={"pinned": True},
                            headers=bearer(key)).status_code == 200
+
+
+@pytest.mark.parametrize("cache_ctx", ["local"], indirect=True)
+@pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
+def test_weights_being_made_again_answer_503_until_they_are_there(c: TestClient, cache_ctx: AppContext) -> None:
+    """Regression: the second GET of evicted weights (its job still queued or running) was a 409 "pending", which
+    the SDK's download, waiting through 503s, took for a failure."""
+    from service.jobs.service import publish
+
+    a = _make(c, 0)
+    cache_ctx.settings.descendant_cache_bytes = 1
+    _make(c, 1)  # evicts a
+    dispatcher, cache_ctx.dispatcher = cache_ctx.dispatcher, None  # the job stays queued: no worker takes it
+    try:
+        first, second = c.get(a["weights_url"]), c.get(a["weights_url"])
+    finally:
+        cache_ctx.dispatcher = dispatcher
+    assert first.status_code == 503 and second.status_code == 503, second.text
+    assert second.headers["retry-after"] and "being made again" in second.json()["error"]["message"]
+    job_id = c.get(f"/v1/descendants/{a['id']}").json()["job_id"]
+    publish(cache_ctx, job_id, "cpu")
+    assert wait_job(c, job_id)["state"] == "succeeded"
+    assert hashlib.sha256(c.get(a["weights_url"]).content).hexdigest() == a["sha256"]
