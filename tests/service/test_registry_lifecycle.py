@@ -19,6 +19,7 @@ from service.learngenes.service import publish_version
 from service.models import Ancestry
 from tests.service.conftest import ARCH, TINY_ARGS, app_client, bearer, new_key, wait_job
 from tests.service.test_datasets_api import _digit_images, _zip
+from tests.service.test_s3_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
 from tests.support import UNTHROTTLED
 
 ADMIN = bearer("boot")
@@ -252,3 +253,33 @@ def test_aliases_are_set_listed_and_removed_by_the_owner_and_latest_is_the_servi
     assert c.get("/v1/learngenes/lg/aliases").json() == {"latest": 1}
     _fit(c, alice, anc["id"], "lg")  # publishing still moves latest, to a number never used before
     assert c.get("/v1/learngenes/lg/aliases").json() == {"latest": 4}
+
+
+@pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
+def test_deleting_removes_blobs_from_s3_and_this_machines_cache(backend_settings: Any, tiny_ancestry_file: Path,
+                                                                 bucket: str, s3_endpoint: str) -> None:
+    import boto3
+
+    from service.wiring import build_context
+
+    backend_settings.storage_url = f"s3://{bucket}/registry"
+    backend_settings.s3_endpoint_url = s3_endpoint
+    ctx = build_context(backend_settings)
+    try:
+        with app_client(ctx, api_token="boot", **UNTHROTTLED) as c:
+            alice, bob = new_key(c, "boot", owner="alice"), new_key(c, "boot", owner="bob")
+            a, b = _upload(c, tiny_ancestry_file, alice), _upload(c, tiny_ancestry_file, bob)
+            key = f"registry/sha256/{a['sha256'][:2]}/{a['sha256']}"
+
+            def in_bucket() -> bool:
+                listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)
+                return key in [o["Key"] for o in listing.get("Contents", [])]
+
+            assert in_bucket()
+            assert c.delete(f"/v1/ancestries/{a['id']}", headers=bearer(alice)).status_code == 200
+            assert in_bucket()  # bob's ancestry still names it
+            assert c.delete(f"/v1/ancestries/{b['id']}", headers=bearer(bob)).status_code == 200
+            assert not in_bucket()
+            assert not (ctx.settings.resolved_cache_dir / key.removeprefix("registry/")).exists()
+    finally:
+        ctx.close()
