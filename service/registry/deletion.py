@@ -84,8 +84,9 @@ def _expanding(session: Session, jobs: Sequence[Job]) -> dict[str, DescendantRow
     """The descendant each active expand job makes."""
     out = {}
     for job in jobs:
-        if job.kind == "expand" and isinstance(job.payload, dict):
-            row = session.get(DescendantRow, job.payload.get("descendant_id"))
+        descendant_id = job.payload.get("descendant_id") if isinstance(job.payload, dict) else None
+        if job.kind == "expand" and isinstance(descendant_id, int):
+            row = session.get(DescendantRow, descendant_id)
             if row is not None:
                 out[job.id] = row
     return out
