@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SERVER_COMMANDS = ("serve", "worker", "db", "seed", "keys")
+SERVER_COMMANDS = ("serve", "worker", "db", "seed", "keys", "gc", "backup", "restore")
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,6 +185,60 @@ def cmd_cancel(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_usage(client: Any, args: argparse.Namespace) -> int:
+    report = client.usage(args.owner)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    rows = []
+    for o in report["owners"]:
+        s = o["stored"]
+        quota = o["quotas"][0] if o["quotas"] else None
+        rows.append([o["owner"] or "(nobody)", *(f"{s[k]['count']} / {_size(s[k]['bytes'])}" for k in
+                     ("ancestries", "datasets", "learngene_versions", "descendants")),
+                     _size(o["stored_bytes"]), f"{o['descendants_produced']} ({o['descendants_evicted']} evicted)",
+                     " ".join(f"{k}:{v}" for k, v in o["jobs"].items() if v) or "-",
+                     _size(quota["descendant_bytes_left_today"]) if quota else "-",
+                     _size(quota["upload_bytes_left_today"]) if quota else "-"])
+    _table(["owner", "ancestries", "datasets", "versions", "descendants", "stored", "produced", "jobs",
+            "descendant quota left", "upload quota left"], rows)
+    budget = report["descendant_cache_bytes"]
+    print(f"descendant cache: {_size(report['descendant_cache_used_bytes'])} of "
+          f"{_size(budget) if budget else 'no bound'}")
+    return 0
+
+
+def cmd_rm(client: Any, args: argparse.Namespace) -> int:
+    deleted = client.delete(args.kind, args.ref, cascade=args.cascade)
+    print(json.dumps({"deleted": deleted}, indent=2) if args.json else "deleted " + ", ".join(deleted))
+    return 0
+
+
+def cmd_alias(client: Any, args: argparse.Namespace) -> int:
+    if args.version is None:
+        aliases = client.delete_alias(args.learngene, args.alias)
+    else:
+        aliases = client.set_alias(args.learngene, args.alias, args.version)
+    print(json.dumps(aliases, indent=2) if args.json else
+          ", ".join(f"{alias} -> {version}" for alias, version in sorted(aliases.items())))
+    return 0
+
+
+def cmd_pin(client: Any, args: argparse.Namespace) -> int:
+    d = client.pin(args.descendant, not args.unpin)
+    print(json.dumps(_plain(d), indent=2, default=str) if args.json else
+          f"descendant {d.id} {'pinned' if d.pinned else 'unpinned'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Connection options are accepted before or after the command; SUPPRESS keeps a later default from
     # overwriting an earlier value.
@@ -260,6 +314,29 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")
     cancel.add_argument("job")
     cancel.set_defaults(func=cmd_cancel)
+
+    usage = sub.add_parser("usage", parents=[common], help="bytes stored, jobs, descendants and quotas left "
+                           "(yours; an admin's: every owner's)")
+    usage.add_argument("--owner", help="admins: one owner")
+    usage.set_defaults(func=cmd_usage)
+
+    rm = sub.add_parser("rm", parents=[common], help="delete a descendant, version, learngene, ancestry or dataset")
+    rm.add_argument("kind", choices=["descendant", "version", "learngene", "ancestry", "dataset"])
+    rm.add_argument("ref", help="an id; NAME:VERSION for a version; NAME for a learngene")
+    rm.add_argument("--cascade", action="store_true", help="admins: even with learngene versions in its lineage")
+    rm.set_defaults(func=cmd_rm)
+
+    alias = sub.add_parser("alias", parents=[common], help="point an alias of a learngene at a version (no "
+                           "version: remove the alias)")
+    alias.add_argument("learngene")
+    alias.add_argument("alias")
+    alias.add_argument("version", type=int, nargs="?")
+    alias.set_defaults(func=cmd_alias)
+
+    pin = sub.add_parser("pin", parents=[common], help="keep a descendant's weights out of cache eviction")
+    pin.add_argument("descendant", type=int)
+    pin.add_argument("--unpin", action="store_true")
+    pin.set_defaults(func=cmd_pin)
     return parser
 
 

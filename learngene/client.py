@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 
 from learngene import bars, config, events
-from learngene.errors import APIError, ConnectionFailed, JobFailed, error_for
+from learngene.errors import APIError, ConnectionFailed, JobFailed, ServerError, error_for
 from learngene.models import (Ancestry, CondenseJob, Dataset, Descendant, Download, Job, Learngene, Resource,
                               Version)
 from learngene.transfer import fetch_blob
@@ -20,6 +20,9 @@ R = TypeVar("R", bound=Resource)
 __version__ = "0.1.0"
 STITCHED_ARCHITECTURE = "learngene_stitched_vit"
 
+
+#: Longest ``download`` waits for weights the server is making again after evicting them from its cache.
+REGENERATION_WAIT_S = 600.0
 
 def cache_dir() -> Path:
     """Where ``load`` keeps descendants it downloaded, one folder per sha256."""
@@ -113,6 +116,43 @@ class Client:
 
     def dataset(self, dataset_id: int) -> Dataset:
         return self._one(Dataset, f"/v1/datasets/{dataset_id}")
+
+    def usage(self, owner: str | None = None) -> dict[str, Any]:
+        """Bytes stored per kind, jobs, descendants produced and today's quotas left: yours (an admin's: every
+        owner's, or ``owner``'s)."""
+        params = {"owner": owner} if owner is not None else None
+        return self._request("GET", "/v1/usage", params=params).json()  # type: ignore[no-any-return]
+
+    def delete(self, kind: str, ref: str | int, *, cascade: bool = False) -> list[str]:
+        """Delete a ``descendant`` (id), ``version`` (``name:version``), ``learngene`` (name), ``ancestry`` or
+        ``dataset`` (id); ``cascade`` (admins) despite learngene versions in their lineage. Returns what was
+        deleted (a version takes its descendants along)."""
+        paths = {"descendant": "/v1/descendants/{}", "learngene": "/v1/learngenes/{}",
+                 "ancestry": "/v1/ancestries/{}", "dataset": "/v1/datasets/{}"}
+        if kind == "version":
+            name, _, version = str(ref).partition(":")
+            path = f"/v1/learngenes/{name}/versions/{version or 'latest'}"
+        elif kind in paths:
+            path = paths[kind].format(ref)
+        else:
+            raise ValueError(f"kind must be one of {sorted({*paths, 'version'})}, not {kind!r}")
+        params = {"cascade": "true"} if cascade else None
+        return list(self._request("DELETE", path, params=params).json()["deleted"])
+
+    def set_alias(self, learngene: str, alias: str, version: int) -> dict[str, int]:
+        """Point ``alias`` at ``version``; returns every alias of the learngene."""
+        return self._request("PUT", f"/v1/learngenes/{learngene}/aliases/{alias}",  # type: ignore[no-any-return]
+                             json={"version": version}).json()
+
+    def delete_alias(self, learngene: str, alias: str) -> dict[str, int]:
+        aliases: dict[str, int] = self._request("DELETE", f"/v1/learngenes/{learngene}/aliases/{alias}").json()
+        return aliases
+
+    def pin(self, descendant: Descendant | int, pinned: bool = True) -> Descendant:
+        """A pinned descendant's weights are never evicted from the server's descendant cache."""
+        descendant_id = descendant.id if isinstance(descendant, Descendant) else descendant
+        return Descendant.from_json(self._request("PATCH", f"/v1/descendants/{descendant_id}",
+                                                  json={"pinned": pinned}).json(), self)
 
     def methods(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/methods").json()  # type: ignore[no-any-return]
@@ -218,8 +258,17 @@ class Client:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / "model.safetensors"
-        fetched, kept, redone = fetch_blob(self._http, f"/v1/descendants/{d.id}/weights", weights, d.sha256,
-                                           d.size_bytes, show_progress=self._show(progress))
+        deadline = time.monotonic() + REGENERATION_WAIT_S
+        while True:
+            try:
+                fetched, kept, redone = fetch_blob(self._http, f"/v1/descendants/{d.id}/weights", weights, d.sha256,
+                                                   d.size_bytes, show_progress=self._show(progress))
+                break
+            except ServerError as exc:
+                # Evicted from the server's descendant cache: it makes the same bytes again meanwhile.
+                if exc.code != "unavailable" or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
         config_file = folder / "config.json"
         cfg = self._request("GET", f"/v1/descendants/{d.id}/config").content
         if not config_file.exists() or config_file.read_bytes() != cfg:

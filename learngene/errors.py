@@ -62,6 +62,12 @@ class ValidationError(APIError):
     status = 422
 
 
+class Gone(APIError):
+    """410: it was deleted; the message says by whom, when, and its sha256."""
+
+    status = 410
+
+
 class RateLimited(APIError):
     """429: ``retry_after`` is the server's Retry-After in seconds (None when it gave none)."""
 
@@ -96,7 +102,8 @@ class ConnectionFailed(LearngeneError):
 
 BY_STATUS: dict[int, type[APIError]] = {
     cls.status: cls
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, ValidationError, RateLimited)
+    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge, ValidationError,
+                RateLimited)
 }
 
 

@@ -145,6 +145,8 @@ class Descendant(Resource):
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     created_at: dt.datetime | None = None
+    owner: str | None = None
+    pinned: bool = False
 
     def download(self, directory: Any, progress: bool | None = None) -> "Download":
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (resumed, sha256-checked, skipped

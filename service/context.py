@@ -4,6 +4,7 @@ workers build the same context, only the dispatcher differs (Celery or in-proces
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class AppContext:
     #: Set when the process stops: its running jobs stop at their next check and are handed back to the queue
     #: (checkpoint kept), so a stop never waits for a long job and never loses one.
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: The domains' housekeeping (the descendant cache's budget, garbage collection of orphan blobs), run by the
+    #: job kernel's maintenance loop beside its reaper and sweeper; set by the composition root.
+    housekeeping: tuple[Callable[[AppContext], object], ...] = field(default=())
 
     def close(self) -> None:
         self.stopping.set()

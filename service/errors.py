@@ -54,6 +54,13 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class Gone(ServiceError):
+    """It existed and was deleted: the tombstone (who, when, sha256) is in the message."""
+
+    status_code = 410
+    code = "gone"
+
+
 class InvalidRequest(ServiceError):
     """Well-formed but unacceptable (a spec that cannot be built, a budget nothing fits...)."""
 

@@ -54,6 +54,7 @@ DESCRIPTIONS = {
     403: "The key lacks the scope, or the resource belongs to another owner",
     404: "Not found",
     409: "Conflict",
+    410: "Deleted (the message says who deleted it, when, and its sha256)",
     411: "Uploads must declare their Content-Length",
     413: "Payload too large",
     416: "The byte range starts past the end of the file (Content-Range says its size)",

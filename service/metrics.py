@@ -96,6 +96,7 @@ class RegistryCollector:
                         throughput["images"] += rate
             descendants = session.execute(
                 select(DescendantRow.method, DescendantRow.status, func.count())
+                .where(DescendantRow.deleted_at.is_(None))
                 .group_by(DescendantRow.method, DescendantRow.status)
             ).all()
         for queue in sorted(set(queued) | {QUEUE_CPU, QUEUE_GPU}):
@@ -107,7 +108,8 @@ class RegistryCollector:
                                 "Training images per second over all running condensing jobs",
                                 value=throughput["images"])
         produced = CounterMetricFamily("learngene_descendants_produced", "Descendants in the registry, by method "
-                                       "and status (ready: produced)", labels=["method", "status"])
+                                       "and status (ready: produced; evicted: its weights left the descendant "
+                                       "cache); deleted ones are not counted", labels=["method", "status"])
         for method, status, n in descendants:
             produced.add_metric([method, status], n)
         yield produced

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -86,6 +87,10 @@ class Ancestry(Base):
     upload_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     #: public or private (``service.ownership``): a private ancestry exists only for its owner and admins.
     visibility: Mapped[str] = mapped_column(String(10), default="private", server_default="public")
+    #: Deleted (``service/lifecycle.py``): the row stays as a tombstone (who, when, its sha256) so that lineage that
+    #: names it stays readable and its id is never given to another; its blob is gone.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class LearngeneRow(Base):
@@ -102,6 +107,9 @@ class LearngeneRow(Base):
     owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     #: public or private (``service.ownership``).
     visibility: Mapped[str] = mapped_column(String(10), default="private", server_default="public")
+    #: A deleted learngene keeps its row, so that its name stays its owner's and its version numbers are never reused.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     versions: Mapped[list[LearngeneVersion]] = relationship(
         back_populates="learngene", order_by="LearngeneVersion.version"
@@ -129,6 +137,10 @@ class LearngeneVersion(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     storage_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: Deleted (``service/lifecycle.py``): the row stays as a tombstone (who, when, its sha256) so that lineage that
+    #: names it stays readable and its id is never given to another; its blob is gone.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     learngene: Mapped[LearngeneRow] = relationship(back_populates="versions")
     ancestry: Mapped[Ancestry | None] = relationship()
@@ -172,6 +184,16 @@ class DescendantRow(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     storage_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: Who asked for it first (identical requests share the row); it, the source's owner and admins delete it.
+    owner: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    #: A pinned descendant's weights are never evicted from the descendant cache.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Last request, download or read of it: the descendant cache evicts the least recently used first.
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    #: Deleted (``service/lifecycle.py``): the row stays as a tombstone (who, when, its sha256) so that lineage that
+    #: names it stays readable and its id is never given to another; its blob is gone.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 def new_job_id() -> str:
@@ -238,6 +260,10 @@ class DatasetRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     #: public or private (``service.ownership``).
     visibility: Mapped[str] = mapped_column(String(10), default="private", server_default="public")
+    #: Deleted (``service/lifecycle.py``): the row stays as a tombstone (who, when, its sha256) so that lineage that
+    #: names it stays readable and its id is never given to another; its blob is gone.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class ApiKey(Base):

@@ -7,17 +7,21 @@
   admins: for everyone else every route that would read or use it (directly, or by expanding, condensing or
   training from it, in listings, lineage and /hub) answers as if it did not exist, 404 and never 403, so that
   neither ids nor names leak. Jobs are always private. A descendant is seen by whoever sees its source.
+* Deleting is for the owner (and admins), like changing; what others merely see answers 403, what they cannot see
+  404. A deleted row stays as a tombstone: where it is read it answers 410 (who deleted it, when, its sha256), where
+  it would be used 404; listings leave it out.
 * Changing a learngene (publishing a version, which moves ``latest``) is for its owner and admins; others
   who can see it get 403.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 from sqlalchemy import ColumnElement, or_, true
 from sqlalchemy.orm import InstrumentedAttribute
 
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, Gone, NotFound
 from service.keys.auth import BOOTSTRAP_OWNER, Principal
 
 PUBLIC = "public"
@@ -66,3 +70,11 @@ def check_may_change(caller: Principal | None, owner: str | None, what: str, fie
     """Only the owner (and admins) change what an owner made; what nobody owns, anyone who may write changes."""
     if caller is not None and owner is not None and caller.owner != owner and not caller.has("admin"):
         raise Forbidden(f"{what} belongs to another owner", field=field)
+
+
+def tombstone_error(what: str, by: str | None, at: dt.datetime, sha256: str | None, gone: bool,
+                    field: str | None = None) -> NotFound | Gone:
+    """What a deleted object answers: 410 naming its tombstone where it is read, 404 where it would be used."""
+    message = f"{what} was deleted by {by or 'an anonymous caller'} at {at:%Y-%m-%dT%H:%M:%SZ}" + (
+        f" (sha256 {sha256})" if sha256 else "")
+    return Gone(message, field=field) if gone else NotFound(message, field=field)

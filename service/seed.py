@@ -140,7 +140,8 @@ def verified_checkpoint(entry: dict[str, Any]) -> Path:
 
 def _seed_ancestry(ctx: AppContext, name: str, entry: dict[str, Any], shipped: Path) -> int:
     with ctx.sessions() as session:
-        existing = session.scalar(select(Ancestry.id).where(Ancestry.name == name).order_by(Ancestry.id))
+        existing = session.scalar(select(Ancestry.id).where(Ancestry.name == name, Ancestry.deleted_at.is_(None))
+                                  .order_by(Ancestry.id))
     if existing is not None:
         return existing
     from engine.spec import TIMM_ARCHITECTURE

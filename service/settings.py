@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     republish_after_s: float = Field(60.0, gt=0)
     checkpoint_every_s: float = Field(120.0, gt=0)
 
+    # --- registry lifecycle ---------------------------------------------------------------------------
+    #: The most bytes of descendant weights kept in storage (0: no bound). Descendants are deterministic, so past
+    #: it the least recently used unpinned ones lose their weights (the row stays) and are made again, checked
+    #: against their recorded sha256, when next asked for.
+    descendant_cache_bytes: int = Field(0, ge=0)
+    #: Blobs in storage that no row names (left by a crash between writing a blob and committing its row) are
+    #: removed by the sweeper once they are this old: younger ones may belong to a row about to commit.
+    gc_grace_s: float = Field(6 * 3600.0, ge=0)
+    #: How often the sweeper looks for such blobs (listing a bucket is not free); 0: never (``learngene gc``).
+    gc_every_s: float = Field(3600.0, ge=0)
+
     # --- request limits -----------------------------------------------------------------------------
     max_depth: int = Field(48, ge=1)
     max_embed_dim: int = Field(2048, ge=8)

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 from service.metrics import CACHE
@@ -33,6 +34,15 @@ class StoredObject:
     size: int
 
 
+@dataclass(frozen=True)
+class BlobInfo:
+    """A content-addressed blob as listed by the store: its key, size and when it was last written (UTC epoch s)."""
+
+    key: str
+    size: int
+    modified: float
+
+
 class ArtifactStore(Protocol):
     def put_file(self, src: Path, *, move: bool = False, sha256: str | None = None) -> StoredObject: ...
     def put_bytes(self, data: bytes) -> StoredObject: ...
@@ -44,6 +54,7 @@ class ArtifactStore(Protocol):
     def get_named(self, name: str) -> bytes | None: ...
     def delete_named(self, name: str) -> None: ...
     def delete(self, key: str) -> None: ...
+    def blobs(self) -> Iterator[BlobInfo]: ...
     def ping(self) -> None: ...
     def scratch_dir(self) -> Path: ...
     def local_dir(self, name: str) -> Path: ...
@@ -95,6 +106,8 @@ class LocalArtifactStore:
         key = content_key(digest)
         size = src.stat().st_size
         if self.exists(key):
+            # Used again: garbage collection's grace period counts from now (a row naming it is about to commit).
+            os.utime(self._path(key))
             if move:
                 src.unlink()
             return StoredObject(key, digest, size)
@@ -150,6 +163,15 @@ class LocalArtifactStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def blobs(self) -> Iterator[BlobInfo]:
+        """Every content-addressed blob (not the named ones, scratch files or unpacked datasets)."""
+        for path in sorted((self.root / "sha256").glob("*/*")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            yield BlobInfo(f"sha256/{path.parent.name}/{path.name}", st.st_size, st.st_mtime)
 
     def ping(self) -> None:
         probe = self.scratch_dir() / ".ping"
@@ -312,6 +334,14 @@ class S3ArtifactStore:
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
         self.cache.delete(key)
+
+    def blobs(self) -> Iterator[BlobInfo]:
+        """Every content-addressed blob in the bucket (under the prefix), listed page by page."""
+        start = self._key("sha256/")
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self._key("")):] if self.prefix else obj["Key"]
+                yield BlobInfo(key, int(obj["Size"]), obj["LastModified"].timestamp())
 
     def ping(self) -> None:
         self._client.head_bucket(Bucket=self.bucket)

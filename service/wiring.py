@@ -20,6 +20,7 @@ from service.context import AppContext
 from service.datasets import endpoints as datasets
 from service.db import make_engine, make_sessionmaker
 from service.descendants import endpoints as descendants
+from service.descendants import cache as descendant_cache
 from service.descendants import tasks as descendant_tasks
 from service.jobs import endpoints as jobs
 from service.jobs.dispatch import CeleryDispatcher, Dispatcher, InProcessDispatcher
@@ -27,17 +28,21 @@ from service.jobs.kinds import JobKind
 from service.jobs.runner import Outcome, run_job
 from service.keys import endpoints as keys
 from service.learngenes import endpoints as learngenes
+from service.registry import endpoints as registry
+from service.registry import gc
 from service.settings import Settings
 from service.storage import make_store
 
 #: Every domain's job kinds: what a process that runs jobs can run.
 KINDS: tuple[JobKind[Any], ...] = (*descendant_tasks.KINDS, *condensing_tasks.KINDS)
+#: What the maintenance loop of every process that runs jobs does besides reaping and sweeping jobs.
+HOUSEKEEPING: tuple[Callable[[AppContext], object], ...] = (descendant_cache.enforce_budget, gc.sweep)
 #: Routes open to everyone: the probes.
 OPEN_ROUTERS: tuple[APIRouter, ...] = (health.router,)
 #: Every domain's routes; each checks the caller's key when one is sent (or when reads need one), and writes
 #: also check the write scope in their own dependency.
 ROUTERS: tuple[APIRouter, ...] = (learngenes.router, descendants.router, ancestries.router, condensing.router,
-                                  datasets.router, jobs.router, keys.router, hub.router)
+                                  datasets.router, jobs.router, keys.router, registry.router, hub.router)
 
 
 def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppContext:
@@ -53,6 +58,7 @@ def build_context(settings: Settings, *, with_dispatcher: bool = True) -> AppCon
     )
     if with_dispatcher:
         ctx.dispatcher = make_dispatcher(ctx)
+    ctx.housekeeping = HOUSEKEEPING
     return ctx
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service.ancestries import service
@@ -14,6 +14,8 @@ from service.deps import CtxDep, Reader, UowDep, Writer
 from service.http_errors import error_responses
 from service.uploads import multipart_body, receive_upload
 from service.pagination import Page, PageParams, page_params, paginate
+from service.registry import deletion
+from service.registry.schemas import DeletedOut
 
 router = APIRouter(prefix="/v1/ancestries", tags=["ancestries"])
 
@@ -75,6 +77,19 @@ def list_ancestries(uow: UowDep, caller: Reader,
     return paginate(rows, page, AncestryOut.model_validate, lambda r: r.id)
 
 
-@router.get("/{ancestry_id}", operation_id="get_ancestry", response_model=AncestryOut, responses=error_responses(404))
+@router.get("/{ancestry_id}", operation_id="get_ancestry", response_model=AncestryOut,
+            responses=error_responses(404, 410))
 def get_ancestry(ancestry_id: IdPath, uow: UowDep, caller: Reader) -> AncestryOut:
-    return AncestryOut.model_validate(service.get_ancestry(uow.session, ancestry_id, caller=caller))
+    return AncestryOut.model_validate(service.get_ancestry(uow.session, ancestry_id, caller=caller, gone=True))
+
+
+@router.delete("/{ancestry_id}", operation_id="delete_ancestry", response_model=DeletedOut,
+               responses=error_responses(401, 403, 404, 409))
+def delete_ancestry(ancestry_id: IdPath, ctx: CtxDep, uow: UowDep, caller: Writer,
+                    cascade: Annotated[bool, Query(description="Admins: delete it even though learngene versions "
+                                                   "were condensed from it (their lineage names it as deleted)")]
+                    = False) -> DeletedOut:
+    """Delete an ancestry and its weights (owner or admin), with the descendants made directly from it. Learngene
+    versions condensed from it refuse it (409 naming them) unless an admin says cascade=true. The row stays as a
+    tombstone (410)."""
+    return DeletedOut.model_validate(deletion.delete_ancestry(uow, ctx, ancestry_id, caller, cascade).summary())

@@ -19,21 +19,24 @@ from service.descendants.sizing import limits_of
 from service.errors import ErrorDetail, InvalidRequest, NotFound
 from service.keys.auth import Principal
 from service.models import Ancestry
-from service.ownership import PRIVATE, PUBLIC, can_see, stored_visibility, visible
+from service.ownership import PRIVATE, PUBLIC, can_see, stored_visibility, tombstone_error, visible
 
 
 def get_ancestry(session: Session, ancestry_id: int, field: str | None = None,
-                 caller: Principal | None = None) -> Ancestry:
+                 caller: Principal | None = None, gone: bool = False) -> Ancestry:
     """The ancestry, as far as ``caller`` may see it: another owner's private one is not found, whatever it is
-    wanted for (reading it, expanding or condensing from it)."""
+    wanted for (reading it, expanding or condensing from it). A deleted one is not found either (``gone``: 410
+    with its tombstone, for the route that reads it)."""
     row = session.get(Ancestry, ancestry_id)
     if row is None or not can_see(caller, row.owner, row.visibility):
         raise NotFound(f"ancestry {ancestry_id} not found", field=field)
+    if row.deleted_at is not None:
+        raise tombstone_error(f"ancestry {ancestry_id}", row.deleted_by, row.deleted_at, row.sha256, gone, field)
     return row
 
 
 def list_page(session: Session, limit: int, after: int | None, caller: Principal | None) -> Sequence[Ancestry]:
-    q = (select(Ancestry).where(visible(caller, Ancestry.owner, Ancestry.visibility))
+    q = (select(Ancestry).where(visible(caller, Ancestry.owner, Ancestry.visibility), Ancestry.deleted_at.is_(None))
          .order_by(Ancestry.id.desc()).limit(limit + 1))
     if after is not None:
         q = q.where(Ancestry.id < after)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from service.bounds import IdPath
@@ -12,6 +12,8 @@ from service.datasets.schemas import DatasetOut
 from service.deps import CtxDep, Reader, UowDep, Writer
 from service.http_errors import error_responses
 from service.pagination import Page, PageParams, page_params, paginate
+from service.registry import deletion
+from service.registry.schemas import DeletedOut
 from service.uploads import multipart_body, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -49,6 +51,18 @@ def list_datasets(uow: UowDep, caller: Reader, page: Annotated[PageParams, Depen
     return paginate(rows, page, DatasetOut.model_validate, lambda r: r.id)
 
 
-@router.get("/{dataset_id}", operation_id="get_dataset", response_model=DatasetOut, responses=error_responses(404))
+@router.get("/{dataset_id}", operation_id="get_dataset", response_model=DatasetOut,
+            responses=error_responses(404, 410))
 def get_dataset(dataset_id: IdPath, uow: UowDep, caller: Reader) -> DatasetOut:
-    return DatasetOut.model_validate(service.get_dataset(uow.session, dataset_id, caller=caller))
+    return DatasetOut.model_validate(service.get_dataset(uow.session, dataset_id, caller=caller, gone=True))
+
+
+@router.delete("/{dataset_id}", operation_id="delete_dataset", response_model=DeletedOut,
+               responses=error_responses(401, 403, 404, 409))
+def delete_dataset(dataset_id: IdPath, ctx: CtxDep, uow: UowDep, caller: Writer,
+                   cascade: Annotated[bool, Query(description="Admins: delete it even though learngene versions "
+                                                  "were condensed on it (their lineage names it as deleted)")]
+                   = False) -> DeletedOut:
+    """Delete an uploaded dataset and its archive (owner or admin). Learngene versions condensed on it refuse it
+    (409 naming them) unless an admin says cascade=true. The row stays as a tombstone (410)."""
+    return DeletedOut.model_validate(deletion.delete_dataset(uow, ctx, dataset_id, caller, cascade).summary())

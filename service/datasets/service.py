@@ -17,7 +17,7 @@ from service.context import AppContext
 from service.errors import InvalidRequest, NotFound
 from service.keys.auth import Principal
 from service.models import DatasetRow
-from service.ownership import PRIVATE, PUBLIC, can_see, stored_visibility, visible
+from service.ownership import PRIVATE, PUBLIC, can_see, stored_visibility, tombstone_error, visible
 from service.settings import Settings
 from service.storage import ArtifactStore, sha256_file
 
@@ -39,17 +39,20 @@ _ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, E
 
 
 def get_dataset(session: Session, dataset_id: int, field: str | None = None,
-                caller: Principal | None = None) -> DatasetRow:
+                caller: Principal | None = None, gone: bool = False) -> DatasetRow:
     """The dataset, as far as ``caller`` may see it (another owner's private one is not found, to read or to
-    condense from)."""
+    condense from; a deleted one neither, or 410 with its tombstone when ``gone``)."""
     row = session.get(DatasetRow, dataset_id)
     if row is None or not can_see(caller, row.owner, row.visibility):
         raise NotFound(f"dataset {dataset_id} not found", field=field)
+    if row.deleted_at is not None:
+        raise tombstone_error(f"dataset {dataset_id}", row.deleted_by, row.deleted_at, row.sha256, gone, field)
     return row
 
 
 def list_page(session: Session, limit: int, after: int | None, caller: Principal | None) -> Sequence[DatasetRow]:
-    q = (select(DatasetRow).where(visible(caller, DatasetRow.owner, DatasetRow.visibility))
+    q = (select(DatasetRow).where(visible(caller, DatasetRow.owner, DatasetRow.visibility),
+                                  DatasetRow.deleted_at.is_(None))
          .order_by(DatasetRow.id.desc()).limit(limit + 1))
     if after is not None:
         q = q.where(DatasetRow.id < after)
@@ -234,7 +237,8 @@ def register_upload(session: Session, ctx: AppContext, archive: Path, name: str,
         # another owner gets a row of their own (datasets belong to their owner), sharing the unpacked files.
         same_owner = DatasetRow.owner == owner if owner is not None else DatasetRow.owner.is_(None)
         existing = session.scalar(select(DatasetRow).where(DatasetRow.sha256 == digest, same_owner,
-                                                           DatasetRow.visibility == visibility))
+                                                           DatasetRow.visibility == visibility,
+                                                           DatasetRow.deleted_at.is_(None)))
         if existing is not None:
             return existing
         dest = dataset_dir(ctx.store, digest)

@@ -15,13 +15,15 @@ from service.db import unit_of_work
 from service.deps import CtxDep, Reader, UowDep, Writer
 from service.descendants import repository, service
 from service.files import head_responses, safetensors_header, serve_blob
-from service.descendants.schemas import DescendantOut, DescendantRequest, TensorInfo, WeightsMetadata
-from service.errors import InvalidRequest, JobFailedError
-from service.http_errors import error_responses
+from service.descendants.schemas import DescendantOut, DescendantPatch, DescendantRequest, TensorInfo, WeightsMetadata
+from service.errors import InvalidRequest, JobFailedError, Unavailable
+from service.http_errors import error_response, error_responses
 from service.jobs import waiting
 from service.keys.auth import Principal
 from service.learngenes import service as learngenes
-from service.models import DescendantRow
+from service.models import DescendantRow, utcnow
+from service.registry import deletion
+from service.registry.schemas import DeletedOut
 from service.pagination import Page, PageParams, page_params, paginate
 
 router = APIRouter(prefix="/v1/descendants", tags=["descendants"])
@@ -108,9 +110,30 @@ def list_descendants(
 
 
 @router.get("/{descendant_id}", operation_id="get_descendant", response_model=DescendantOut,
-            responses=error_responses(404))
+            responses=error_responses(404, 410))
 def get_descendant(descendant_id: IdPath, uow: UowDep, caller: Reader) -> DescendantOut:
-    return service.descendant_out(uow.session, service.get_descendant(uow.session, descendant_id, caller), caller)
+    row = service.get_descendant(uow.session, descendant_id, caller, gone=True)
+    row.last_used_at = utcnow()
+    return service.descendant_out(uow.session, row, caller)
+
+
+@router.patch("/{descendant_id}", operation_id="update_descendant", response_model=DescendantOut,
+              responses=error_responses(401, 403, 404, 422))
+def update_descendant(descendant_id: IdPath, body: DescendantPatch, uow: UowDep, caller: Writer) -> DescendantOut:
+    """Pin a descendant (its weights are never evicted from the descendant cache) or unpin it: for whoever asked
+    for it first, its source's owner and admins."""
+    row = service.get_descendant(uow.session, descendant_id, caller)
+    service.check_may_manage(uow.session, row, caller)
+    row.pinned = body.pinned
+    return service.descendant_out(uow.session, row, caller)
+
+
+@router.delete("/{descendant_id}", operation_id="delete_descendant", response_model=DeletedOut,
+               responses=error_responses(401, 403, 404, 409))
+def delete_descendant(descendant_id: IdPath, ctx: CtxDep, uow: UowDep, caller: Writer) -> DeletedOut:
+    """Delete a descendant and its weights (for whoever asked for it first, its source's owner and admins); its
+    row stays as a tombstone (410). The same request later makes it anew."""
+    return DeletedOut.model_validate(deletion.delete_descendant(uow, ctx, descendant_id, caller).summary())
 
 
 @router.head("/{descendant_id}/weights", operation_id="head_descendant_weights", response_class=Response,
@@ -124,12 +147,24 @@ def get_descendant(descendant_id: IdPath, uow: UowDep, caller: Reader) -> Descen
         206: {"description": "The requested byte range"},
         304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
     }
-    | error_responses(404, 409, 416),
+    | error_responses(404, 409, 416, 429, 503),
 )
 def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: UowDep, caller: Reader) -> Response:
     """``model.safetensors``: strong ETag = sha256, conditional GET, byte ranges (one past the end: 416; one that
-    cannot be parsed is ignored: the whole file); HEAD gives its size and ETag."""
+    cannot be parsed is ignored: the whole file); HEAD gives its size and ETag. Weights evicted from the
+    descendant cache are made again by a job (the same bytes: the recorded sha256 is checked) and this answers
+    503 with Retry-After meanwhile."""
+    row = service.get_descendant(uow.session, descendant_id, caller)
+    if row.status == "evicted":
+        job = service.regenerate(uow, ctx, row, caller)
+        # Answered, not raised: the job must commit (and be published) with this request's unit of work.
+        return error_response(503, Unavailable.code, f"descendant {descendant_id}'s weights were evicted from the "
+                              f"descendant cache and are being made again (job {job.id}); try again shortly")
+    if row.status == "pending" and row.sha256 is not None:  # made again after an eviction, not yet done
+        return error_response(503, Unavailable.code, f"descendant {descendant_id}'s weights are being made again "
+                              "after an eviction from the descendant cache; try again shortly")
     row = service.get_ready(uow.session, descendant_id, caller)
+    row.last_used_at = utcnow()
     assert row.storage_key is not None and row.sha256 is not None
     return serve_blob(request, ctx, row.storage_key, row.sha256, filename="model.safetensors",
                       media_type="application/octet-stream")
@@ -137,8 +172,11 @@ def download_weights(descendant_id: IdPath, request: Request, ctx: CtxDep, uow: 
 
 @router.get("/{descendant_id}/config", operation_id="get_descendant_config", responses=error_responses(404, 409))
 def get_config(descendant_id: IdPath, uow: UowDep, caller: Reader) -> JSONResponse:
-    """timm ``config.json`` (architecture, num_classes, model_args, pretrained_cfg)."""
-    row = service.get_ready(uow.session, descendant_id, caller)
+    """timm ``config.json`` (architecture, num_classes, model_args, pretrained_cfg); kept when the weights are
+    evicted."""
+    row = service.get_descendant(uow.session, descendant_id, caller)
+    if row.status != "evicted" or row.config is None:
+        row = service.get_ready(uow.session, descendant_id, caller)
     return JSONResponse(row.config or {}, headers={"content-disposition": 'attachment; filename="config.json"'})
 
 

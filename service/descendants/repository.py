@@ -31,6 +31,7 @@ def list_page(
         .outerjoin(Ancestry, Ancestry.id == DescendantRow.ancestry_id)
         .where(or_(and_(LearngeneRow.id.is_not(None), visible(caller, LearngeneRow.owner, LearngeneRow.visibility)),
                    and_(Ancestry.id.is_not(None), visible(caller, Ancestry.owner, Ancestry.visibility))))
+        .where(DescendantRow.deleted_at.is_(None))
         .order_by(DescendantRow.id.desc())
         .limit(limit + 1)
     )

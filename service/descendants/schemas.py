@@ -88,7 +88,9 @@ class DescendantSource(BaseModel):
 
 class DescendantOut(BaseModel):
     id: int
-    status: Literal["pending", "ready", "failed"]
+    status: Literal["pending", "ready", "failed", "evicted"] = Field(
+        description="evicted: its weights left the descendant cache; its weights route (or the same request) makes "
+        "them again, the same bytes")
     source: DescendantSource
     method: str
     spec: dict[str, Any]
@@ -106,6 +108,18 @@ class DescendantOut(BaseModel):
     error_code: str | None = Field(None, description="The job's error code, or cancelled")
     details: dict[str, Any]
     created_at: dt.datetime
+    owner: str | None = Field(None, description="Who asked for it first; they, its source's owner and admins may "
+                              "pin or delete it")
+    pinned: bool = Field(False, description="A pinned descendant's weights are never evicted from the cache")
+    last_used_at: dt.datetime | None = None
+
+
+class DescendantPatch(BaseModel):
+    """What a descendant's owner may change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    pinned: bool = Field(description="true: its weights are never evicted from the descendant cache")
 
 
 class TensorInfo(BaseModel):

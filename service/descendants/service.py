@@ -15,15 +15,15 @@ from service.context import AppContext
 from service.db import UnitOfWork
 from service.descendants import repository, sizing
 from service.descendants.schemas import DescendantOut, DescendantRequest, DescendantSource
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from service.descendants.tasks import EXPAND, ExpandPayload
 from service.jobs import service as jobs
 from service.keys.auth import Principal
 from service.limits import quotas
 from service.learngenes import service as learngenes
 from service.metrics import counts_cache_lookups
-from service.models import Ancestry, DescendantRow, Job, LearngeneVersion
-from service.ownership import PRIVATE, can_see
+from service.models import Ancestry, DescendantRow, Job, LearngeneVersion, utcnow
+from service.ownership import PRIVATE, can_see, tombstone_error
 
 #: Descendants are stored as float32: what a request will cost in bytes, known before it runs.
 FLOAT32_BYTES = 4
@@ -81,14 +81,26 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     plan = sizing.plan(ctx.settings, source.method, source.meta, req.spec, req.budget)
     key = cache_key(source, plan.spec, req.seed, req.head)
     existing = repository.by_cache_key(session, key)
+    if existing is not None and existing.deleted_at is None:
+        existing.last_used_at = utcnow()
     if existing is not None and not _needs_new_job(session, existing):
         return existing, False
+    # Weights evicted from the descendant cache are made again, and must come out the same (their sha256 is
+    # kept): the bytes were paid for once, so only a job slot is needed.
+    regenerating = existing is not None and existing.status == "evicted" and existing.deleted_at is None
     if caller is not None:
         quotas.check_job_slot(session, caller)
-        quotas.charge_descendant(ctx, caller, plan.param_count * FLOAT32_BYTES)
-    if existing is not None:  # an earlier job failed, gave up or was cancelled: try again with a new one
-        row = existing
+        if not regenerating:
+            quotas.charge_descendant(ctx, caller, plan.param_count * FLOAT32_BYTES)
+    if existing is not None:  # an earlier job failed, gave up or was cancelled, or the weights were evicted or
+        row = existing       # deleted: try again with a new one
+        if row.deleted_at is not None:  # asked for again after it was deleted: a new descendant in the old row
+            row.deleted_at = row.deleted_by = None
+            row.sha256 = row.size_bytes = row.storage_key = None
+            row.pinned = False
+            row.owner = caller.owner if caller else None
         row.status = "pending"
+        row.last_used_at = utcnow()
     else:
         row = DescendantRow(
             cache_key=key,
@@ -101,6 +113,8 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
             param_count=plan.param_count,
             gflops=plan.gflops,
             details=plan.details,
+            owner=caller.owner if caller else None,
+            last_used_at=utcnow(),
         )
         try:
             with session.begin_nested():
@@ -117,6 +131,8 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
 
 
 def _needs_new_job(session: Session, row: DescendantRow) -> bool:
+    if row.deleted_at is not None or row.status == "evicted":
+        return True
     if row.status != "pending":
         return row.status == "failed"
     # Pending with a job that failed or was cancelled: rows left behind before job endings settled descendants.
@@ -126,12 +142,16 @@ def _needs_new_job(session: Session, row: DescendantRow) -> bool:
     return job is not None and job.state in ("failed", "cancelled")
 
 
-def get_descendant(session: Session, descendant_id: int, caller: Principal | None = None) -> DescendantRow:
+def get_descendant(session: Session, descendant_id: int, caller: Principal | None = None,
+                   gone: bool = False) -> DescendantRow:
     """The descendant, when ``caller`` may see its source (a learngene or an ancestry): one made from another
-    owner's private one is not found, its weights included."""
+    owner's private one is not found, its weights included. A deleted one is not found (``gone``: 410 with its
+    tombstone)."""
     row = repository.get(session, descendant_id)
     if row is None or not _source_seen(session, row, caller):
         raise NotFound(f"descendant {descendant_id} not found")
+    if row.deleted_at is not None:
+        raise tombstone_error(f"descendant {descendant_id}", row.deleted_by, row.deleted_at, row.sha256, gone)
     return row
 
 
@@ -145,10 +165,41 @@ def _source_seen(session: Session, row: DescendantRow, caller: Principal | None)
 
 def get_ready(session: Session, descendant_id: int, caller: Principal | None = None) -> DescendantRow:
     row = get_descendant(session, descendant_id, caller)
+    if row.status == "evicted":
+        raise Conflict(f"descendant {descendant_id}'s weights were evicted from the descendant cache; its weights "
+                       "route makes them again")
     if row.status != "ready" or row.storage_key is None:
         # 409, not 404: the descendant exists (its POST said so); its weights do not, yet or after a failure.
         raise Conflict(f"descendant {descendant_id} has no weights: it is {row.status}")
     return row
+
+
+def check_may_manage(session: Session, row: DescendantRow, caller: Principal | None) -> None:
+    """Pinning and deleting a descendant are for whoever asked for it first, its source's owner and admins;
+    others who see it get 403."""
+    if caller is None or caller.has("admin") or row.owner is None or caller.owner == row.owner:
+        return
+    version = session.get(LearngeneVersion, row.learngene_version_id) if row.learngene_version_id else None
+    ancestry = session.get(Ancestry, row.ancestry_id) if row.ancestry_id is not None else None
+    source_owner = version.learngene.owner if version else ancestry.owner if ancestry else None
+    if caller.owner is not None and caller.owner == source_owner:
+        return
+    raise Forbidden(f"descendant {row.id} belongs to another owner")
+
+
+def regenerate(uow: UnitOfWork, ctx: AppContext, row: DescendantRow, caller: Principal | None) -> Job:
+    """Make an evicted descendant's weights again (its recorded sha256 is checked by the job); a job of the
+    caller's, without charging bytes already paid for."""
+    session = uow.session
+    if caller is not None:
+        quotas.check_job_slot(session, caller)
+    previous = session.get(Job, row.job_id) if row.job_id else None
+    head = (previous.payload or {}).get("head", "inherit") if previous is not None else "inherit"
+    row.status = "pending"
+    job = jobs.submit(uow, ctx, EXPAND, ExpandPayload(descendant_id=row.id, head=head),
+                      owner=caller.owner if caller else None)
+    row.job_id = job.id
+    return job
 
 
 def spec_slug(spec: dict[str, Any], seed: int) -> str:
@@ -213,6 +264,9 @@ def descendant_out(session: Session, row: DescendantRow, caller: Principal | Non
         error_code=error_code,
         details=row.details,
         created_at=row.created_at,
+        owner=row.owner,
+        pinned=row.pinned,
+        last_used_at=row.last_used_at,
     )
 
 

@@ -3,6 +3,7 @@ config.json. A descendant's status follows its job: ``on_finished`` writes it, h
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -14,12 +15,17 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.descendants.cache import evict_over_budget
 from service.descendants.schemas import HeadChoice
 from service.jobs.dispatch import QUEUE_CPU
 from service.jobs.kinds import JobContext, JobFailed, JobKind
 from service.jobs.states import FinalState
 from service.models import Ancestry, DescendantRow, Job, LearngeneVersion
 from service.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+#: The job error code of an expansion whose bytes differ from the sha256 recorded for its descendant.
+ERROR_NOT_REPRODUCIBLE = "not_reproducible"
 
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Any] = OrderedDict()
@@ -86,6 +92,8 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
             return {"descendant_id": row.id, "sha256": row.sha256}
         learngene, provenance = _source(jctx.store, row, session)
         method_name, spec_dict, seed = row.method, dict(row.spec), row.seed
+        #: Weights made again after an eviction must be the very bytes made before.
+        expected = row.sha256
     spec = ViTSpec.from_dict(spec_dict)
     descendant = get_entry(method_name).expand(learngene, spec, seed, head=payload.head)
     jctx.check_cancelled()  # before paying for the write; the kernel also refuses a success after a cancel
@@ -100,6 +108,15 @@ def expand(jctx: JobContext, payload: ExpandPayload) -> dict[str, Any]:
     fd, tmp = tempfile.mkstemp(dir=jctx.store.scratch_dir(), suffix=".safetensors")
     os.close(fd)
     digest = save_descendant(descendant, metadata, Path(tmp))
+    if expected is not None and digest != expected:
+        Path(tmp).unlink(missing_ok=True)
+        log.error("DESCENDANT NOT REPRODUCIBLE: descendant %d made again has sha256 %s, but %s was recorded when "
+                  "it was first made (method %s, spec %s, seed %d); the new bytes are discarded, never served",
+                  descendant_id, digest, expected, method_name, spec_dict, seed)
+        raise JobFailed(f"descendant {descendant_id} made again does not match its recorded sha256 "
+                        f"({digest[:12]}... instead of {expected[:12]}...); its weights are not served",
+                        code=ERROR_NOT_REPRODUCIBLE)
+    evict_over_budget(jctx.sessions, jctx.store, jctx.settings, incoming=os.path.getsize(tmp))
     stored = jctx.store.put_file(Path(tmp), move=True, sha256=digest)
     config = descendant_config(descendant, spec, learngene.meta.get("preprocessing"))
 

@@ -236,6 +236,11 @@ def start_maintenance(ctx: AppContext, stop: threading.Event) -> threading.Threa
                     log.warning("published queued job %s again (its message may have been lost)", job_id)
             except Exception:  # the database may be down: try again on the next tick
                 log.exception("job maintenance pass failed")
+            for chore in ctx.housekeeping:
+                try:
+                    chore(ctx)
+                except Exception:
+                    log.exception("housekeeping %s failed", getattr(chore, "__name__", chore))
 
     thread = threading.Thread(target=loop, name="lg-maintenance", daemon=True)
     thread.start()

@@ -19,7 +19,8 @@ def by_name(session: Session, name: str) -> LearngeneRow | None:
 
 def list_page(session: Session, limit: int, after: str | None, method: str | None,
               caller: Principal | None) -> Sequence[LearngeneRow]:
-    q = (select(LearngeneRow).where(visible(caller, LearngeneRow.owner, LearngeneRow.visibility))
+    q = (select(LearngeneRow).where(visible(caller, LearngeneRow.owner, LearngeneRow.visibility),
+                                    LearngeneRow.deleted_at.is_(None))
          .order_by(LearngeneRow.name).limit(limit + 1))
     if after is not None:
         q = q.where(LearngeneRow.name > after)
@@ -47,7 +48,7 @@ def version_by_alias(session: Session, learngene_id: int, alias: str) -> Learnge
 def versions_page(session: Session, learngene_id: int, limit: int, after: int | None) -> Sequence[LearngeneVersion]:
     q = (
         select(LearngeneVersion)
-        .where(LearngeneVersion.learngene_id == learngene_id)
+        .where(LearngeneVersion.learngene_id == learngene_id, LearngeneVersion.deleted_at.is_(None))
         .order_by(LearngeneVersion.version.desc())
         .limit(limit + 1)
     )
@@ -57,6 +58,7 @@ def versions_page(session: Session, learngene_id: int, limit: int, after: int | 
 
 
 def max_version(session: Session, learngene_id: int) -> int:
+    """Deleted versions count: a version number is never given twice."""
     return session.scalar(
         select(func.coalesce(func.max(LearngeneVersion.version), 0)).where(
             LearngeneVersion.learngene_id == learngene_id
@@ -68,7 +70,7 @@ def version_counts(session: Session, learngene_ids: Sequence[int]) -> dict[int, 
     """Number of versions of each learngene, in one query for a whole page."""
     rows = session.execute(
         select(LearngeneVersion.learngene_id, func.count())
-        .where(LearngeneVersion.learngene_id.in_(learngene_ids))
+        .where(LearngeneVersion.learngene_id.in_(learngene_ids), LearngeneVersion.deleted_at.is_(None))
         .group_by(LearngeneVersion.learngene_id)
     )
     return {learngene_id: count for learngene_id, count in rows}
@@ -107,6 +109,15 @@ def set_alias(session: Session, learngene_id: int, alias: str, version_id: int) 
         session.add(LearngeneAlias(learngene_id=learngene_id, alias=alias, version_id=version_id))
     else:
         row.version_id = version_id
+
+
+def delete_alias(session: Session, learngene_id: int, alias: str) -> bool:
+    row = session.get(LearngeneAlias, (learngene_id, alias))
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True
 
 
 def job_owners(session: Session, job_ids: Sequence[str]) -> dict[str, str | None]:

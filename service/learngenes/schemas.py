@@ -21,6 +21,14 @@ class LearngeneOut(BaseModel):
     aliases: dict[str, int]
 
 
+class Tombstone(BaseModel):
+    """What is left of something deleted: who deleted it, when, and the sha256 of what it was."""
+
+    deleted_by: str | None
+    deleted_at: dt.datetime
+    sha256: str | None
+
+
 class Lineage(BaseModel):
     """Where a version came from: its ancestry, the dataset it was condensed on, and the job that made it (each
     null when it is private to someone else)."""
@@ -30,6 +38,8 @@ class Lineage(BaseModel):
     dataset: str | None
     job_id: str | None
     mode: str | None
+    ancestry_deleted: Tombstone | None = Field(None, description="Set when the ancestry was deleted since")
+    dataset_deleted: Tombstone | None = Field(None, description="Set when the uploaded dataset was deleted since")
 
 
 class LearngeneVersionOut(BaseModel):

@@ -11,9 +11,10 @@ from service.bounds import parse_id
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.keys.auth import Principal
 from service.learngenes import repository
-from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut, Lineage
-from service.models import LearngeneRow, LearngeneVersion
-from service.ownership import PRIVATE, can_see, default_visibility, stored_visibility
+from service.learngenes.schemas import LearngeneOut, LearngeneVersionOut, Lineage, Tombstone
+from service.models import Ancestry, DatasetRow, LearngeneRow, LearngeneVersion
+from service.ownership import (PRIVATE, can_see, check_may_change, default_visibility, stored_visibility,
+                               tombstone_error)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,59}$")
@@ -29,16 +30,20 @@ def check_name(name: str, field: str = "learngene") -> str:
 
 
 def get_learngene(session: Session, name: str, caller: Principal | None = None,
-                  field: str | None = None) -> LearngeneRow:
-    """The learngene ``name``, as far as ``caller`` may see it (another owner's private one is not found)."""
+                  field: str | None = None, gone: bool = False) -> LearngeneRow:
+    """The learngene ``name``, as far as ``caller`` may see it (another owner's private one is not found; a deleted
+    one neither, or 410 with its tombstone when ``gone``)."""
     lg = repository.by_name(session, name) if NAME_RE.match(name) else None
     if lg is None or not can_see(caller, lg.owner, lg.visibility):
         raise NotFound(f"learngene {name!r} not found", field=field)
+    if lg.deleted_at is not None:
+        raise tombstone_error(f"learngene {name!r}", lg.deleted_by, lg.deleted_at, None, gone, field)
     return lg
 
 
-def get_version(session: Session, lg: LearngeneRow, ref: str) -> LearngeneVersion:
-    """``ref`` is a version number or an alias (``latest``...)."""
+def get_version(session: Session, lg: LearngeneRow, ref: str, gone: bool = False) -> LearngeneVersion:
+    """``ref`` is a version number or an alias (``latest``...); a deleted version is not found (``gone``: 410 with
+    its tombstone)."""
     if ref.isascii() and ref.isdigit():
         number = parse_id(ref)
         v = repository.version(session, lg.id, number) if number is not None else None
@@ -46,7 +51,42 @@ def get_version(session: Session, lg: LearngeneRow, ref: str) -> LearngeneVersio
         v = repository.version_by_alias(session, lg.id, ref) if ALIAS_RE.match(ref) else None
     if v is None:
         raise NotFound(f"learngene {lg.name!r} has no version {ref!r}")
+    if v.deleted_at is not None:
+        raise tombstone_error(f"learngene {lg.name!r} version {v.version}", v.deleted_by, v.deleted_at, v.sha256,
+                              gone)
     return v
+
+
+def set_alias(session: Session, name: str, alias: str, number: int, caller: Principal | None) -> LearngeneRow:
+    """Point ``alias`` at version ``number``: for the learngene's owner and admins. ``latest`` is the service's."""
+    lg = get_learngene(session, name, caller)
+    check_may_change(caller, lg.owner, f"learngene {name!r}")
+    _check_alias(alias)
+    if alias == LATEST:
+        raise InvalidRequest("latest is kept by the service on the newest version; pick another alias",
+                             field="alias")
+    v = repository.version(session, lg.id, number)
+    if v is None or v.deleted_at is not None:
+        raise NotFound(f"learngene {name!r} has no version {number}", field="version")
+    repository.set_alias(session, lg.id, alias, v.id)
+    session.flush()
+    return lg
+
+
+def delete_alias(session: Session, name: str, alias: str, caller: Principal | None) -> LearngeneRow:
+    lg = get_learngene(session, name, caller)
+    check_may_change(caller, lg.owner, f"learngene {name!r}")
+    if alias == LATEST:
+        raise Conflict("latest is kept by the service on the newest version; it cannot be removed")
+    if not repository.delete_alias(session, lg.id, alias):
+        raise NotFound(f"learngene {name!r} has no alias {alias!r}")
+    return lg
+
+
+def _check_alias(alias: str) -> None:
+    if not ALIAS_RE.match(alias):
+        raise InvalidRequest(f"alias {alias!r} must start with a lowercase letter, then 0-59 of lowercase letters, "
+                             "digits, '.', '_' or '-'", field="alias")
 
 
 def resolve(session: Session, reference: str, field: str = "learngene",
@@ -100,15 +140,22 @@ def version_outs(session: Session, rows: Sequence[LearngeneVersion],
         dataset_seen = dataset_id is None or (
             (row := datasets.get(dataset_id)) is not None and can_see(caller, row.owner, row.visibility))
         job_seen = v.job_id in job_owners and can_see(caller, job_owners[v.job_id], PRIVATE)
+        dataset_row = datasets.get(dataset_id) if dataset_id is not None and dataset_seen else None
         return Lineage(ancestry_id=ancestry.id if ancestry else None, ancestry_name=ancestry.name if ancestry else None,
                        dataset=v.dataset if dataset_seen else None, job_id=v.job_id if job_seen else None,
-                       mode=v.mode)
+                       mode=v.mode, ancestry_deleted=_tombstone(ancestry), dataset_deleted=_tombstone(dataset_row))
 
     return {v.id: _version_out(v, aliases[v.id], lineage(v)) for v in rows}
 
 
 def version_out(session: Session, v: LearngeneVersion, caller: Principal | None = None) -> LearngeneVersionOut:
     return version_outs(session, [v], caller)[v.id]
+
+
+def _tombstone(row: Ancestry | DatasetRow | None) -> Tombstone | None:
+    if row is None or row.deleted_at is None:
+        return None
+    return Tombstone(deleted_by=row.deleted_by, deleted_at=row.deleted_at, sha256=row.sha256)
 
 
 def _dataset_id(uri: str | None) -> int | None:
@@ -163,6 +210,8 @@ def publish_version(
         session.flush()
     elif lg.owner != owner:
         raise Conflict(f"learngene {name!r} was published by another owner after this job was queued")
+    if lg.deleted_at is not None:  # its owner publishes into it again: the name was kept for them
+        lg.deleted_at = lg.deleted_by = None
     elif lg.method != method:
         raise InvalidRequest(f"learngene {name!r} holds method {lg.method!r}, not {method!r}", field="learngene")
     if visibility is not None:

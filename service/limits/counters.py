@@ -69,6 +69,9 @@ class Counters(Protocol):
     def charge(self, quota: str, owner: str, amount: int, limit: int) -> tuple[bool, int]:
         """Count ``amount`` against today's ``quota`` of ``owner`` unless that passes ``limit``; (added, used)."""
 
+    def used(self, quota: str, owner: str) -> int:
+        """What ``owner`` has used of today's ``quota``."""
+
     def close(self) -> None: ...
 
 
@@ -101,6 +104,10 @@ class LocalCounters:
             self._daily = {k: v for k, v in self._daily.items() if k[2] == key[2]}
             self._daily[key] = used + amount
             return True, used + amount
+
+    def used(self, quota: str, owner: str) -> int:
+        with self._lock:
+            return self._daily.get((quota, owner, _day()), 0)
 
     def close(self) -> None:
         pass
@@ -135,6 +142,14 @@ class RedisCounters:
             log.warning("quota counted in-process, Redis failed: %s", exc)
             return self._fallback.charge(quota, owner, amount, limit)
         return bool(int(added)), int(float(used))
+
+    def used(self, quota: str, owner: str) -> int:
+        try:
+            value = self._sync.get(f"lg:quota:{quota}:{owner}:{_day()}")
+        except Exception as exc:
+            log.warning("quota read in-process, Redis failed: %s", exc)
+            return self._fallback.used(quota, owner)
+        return int(float(value)) if value is not None else 0
 
     def close(self) -> None:
         self._sync.close()

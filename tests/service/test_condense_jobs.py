@@ -53,7 +53,8 @@ def test_training_each_method_on_digits_gives_a_ready_learngene(
     version = client.get(f"/v1/learngenes/t-{method}/versions/latest").json()
     assert version["method"] == method and version["sha256"]
     assert version["lineage"] == {"ancestry_id": ancestry, "ancestry_name": "tiny", "dataset": "builtin:digits",
-                                  "job_id": job["id"], "mode": "train"}
+                                  "job_id": job["id"], "mode": "train", "ancestry_deleted": None,
+                                  "dataset_deleted": None}
     assert version["hyperparams"]["batch_size"] == CASES[method]["batch_size"]
     if method == "tleg":
         card = version["metrics"]["evaluation_card"]
