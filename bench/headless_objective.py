@@ -11,7 +11,9 @@ steps at lr 1e-3; the feature variants swap the term of :func:`engine.train.dist
 - smooth-L1 on layer-normalized pooled and patch tokens;
 - the pooled term alone, the patch term alone.
 
-The card fine-tunes depth-3 and depth-6 descendants for 100 steps on 10 shots a class, seeds 0-2 (means). Run:
+The card fine-tunes depth-3 and depth-6 descendants for 100 steps on 10 shots a class, seeds 0-2 (means). The
+``val_*`` feature metrics of a variant are computed with that variant's own terms (a smooth-L1 run's "cosines" are
+1 - its smooth-L1 terms): compare variants by the card. Run:
 ``PYTHONPATH=. python bench/headless_objective.py [steps] [out.json]``; results are in docs/methods.md.
 """
 from __future__ import annotations

@@ -144,6 +144,12 @@ _TLEG_TRAIN = {
     **TRAINING, **DISTILLATION,
     "aux_depth": Param(12, integer(1, 256), "depth of the auxiliary network (reference: 12)"),
     "init": Param("fit", choice("fit", "random"), "start (A, B) from the data-free fit or from METHODS.md's random init"),
+    "aux_embed_dim": Param(None, optional(integer(1, 65_536)),
+                           "width of the auxiliary network (and of the learngene's descendants); None: the ancestry's. "
+                           "A narrower one starts from the ancestry cut to that width by weight selection, so "
+                           "condensing a wide ancestry costs what the narrow network does"),
+    "aux_num_heads": Param(None, optional(integer(1, 1024)),
+                           "heads of the auxiliary network; None: the ancestry's head dimension kept"),
 }
 _WAVE_CE = Param(1.0, real(0.0, 1000.0), "weight of the cross-entropy on labels")
 _WAVE_DISTILLATION = {**TRAINING, **DISTILLATION, "ce_weight": _WAVE_CE}

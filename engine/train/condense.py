@@ -53,6 +53,15 @@ def check_request(method: str, mode: str, ancestry_spec: ViTSpec, params: dict[s
         resolve_objective(params["objective"], ancestry_spec.num_classes)
     if mode != FIT and dataset_classes is not None:
         check_labels(ancestry_spec, params, dataset_classes)
+    if method == "tleg" and mode == TRAIN:
+        from engine.train.tleg import narrowed_spec
+
+        try:
+            narrowed_spec(ancestry_spec, params)
+        except SpecError as exc:
+            field = "aux_num_heads" if exc.field == "num_heads" else "aux_embed_dim"
+            raise ParamError(field, f"the auxiliary network is cut from the ancestry by weight selection: {exc}") \
+                from None
     if method == "layers":
         _check_layers(ancestry_spec, params)
     elif method == "pool":

@@ -16,7 +16,7 @@ from torch import nn
 
 from engine.blocks import vit_block
 from engine.data import Dataset
-from engine.methods import tleg
+from engine.methods import tleg, weight_selection
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import AuxiliaryViT
@@ -46,14 +46,39 @@ class LinearExpansionViT(AuxiliaryViT):
         return [{k: stack[i] for k, stack in stacks.items()} for i in range(len(self.coefficients))]
 
 
+def aux_width(params: dict[str, Any]) -> dict[str, int]:
+    """The auxiliary network's width fields a request names (none: the ancestry's width)."""
+    return {field: params[f"aux_{field}"] for field in ("embed_dim", "num_heads") if params.get(f"aux_{field}")}
+
+
+def narrowed_spec(ancestry_spec: ViTSpec, params: dict[str, Any]) -> ViTSpec:
+    """The spec of the ancestry cut to the auxiliary width (weight selection's rules: it only shrinks; a width
+    without heads keeps the head dimension). Raises ``SpecError`` naming the field for a width it cannot cut."""
+    source = Learngene(method=weight_selection.name, tensors={}, meta={"spec": ancestry_spec.to_dict()})
+    return weight_selection.resolve_spec(source, aux_width(params))
+
+
+def narrowed(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> tuple[StateDict, ViTSpec]:
+    """The ancestry cut to the auxiliary width by weight selection (same depth, classes and family), or the
+    ancestry itself when no other width is asked."""
+    spec = narrowed_spec(ancestry_spec, params)
+    if spec == ancestry_spec:
+        return ancestry, ancestry_spec
+    return weight_selection.expand(weight_selection.fit(ancestry, ancestry_spec, {}), spec, seed=0).state_dict, spec
+
+
 def train_tleg(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
-    spec = tleg.aux_spec(ancestry_spec).replace(depth=params["aux_depth"])
+    source, source_spec = narrowed(ancestry, ancestry_spec, params)
+    spec = tleg.aux_spec(source_spec).replace(depth=params["aux_depth"])
     torch.manual_seed(params["seed"])
     model = LinearExpansionViT(spec)
     meta: dict[str, Any] = {"init": params["init"]}
+    if source_spec != ancestry_spec:
+        meta["narrowed"] = (f"the ancestry cut to width {source_spec.embed_dim} ({source_spec.num_heads} heads) by "
+                            "weight selection, then distilled from the whole ancestry")
     if params["init"] == "fit":
-        fitted = tleg.fit(ancestry, ancestry_spec, {})
+        fitted = tleg.fit(source, source_spec, {})
         model.load_state_dict(fitted.tensors, strict=True)
         meta["fit"] = fitted.meta["fit"]
     loss = distillation(ancestry, ancestry_spec, params)

@@ -134,6 +134,25 @@ def test_layers_scores_a_headless_ancestry_by_its_features(dino: Ancestry) -> No
     assert len(learngene.meta["indices"]) == QUICK["layers"]["count"]
 
 
+def test_tleg_condenses_a_wide_ancestry_through_a_narrow_auxiliary_network(dino: Ancestry) -> None:
+    """aux_embed_dim: the auxiliary network starts from the ancestry cut to that width by weight selection and is
+    distilled from the whole ancestry through the training-only projection; descendants have that width."""
+    state, spec = dino
+    learngene, metrics, history = condense("tleg", "train", state, spec, DIGITS_URI,
+                                           {**QUICK["tleg"], "aux_embed_dim": 16})
+    base = learngene.base_spec
+    assert (base.embed_dim, base.num_heads, base.init_values) == (16, 1, spec.init_values)  # head dim kept
+    assert "weight selection" in learngene.meta["narrowed"]
+    assert metrics["val_feature_loss_after"] < metrics["val_feature_loss_before"] and history[-1][1] < history[0][1]
+    assert not any("projection" in key for key in learngene.tensors)
+    model = _load(learngene, get_method("tleg").resolve_spec(learngene, {"depth": 6, "num_classes": 3}))
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
+    for params, field in (({"aux_embed_dim": 64}, "params.aux_embed_dim"),
+                          ({"aux_embed_dim": 16, "aux_num_heads": 3}, "params.aux_num_heads")):
+        assert _check("tleg", "train", spec, params).startswith(field), params
+
+
 def test_register_tokens_are_left_out_of_the_comparison() -> None:
     state, spec = headless("vit_small_patch14_reg4_dinov2", reg_tokens=2)
     assert spec.reg_tokens == 2

@@ -113,6 +113,7 @@ def test_wave_train_then_refine_of_a_headless_ancestry(client: TestClient, ances
     ("layers", "fit", {"indices": [0, 4]}, "params.indices"),
     ("pool", "fit", {"students": [{"embed_dim": 64, "num_heads": 2, "depth": 2}]}, "params.students"),
     ("wave", "train", {"tile": [6, 6]}, "params.tile"),
+    ("tleg", "train", {"aux_embed_dim": 64}, "params.aux_embed_dim"),
     ("wave", "refine", {"sizes": [{"depth": 2}], "objective": "logits"}, "params.objective"),
 ])
 def test_requests_a_headless_ancestry_cannot_run_are_422_and_queue_nothing(
