@@ -76,3 +76,14 @@ def new_key(c: TestClient, admin: str, **body: Any) -> str:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def context_on_storage(request: pytest.FixtureRequest, settings: Any) -> AppContext:
+    """A context on ``settings`` whose artifact store is the local folder, or the moto S3 bucket of
+    ``test_s3_storage`` when the requesting fixture's param is ``"s3"`` (its fixtures must be imported)."""
+    from service.wiring import build_context
+
+    if request.param == "s3":
+        settings.storage_url = f"s3://{request.getfixturevalue('bucket')}/registry"
+        settings.s3_endpoint_url = request.getfixturevalue("s3_endpoint")
+    return build_context(settings)

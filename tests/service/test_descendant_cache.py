@@ -17,8 +17,7 @@ from service.context import AppContext
 from service.descendants.cache import enforce_budget
 from service.models import DescendantRow
 from service.settings import Settings
-from service.wiring import build_context
-from tests.service.conftest import app_client, bearer, condense_fit, new_key, upload_ancestry, wait_job
+from tests.service.conftest import app_client, context_on_storage, bearer, condense_fit, new_key, upload_ancestry, wait_job
 from tests.service.test_s3_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
 from tests.support import UNTHROTTLED
 
@@ -27,10 +26,7 @@ SPEC = {"depth": 2}
 
 @pytest.fixture(params=["local", "s3"])
 def cache_ctx(request: pytest.FixtureRequest, backend_settings: Settings) -> Iterator[AppContext]:
-    if request.param == "s3":
-        backend_settings.storage_url = f"s3://{request.getfixturevalue('bucket')}/registry"
-        backend_settings.s3_endpoint_url = request.getfixturevalue("s3_endpoint")
-    context = build_context(backend_settings)
+    context = context_on_storage(request, backend_settings)
     yield context
     context.close()
 

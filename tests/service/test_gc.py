@@ -9,24 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from service.context import AppContext
 from service.db import unit_of_work
 from service.registry import gc
 from service.settings import Settings
-from service.wiring import build_context
-from tests.service.conftest import app_client, bearer, condense_fit, upload_ancestry
+from tests.service.conftest import app_client, context_on_storage, bearer, condense_fit, upload_ancestry
 from tests.service.test_s3_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
 from tests.support import REPO, UNTHROTTLED
 
 
 @pytest.fixture(params=["local", "s3"])
 def store_ctx(request: pytest.FixtureRequest, backend_settings: Settings) -> Iterator[AppContext]:
-    if request.param == "s3":
-        backend_settings.storage_url = f"s3://{request.getfixturevalue('bucket')}/registry"
-        backend_settings.s3_endpoint_url = request.getfixturevalue("s3_endpoint")
-    context = build_context(backend_settings)
+    context = context_on_storage(request, backend_settings)
     yield context
     context.close()
 
