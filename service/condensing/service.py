@@ -76,7 +76,8 @@ def _refine_source(session: Session, req: CondenseRequest, params: dict[str, Any
         raise InvalidRequest(f"refinement distils from the ancestry {req.learngene!r} was condensed from: "
                              f"ancestry {source.ancestry_id}", field="ancestry")
     try:
-        refine_sizes(req.method, Learngene(method=req.method, tensors={}, meta=source.meta), params["sizes"])
+        refine_sizes(req.method, Learngene(method=req.method, tensors={}, meta=source.meta), params["sizes"],
+                     params.get("img_size"))
     except ParamError as exc:
         raise InvalidRequest(str(exc), field=exc.field) from exc
     return source
