@@ -83,8 +83,8 @@ def _features(model: Any, split: Any) -> Any:
 
     model.eval()
     with torch.no_grad():
-        chunks = [model.forward_head(model.forward_features(split.images[i:i + 256]), pre_logits=True)
-                  for i in range(0, len(split), 256)]
+        chunks = [model.forward_head(model.forward_features(images), pre_logits=True)
+                  for images, _ in split.batches(256)]  # preprocessed batch by batch
     return Split(torch.cat(chunks), split.labels)
 
 

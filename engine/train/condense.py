@@ -80,7 +80,7 @@ def check_request(method: str, mode: str, ancestry_spec: ViTSpec, params: dict[s
             raise RequestError("ancestry", f"the learngene has {learngene.base_spec.num_classes} classes, the "
                                            f"ancestry {ancestry_spec.num_classes}: refine against the ancestry it "
                                            "was condensed from")
-        refine_sizes(method, learngene, params["sizes"])
+        refine_sizes(method, learngene, params["sizes"], params.get("img_size"))
 
 
 def check_labels(ancestry_spec: ViTSpec, params: dict[str, Any], dataset_classes: int) -> None:
@@ -181,9 +181,14 @@ def _record(learngene: Learngene, preprocessing: dict[str, Any] | None) -> None:
         learngene.meta["preprocessing"] = dict(preprocessing)
 
 
-def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]]) -> list[ViTSpec]:
+def refine_sizes(method: str, learngene: Learngene, sizes: list[dict[str, Any]],
+                 img_size: int | None = None) -> list[ViTSpec]:
     """The sizes of a refine request resolved against the learngene (its classes kept). Raises
-    :class:`ParamError` on ``sizes`` for one the learngene cannot make, or two of one width."""
+    :class:`ParamError` on ``sizes`` for one the learngene cannot make, or two of one width, and on ``img_size``
+    for another than the learngene's own: its scalers train on the position grid the learngene holds."""
+    if img_size is not None and img_size != learngene.base_spec.img_size:
+        raise ParamError("img_size", f"refinement trains at the learngene's own size, "
+                                     f"{learngene.base_spec.img_size} px; leave img_size out, got {img_size}")
     resolved = []
     for size in sizes:
         try:
@@ -208,11 +213,9 @@ def refine(method: str, learngene: Learngene, ancestry_state: StateDict, ancestr
         raise RequestError("mode", f"{method} has no refine mode")
     chosen = entry.validate_params(params, REFINE)
     check_request(method, REFINE, ancestry_spec, chosen, learngene)
-    specs = refine_sizes(method, learngene, chosen["sizes"])
-    # Refinement trains the learngene's sizes at the size it was condensed at unless asked for another.
-    img_size = chosen.get("img_size") or learngene.base_spec.img_size
-    ancestry_state, ancestry_spec = at_img_size(ancestry_state, ancestry_spec, img_size)
-    specs = [spec.replace(img_size=img_size) for spec in specs]
+    specs = refine_sizes(method, learngene, chosen["sizes"], chosen.get("img_size"))
+    # Refinement trains at the size the learngene was condensed at (the ancestry resampled to it if need be).
+    ancestry_state, ancestry_spec = at_img_size(ancestry_state, ancestry_spec, learngene.base_spec.img_size)
     dataset = _distillation_data(dataset_uri, ancestry_spec, chosen, preprocessing, hooks)
     learngene, metrics, history = entry.runner(REFINE)(learngene, ancestry_state, ancestry_spec, dataset, specs, chosen,
                                                        hooks)

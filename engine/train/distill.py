@@ -247,12 +247,17 @@ def feature_metrics(student: nn.Module, loss: Distillation, data: Split, hooks: 
 
 
 def distillation_metrics(student: nn.Module, teacher: nn.Module, data: Split, temperature: float,
-                         hooks: Hooks | None = None, precision: str = "auto",
-                         teacher_logits: torch.Tensor | None = None) -> dict[str, Any]:
+                         hooks: Hooks | None = None, precision: str = "auto") -> dict[str, float]:
     """On held-out images: the KL to the teacher, the student's accuracy, how often it agrees with the teacher's
     top class, and the teacher's own accuracy. Batch by batch (each batch preprocessed once for both models);
-    raises :class:`Cancelled` between batches when ``hooks`` ask to stop. ``teacher_logits`` (the ``"teacher_
-    logits"`` of an earlier call on the same images) spare the frozen teacher a second pass."""
+    raises :class:`Cancelled` between batches when ``hooks`` ask to stop."""
+    return _compare(student, teacher, data, temperature, hooks, precision)[0]
+
+
+def _compare(student: nn.Module, teacher: nn.Module, data: Split, temperature: float, hooks: Hooks | None,
+             precision: str, teacher_logits: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`distillation_metrics` and the teacher's logits; given ``teacher_logits`` (of an earlier call on the
+    same images), the frozen teacher is not run again."""
     if teacher_logits is None:
         student_out, teacher_logits = predict_many([student, teacher], data, hooks=hooks, precision=precision)
     else:
@@ -263,8 +268,7 @@ def distillation_metrics(student: nn.Module, teacher: nn.Module, data: Split, te
         "accuracy": (student_flat.argmax(-1) == labels).float().mean().item(),
         "agreement": (student_flat.argmax(-1) == teacher_flat.argmax(-1)).float().mean().item(),
         "teacher_accuracy": (teacher_logits.argmax(-1) == data.labels).float().mean().item(),
-        "teacher_logits": teacher_logits,
-    }
+    }, teacher_logits
 
 
 def evaluation_split(dataset: Dataset, config: TrainConfig) -> Split | None:
@@ -292,11 +296,10 @@ def distil(student: nn.Module, loss: Distillation, dataset: Dataset, config: Tra
         history = train(student, loss, dataset.train, config, hooks)
         after_features = feature_metrics(student, loss, val, hooks, config.precision)
         return history, {**_feature_report(before_features, after_features), "val_images": len(val)}
-    before = distillation_metrics(student, loss.teacher, val, loss.temperature, hooks, config.precision)
+    before, teacher_logits = _compare(student, loss.teacher, val, loss.temperature, hooks, config.precision)
     before_features = feature_metrics(student, loss, val, hooks, config.precision) if loss.features else None
     history = train(student, loss, dataset.train, config, hooks)
-    after = distillation_metrics(student, loss.teacher, val, loss.temperature, hooks, config.precision,
-                                 teacher_logits=before["teacher_logits"])
+    after, _ = _compare(student, loss.teacher, val, loss.temperature, hooks, config.precision, teacher_logits)
     features = {} if before_features is None else _feature_report(
         before_features, feature_metrics(student, loss, val, hooks, config.precision))
     return history, {

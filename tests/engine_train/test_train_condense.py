@@ -377,3 +377,24 @@ def test_the_run_trains_at_the_image_size_it_asks_for(trained_ancestry: Ancestry
         with pytest.raises(ParamError) as raised:
             condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK_TLEG, "img_size": bad})
         assert raised.value.field == "params.img_size"
+
+
+def test_wave_refines_at_the_size_its_learngene_was_condensed_at(trained_ancestry: Ancestry) -> None:
+    from engine.methods.params import ParamError
+    from engine.train import refine
+
+    state, spec, _ = trained_ancestry  # 8 px
+    learngene, _, _ = condense("wave", "train", state, spec, DIGITS_URI,
+                               {**QUICK["wave"], "steps": 2, "warmup_steps": 1, "img_size": 16, "evaluate": False})
+    assert learngene.base_spec.img_size == 16
+    params = {"steps": 3, "warmup_steps": 1, "checkpoint_every_s": 0, "eval_images": 16,
+              "sizes": [{"embed_dim": 16, "num_heads": 1}]}
+    # The ancestry (8 px) is resampled to the learngene's 16 px; the scalers train on its grid.
+    refined, metrics, history = refine("wave", learngene, state, spec, DIGITS_URI, params)
+    assert history[-1][0] == 3 and metrics["val_images"] == 16 and set(metrics["sizes"]) == {"16x32"}
+    assert refined.base_spec.img_size == 16
+    _, metrics, _ = refine("wave", learngene, state, spec, DIGITS_URI, {**params, "evaluate": False})
+    assert "sizes" not in metrics and metrics["evaluated"] is False
+    with pytest.raises(ParamError) as raised:
+        refine("wave", learngene, state, spec, DIGITS_URI, {**params, "img_size": 8})
+    assert raised.value.field == "params.img_size"

@@ -257,6 +257,9 @@ def test_bad_refine_requests_are_4xx_and_queue_nothing(client: TestClient, ctx: 
          "params.sizes"),
         ({"params": {"sizes": [{"width": 16}]}}, "params.sizes"),
         ({"params": {"sizes": [{"embed_dim": 16, "num_heads": 1}], "tile": [8, 8]}}, "params.tile"),
+        # The learngene is 16 px: refinement trains its scalers on that grid only.
+        ({"params": {"sizes": [{"embed_dim": 16, "num_heads": 1}], "img_size": 8}}, "params.img_size"),
+        ({"params": {"sizes": [{"embed_dim": 16, "num_heads": 1}], "eval_images": -1}}, "params.eval_images"),
     ]
     with ctx.sessions() as s:
         jobs_before = s.scalar(select(func.count()).select_from(Job))
