@@ -583,8 +583,12 @@ def markdown(data: dict[str, Any]) -> str:
 
 def _select(args: argparse.Namespace) -> None:
     """Narrow the module's plan to the initializations and targets asked for (a pass of its own)."""
-    global INITS, PROBED, TARGETS, TRAIN_STEPS
+    global INITS, PROBED, TARGETS, TRAIN_STEPS, SHOTS, SIZES
     TRAIN_STEPS = args.train_steps
+    if args.shots:
+        SHOTS = tuple(int(x) for x in args.shots.split(","))
+    if args.sizes:
+        SIZES = tuple(tuple(int(v) for v in size.split("x")) for size in args.sizes.split(","))
     if args.inits:
         labels = set(args.inits.split(","))
         unknown = labels - {i.label for i in INITS + PROBED}
@@ -627,6 +631,8 @@ def main() -> None:
                                         "own, e.g. the trained learngenes once the CPU is free), with --raw of its own")
     parser.add_argument("--targets", help="comma-separated: only these targets' learngenes and cells")
     parser.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help="condensing steps of trained learngenes")
+    parser.add_argument("--shots", help="comma-separated: only these shots")
+    parser.add_argument("--sizes", help="comma-separated DEPTHxWIDTHxHEADS: only these sizes")
     parser.add_argument("--merge", nargs="+", type=Path, help="raw files of several passes: render them as one")
     args = parser.parse_args()
     _select(args)

@@ -5,7 +5,6 @@ in-process workers, on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,13 @@ from service.context import AppContext
 from service.db import unit_of_work
 from service.learngenes.service import publish_version
 from service.models import Ancestry
-from tests.service.conftest import ARCH, TINY_ARGS, app_client, bearer, new_key, wait_job
+from tests.service.conftest import app_client, bearer, new_key, wait_job
 from tests.service.test_datasets_api import _digit_images, _zip
 from tests.service.test_s3_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
+from tests.service.test_ownership import _upload
 from tests.support import UNTHROTTLED
 
 ADMIN = bearer("boot")
-
-
-def _upload(c: TestClient, path: Path, key: str, **fields: str) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        r = c.post("/v1/ancestries", headers=bearer(key), files={"file": ("tiny.safetensors", f)},
-                   data={"architecture": ARCH, "model_args": json.dumps(TINY_ARGS), **fields})
-    assert r.status_code in (200, 201), r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def _fit(c: TestClient, key: str, ancestry: int, name: str, **extra: Any) -> dict[str, Any]:
