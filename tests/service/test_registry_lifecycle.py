@@ -16,26 +16,13 @@ from service.context import AppContext
 from service.db import unit_of_work
 from service.learngenes.service import publish_version
 from service.models import Ancestry
-from tests.service.conftest import app_client, bearer, new_key, wait_job
+from tests.service.conftest import app_client, bearer, new_key
 from tests.service.test_datasets_api import _digit_images, _zip
 from tests.service.test_s3_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
-from tests.service.test_ownership import _upload
+from tests.service.test_ownership import _fitted, _upload
 from tests.support import UNTHROTTLED
 
 ADMIN = bearer("boot")
-
-
-def _fit(c: TestClient, key: str, ancestry: int, name: str, **extra: Any) -> dict[str, Any]:
-    r = c.post("/v1/condense-jobs", headers=bearer(key), json={
-        "ancestry": ancestry, "method": "tleg", "learngene": name, "mode": "fit", "evaluate": False, **extra})
-    assert r.status_code == 202, r.text
-    c.headers.update(bearer(key))
-    try:
-        job = wait_job(c, r.json()["id"])
-    finally:
-        del c.headers["Authorization"]
-    assert job["state"] == "succeeded", job
-    return job
 
 
 def _descendant(c: TestClient, key: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +45,8 @@ def test_each_kind_is_deleted_by_its_owner_or_an_admin_and_leaves_a_tombstone(
         c: TestClient, ctx: AppContext, tiny_ancestry_file: Path) -> None:
     alice, bob = new_key(c, "boot", owner="alice"), new_key(c, "boot", owner="bob")
     anc = _upload(c, tiny_ancestry_file, alice, visibility="public")
-    _fit(c, alice, anc["id"], "alice-tleg", visibility="public")
-    _fit(c, alice, anc["id"], "alice-tleg")
+    _fitted(c, alice, anc["id"], "alice-tleg", visibility="public")
+    _fitted(c, alice, anc["id"], "alice-tleg")
     desc = _descendant(c, bob, {"learngene": "alice-tleg:1", "spec": {"depth": 3}})
     mine = _descendant(c, alice, {"learngene": "alice-tleg:1", "spec": {"depth": 2}})
     assert desc["owner"] == "bob" and _blob_exists(ctx, desc["sha256"])
@@ -101,7 +88,7 @@ def test_each_kind_is_deleted_by_its_owner_or_an_admin_and_leaves_a_tombstone(
     assert "alice-tleg" not in [x["name"] for x in c.get("/v1/learngenes").json()["items"]]
     assert c.post("/v1/descendants", json={"learngene": "alice-tleg", "spec": {"depth": 2}},
                   headers=bearer(bob)).status_code == 404
-    _fit(c, alice, anc["id"], "alice-tleg")  # its owner publishes into it again: numbers go on
+    _fitted(c, alice, anc["id"], "alice-tleg")  # its owner publishes into it again: numbers go on
     assert c.get("/v1/learngenes/alice-tleg").json()["latest_version"] == 3
 
     # A private ancestry is 404 to others; its owner deletes it once nothing depends on it.
@@ -127,8 +114,8 @@ def test_dependants_are_refused_with_409_naming_them_unless_an_admin_cascades(
         c: TestClient, ctx: AppContext, tiny_ancestry_file: Path) -> None:
     alice, bob = new_key(c, "boot", owner="alice"), new_key(c, "boot", owner="bob")
     anc = _upload(c, tiny_ancestry_file, alice, visibility="public")
-    _fit(c, alice, anc["id"], "alice-tleg", visibility="public")
-    _fit(c, bob, anc["id"], "bob-secret")
+    _fitted(c, alice, anc["id"], "alice-tleg", visibility="public")
+    _fitted(c, bob, anc["id"], "bob-secret")
     direct = _descendant(c, alice, {"ancestry": anc["id"], "method": "weight-selection",
                                     "spec": {"depth": 2, "embed_dim": 16, "num_heads": 2}})
 
@@ -167,7 +154,7 @@ def test_a_running_jobs_inputs_cannot_be_deleted_under_it(c: TestClient, ctx: Ap
                                                           tiny_ancestry_file: Path) -> None:
     alice = new_key(c, "boot", owner="alice")
     anc = _upload(c, tiny_ancestry_file, alice)
-    _fit(c, alice, anc["id"], "alice-tleg")
+    _fitted(c, alice, anc["id"], "alice-tleg")
     dispatcher, ctx.dispatcher = ctx.dispatcher, None  # jobs stay queued: no worker takes them
     try:
         r = c.post("/v1/condense-jobs", headers=bearer(alice), json={
@@ -219,7 +206,7 @@ def test_aliases_are_set_listed_and_removed_by_the_owner_and_latest_is_the_servi
     alice, bob = new_key(c, "boot", owner="alice"), new_key(c, "boot", owner="bob")
     anc = _upload(c, tiny_ancestry_file, alice)
     for _ in range(3):
-        _fit(c, alice, anc["id"], "lg", visibility="public")
+        _fitted(c, alice, anc["id"], "lg", visibility="public")
     r = c.put("/v1/learngenes/lg/aliases/production", json={"version": 1}, headers=bearer(alice))
     assert r.status_code == 200 and r.json() == {"latest": 3, "production": 1}
     assert c.get("/v1/learngenes/lg/aliases").json() == {"latest": 3, "production": 1}
@@ -243,7 +230,7 @@ def test_aliases_are_set_listed_and_removed_by_the_owner_and_latest_is_the_servi
     assert c.delete("/v1/learngenes/lg/versions/2", headers=bearer(alice)).status_code == 200
     assert c.delete("/v1/learngenes/lg/versions/latest", headers=bearer(alice)).status_code == 200
     assert c.get("/v1/learngenes/lg/aliases").json() == {"latest": 1}
-    _fit(c, alice, anc["id"], "lg")  # publishing still moves latest, to a number never used before
+    _fitted(c, alice, anc["id"], "lg")  # publishing still moves latest, to a number never used before
     assert c.get("/v1/learngenes/lg/aliases").json() == {"latest": 4}
 
 
