@@ -21,7 +21,8 @@ from service.registry.backup import BackupError, backup, restore
 from service.wiring import build_context
 from tests.conftest import PG_ADMIN
 from tests.service.conftest import app_client, bearer, new_key
-from tests.service.test_registry_lifecycle import _descendant, _fit, _upload
+from tests.service.test_ownership import _fitted
+from tests.service.test_registry_lifecycle import _descendant, _upload
 from tests.service.test_s3_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
 from tests.support import REPO, UNTHROTTLED, make_settings
 
@@ -40,8 +41,8 @@ def _populate(ctx: AppContext, tiny_ancestry_file: Path) -> dict[str, Any]:
     with app_client(ctx, api_token="boot", **UNTHROTTLED) as c:
         alice = new_key(c, "boot", owner="alice")
         anc = _upload(c, tiny_ancestry_file, alice, visibility="public")
-        _fit(c, alice, anc["id"], "lg", visibility="public")
-        _fit(c, alice, anc["id"], "lg")
+        _fitted(c, alice, anc["id"], "lg", visibility="public")
+        _fitted(c, alice, anc["id"], "lg")
         c.put("/v1/learngenes/lg/aliases/production", json={"version": 1}, headers=bearer(alice))
         kept = [_descendant(c, alice, {"learngene": "lg:1", "spec": {"depth": d}}) for d in (1, 2)]
         deleted = _descendant(c, alice, {"learngene": "lg:2", "spec": {"depth": 3}})

@@ -9,14 +9,15 @@ from fastapi.testclient import TestClient
 from service.context import AppContext
 from tests.service.conftest import bearer, new_key, wait_job
 from tests.service.test_datasets_api import _digit_images, _zip
-from tests.service.test_registry_lifecycle import _descendant, _fit, _upload, c  # noqa: F401  (fixture c)
+from tests.service.test_ownership import _fitted
+from tests.service.test_registry_lifecycle import _descendant, _upload, c  # noqa: F401  (fixture c)
 
 
 def test_usage_equals_what_each_owner_stored(c: TestClient, ctx: AppContext, tiny_ancestry_file: Path) -> None:
     alice, bob = new_key(c, "boot", owner="alice"), new_key(c, "boot", owner="bob", upload_bytes_per_day=10**9)
     anc = _upload(c, tiny_ancestry_file, alice, visibility="public")
-    _fit(c, alice, anc["id"], "alice-tleg", visibility="public")
-    _fit(c, alice, anc["id"], "alice-tleg")
+    _fitted(c, alice, anc["id"], "alice-tleg", visibility="public")
+    _fitted(c, alice, anc["id"], "alice-tleg")
     versions = c.get("/v1/learngenes/alice-tleg/versions", headers=bearer(alice)).json()["items"]
     desc = _descendant(c, bob, {"learngene": "alice-tleg", "spec": {"depth": 2}})
     archive = _zip(_digit_images())
