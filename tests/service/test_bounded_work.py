@@ -256,32 +256,34 @@ def test_metrics_can_be_kept_for_admin_keys(ctx: AppContext) -> None:
 
 
 @sqlite_only
-def test_a_loss_plot_is_rendered_once_per_state_of_its_job(ctx: AppContext) -> None:
-    """Item 8: every anonymous GET of loss.png rendered it again (0.1-0.9 s of CPU each)."""
-    import time
+def test_a_loss_plot_is_rendered_once_per_state_of_its_job(ctx: AppContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 8: every anonymous GET of loss.png rendered it again (0.1-0.9 s of CPU each).
 
+    Renders are counted, not timed: a CPU-time ratio failed a clean-clone CI run on a loaded machine."""
+    from service.condensing import loss
     from service.condensing.loss import PLOTS_KEPT, _plots
     from service.models import Job, JobEvent
 
+    renders: list[str] = []
+    real_render = loss._render
+
+    def counted(job: str, points: list[loss.LossPoint]) -> bytes:
+        renders.append(job)
+        return real_render(job, points)
+
+    monkeypatch.setattr(loss, "_render", counted)
     job_id = "e" * 32
     with ctx.sessions.begin() as session:
         session.add(Job(id=job_id, kind="condense", queue="gpu", state="running"))
-        session.add(Job(id="f" * 32, kind="condense", queue="gpu", state="queued"))
         session.add_all(JobEvent(job_id=job_id, kind="progress", data={"step": i, "loss": 1 / (i + 1)})
                         for i in range(200))
     with app_client(ctx, anonymous_rate_per_s=1e6, anonymous_burst=10**6) as c:
-        def cpu_of(n: int) -> tuple[float, bytes]:
-            started = time.process_time()
-            bodies = {c.get(f"/v1/jobs/{job_id}/loss.png").content for _ in range(n)}
-            assert len(bodies) == 1
-            return (time.process_time() - started) / n, bodies.pop()
-
-        c.get(f"/v1/jobs/{'f' * 32}/loss.png")  # matplotlib imported: what follows compares renders
-        first, png = cpu_of(1)
-        again, same = cpu_of(5)
-        assert same == png and png.startswith(b"\x89PNG")
-        assert again < first / 3, (first, again)  # the render is the cost; a cached plot is a database read
+        bodies = {c.get(f"/v1/jobs/{job_id}/loss.png").content for _ in range(6)}
+        assert len(bodies) == 1 and renders == [job_id]  # the render is the cost; a cached plot is a database read
+        png = bodies.pop()
+        assert png.startswith(b"\x89PNG")
         with ctx.sessions.begin() as session:  # the job moves on: a new plot
             session.add(JobEvent(job_id=job_id, kind="progress", data={"step": 200, "loss": 0.001}))
         assert c.get(f"/v1/jobs/{job_id}/loss.png").content != png
+        assert renders == [job_id, job_id]
     assert len(_plots) <= PLOTS_KEPT
