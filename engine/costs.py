@@ -72,9 +72,9 @@ def _stem_shapes(spec: ViTSpec, stem_dim: int) -> dict[str, Shape]:
         shapes["cls_token"] = (1, 1, stem_dim)
     if spec.reg_tokens:
         shapes["reg_token"] = (1, spec.reg_tokens, stem_dim)
-    if spec.distilled:
-        shapes["dist_token"] = (1, 1, stem_dim)
     shapes["pos_embed"] = (1, spec.pos_embed_len, stem_dim)
+    if spec.distilled:  # timm's DeiT registers it after the position embedding
+        shapes["dist_token"] = (1, 1, stem_dim)
     shapes["patch_embed.proj.weight"] = (stem_dim, spec.in_chans, spec.patch_size, spec.patch_size)
     if not spec.pre_norm:  # timm drops the patch bias under a pre-norm (CLIP)
         shapes["patch_embed.proj.bias"] = (stem_dim,)

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from engine.costs import block_shapes, head_modules, spec_block_shapes
+from engine.costs import block_shapes, head_modules, spec_block_shapes, state_shapes
 from engine.methods.base import Descendant, LearngeneError, StateDict
 from engine.numerics import normal_, resample_grid, uniform_
 from engine.spec import ViTSpec
@@ -234,31 +234,54 @@ def build_model(spec: ViTSpec) -> nn.Module:
     return timm.create_model(spec.architecture, pretrained=False, **spec.timm_model_args())
 
 
-#: Tensors timm's ViT initializes with torch's ``normal_`` (std 1e-6).
-_NORMAL_TOKENS = ("cls_token", "reg_token")
+#: Prefix tokens timm's ViT initializes with ``normal_(std=1e-6)``; DeiT's distillation token is a truncated
+#: normal (std 0.02) like the position embedding.
+_TINY_TOKENS = ("cls_token", "reg_token")
+_TRUNCATED_TOKENS = ("pos_embed", "dist_token")
 
 
-def build_seeded(spec: ViTSpec, seed: int) -> nn.Module:
-    """``torch.manual_seed(seed); timm.create_model(...)`` without touching the caller's RNG, and with the same
-    bits on every CPU. timm's random draws depend on the CPU: its truncated normals (linear weights, position
-    embedding) go through torch's ``erfinv``, which MKL computes differently by CPU and ``MKL_CBWR``; the class
-    and register tokens' ``normal_`` is a vectorized Box-Muller on AVX2 and a scalar one elsewhere; the patch
-    embedding's default ``kaiming_uniform_`` computes ``a + (b - a) * u``, fused on AVX2. After timm builds the
-    model, :mod:`engine.numerics` draws all of those again from the same distributions (in module order, from the
-    same seeded generator); zeros and ones are timm's own."""
-    with seeded(seed):
-        model = build_model(spec)
-        for name in ("pos_embed", *_NORMAL_TOKENS):
-            token = getattr(model, name, None)
-            if isinstance(token, nn.Parameter):
-                normal_(token.data, std=0.02, cut=2.0) if name == "pos_embed" else normal_(token.data, std=1e-6)
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                normal_(module.weight.data, std=0.02, cut=2.0)  # init_weights_vit_timm: trunc_normal_(std=.02)
-            elif isinstance(module, nn.Conv2d):
-                # torch's default: kaiming_uniform_(a=sqrt(5)) and a bias, both U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
-                bound = 1.0 / math.sqrt(module.weight[0].numel())
-                uniform_(module.weight.data, bound)
-                if module.bias is not None:
-                    uniform_(module.bias.data, bound)
-    return model
+def seeded_state(spec: ViTSpec, seed: int) -> StateDict:
+    """timm's default initialization of ``spec`` (``init_weights_vit_timm``; torch's own default for the patch
+    embedding's convolution) as a state dict, drawn from a generator seeded with ``seed``, with the same bits on
+    every CPU, and without building the model.
+
+    The distributions are timm's, the bits are not: timm's draws depend on the CPU (its truncated normals go
+    through torch's ``erfinv``, which MKL computes differently by CPU and ``MKL_CBWR``; ``normal_`` is a
+    vectorized Box-Muller on AVX2 only; ``kaiming_uniform_`` fuses ``a + (b - a) * u`` on AVX2), so every random
+    tensor is drawn by :mod:`engine.numerics`: all truncated normals (linear weights, position embedding,
+    distillation token) in one call into one buffer, in state-dict order, then the prefix tokens, then the patch
+    embedding. One draw, not timm's followed by ours: this is the whole cost of a random descendant.
+
+    Raises :class:`LearngeneError` for a tensor no rule here covers (a new timm feature must say how it starts)."""
+    shapes = state_shapes(spec)
+    generator = torch.Generator().manual_seed(seed)
+    truncated = [k for k, shape in shapes.items() if len(shape) == 2 or k in _TRUNCATED_TOKENS]
+    drawn = torch.empty(sum(math.prod(shapes[k]) for k in truncated))
+    normal_(drawn, std=0.02, cut=2.0, generator=generator)
+    state: StateDict = {}
+    offset = 0
+    for key in truncated:
+        size = math.prod(shapes[key])
+        state[key] = drawn[offset:offset + size].view(shapes[key])
+        offset += size
+    for key in _TINY_TOKENS:
+        if key in shapes:
+            state[key] = normal_(torch.empty(shapes[key]), std=1e-6, generator=generator)
+    patch = shapes["patch_embed.proj.weight"]
+    bound = 1.0 / math.sqrt(math.prod(patch[1:]))  # torch's default: kaiming_uniform_(a=sqrt(5)), bias alike
+    for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+        if key in shapes:
+            state[key] = uniform_(torch.empty(shapes[key]), bound, generator)
+    for key, shape in shapes.items():
+        if key in state:
+            continue
+        module, _, part = key.rpartition(".")
+        if part == "gamma":
+            state[key] = torch.full(shape, float(spec.init_values or 0.0))  # timm's LayerScale
+        elif part == "weight" and len(shape) == 1 and "norm" in module.rpartition(".")[2]:
+            state[key] = torch.ones(shape)
+        elif part == "bias" and len(shape) == 1:
+            state[key] = torch.zeros(shape)
+        else:
+            raise LearngeneError(f"no initialization rule for {key} {tuple(shape)}")
+    return {key: state[key] for key in shapes}  # timm's order

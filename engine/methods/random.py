@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, ViTSpec, merge_request
-from engine.vit import build_seeded, make_descendant
+from engine.vit import make_descendant, seeded_state
 
 name = "random"
 
@@ -37,4 +37,4 @@ def candidate_specs(learngene: Learngene) -> list[ViTSpec]:
 
 def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
     spec = resolve_spec(learngene, spec.to_dict())
-    return make_descendant(build_seeded(spec, seed).state_dict(), spec)
+    return make_descendant(seeded_state(spec, seed), spec)

@@ -20,7 +20,7 @@ from engine.artifacts import save_learngene
 from engine.methods import REGISTRY, get_method
 from engine.methods.base import StateDict
 from engine.spec import SpecError, ViTSpec
-from engine.vit import build_seeded
+from engine.vit import seeded_state
 from tests.engine.expansion_digests import digests
 
 PLAIN = ViTSpec(depth=6, embed_dim=192, num_heads=3, num_classes=10, img_size=32, patch_size=8)
@@ -46,7 +46,7 @@ SCRIPT = Path(__file__).with_name("expansion_digests.py")
 def trained_like(spec: ViTSpec) -> StateDict:
     """timm's init moved off its constants (a fresh LayerNorm's ones would make resizing trivially exact)."""
     generator = torch.Generator().manual_seed(1)
-    state = build_seeded(spec, 0).state_dict()
+    state = seeded_state(spec, 0)
     return {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
 
 
