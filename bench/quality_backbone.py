@@ -82,6 +82,10 @@ TRAIN_STEPS = 1200
 #: first blocks through the pool's stitching).
 POOL_STUDENT = {"embed_dim": 192, "num_heads": 3, "depth": 12}
 AUX_192 = {"aux_embed_dim": 192, "aux_num_heads": 3}
+#: A student per shallower size (a pool of one student each): the 12-deep student's first blocks were never
+#: trained to end there.
+POOL_D4 = {"embed_dim": 192, "num_heads": 3, "depth": 4}
+POOL_D6 = {"embed_dim": 192, "num_heads": 3, "depth": 6}
 #: The ancestry itself (weight selection at its own size is the ancestry), probed frozen, at 56 and 112 px.
 FROZEN, FROZEN_112 = "ancestry (frozen)", "ancestry (frozen, 112 px)"
 
@@ -95,6 +99,8 @@ class Init:
     mode: str | None = None  # None: a baseline, straight from the ancestry
     params: tuple[tuple[str, Any], ...] = ()
     priority: int = 2
+    #: Its own condensing steps (in ``params``), kept whatever ``--train-steps`` says.
+    own_steps: bool = False
 
     @property
     def trained(self) -> bool:
@@ -113,6 +119,10 @@ INITS: tuple[Init, ...] = (
     Init("front fit", "front", "fit", priority=1),
     Init("tleg train", "tleg", "train", _train(**AUX_192), priority=1),
     Init("wave train", "wave", "train", _train(**AUX_192), priority=1),
+    Init("pool train d4", "pool", "train", _train(students=[POOL_D4]), priority=1),
+    Init("pool train d6", "pool", "train", _train(students=[POOL_D6]), priority=1),
+    Init("pool train d4 2400", "pool", "train", _train(students=[POOL_D4], steps=2400), priority=1, own_steps=True),
+    Init("pool train d6 2400", "pool", "train", _train(students=[POOL_D6], steps=2400), priority=1, own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
@@ -601,7 +611,7 @@ def _select(args: argparse.Namespace) -> None:
 
 
 def _with_steps(init: Init) -> Init:
-    if not init.trained:
+    if not init.trained or init.own_steps:
         return init
     return Init(init.label, init.method, init.mode,
                 tuple((k, TRAIN_STEPS if k == "steps" else v) for k, v in init.params), init.priority)
@@ -614,7 +624,9 @@ def merged(passes: list[dict[str, Any]]) -> dict[str, Any]:
         out[name] = {k: v for p in passes for k, v in p.get(name, {}).items()}
     out["skipped"] = [s for p in passes for s in p.get("skipped", [])]
     out["loadavg"] = [x for p in passes for x in p.get("loadavg", [])]
-    out["passes"] = [{"setup": p.get("setup"), "inits": [i["label"] for i in p.get("inits", [])]} for p in passes]
+    # A raw file already merged brings its own passes along.
+    out["passes"] = [record for p in passes for record in p.get("passes") or [
+        {"setup": p.get("setup"), "inits": [i["label"] for i in p.get("inits", [])]}]]
     return out
 
 

@@ -47,3 +47,15 @@ def test_targets_row_compares_the_best_learngene_at_the_same_size() -> None:
     assert cells[4] == "+0.250"  # 0.65 - 0.40
     assert cells[5] == "-0.050"  # 0.65 - 0.70: loses to weight selection, and says so
     assert cells[6] == "0.69"  # probe 0.55 / ancestry 0.80
+
+
+def test_merging_a_merged_file_keeps_every_earlier_pass() -> None:
+    """Merging report v3's merged raw file with a new pass listed the merged file as one pass, losing its record
+    of the passes before it."""
+    from bench.quality_backbone import merged
+
+    first = {**data(), "setup": {"train_steps": 600}, "inits": [{"label": "pool train"}]}
+    second = {**data(), "setup": {"train_steps": 1200}, "inits": [{"label": "tleg train"}]}
+    third = {**data(), "setup": {"train_steps": 2400}, "inits": [{"label": "pool train d4 2400"}]}
+    again = merged([merged([first, second]), third])
+    assert [p["inits"] for p in again["passes"]] == [["pool train"], ["tleg train"], ["pool train d4 2400"]]
