@@ -26,12 +26,24 @@ def fixed_sum(values: np.ndarray, axis: int = -1) -> np.ndarray:
     """Sum along ``axis`` in float64 by repeated halving (pairwise, the pairs fixed by position): every addition is
     one element-wise IEEE add, so the result does not depend on threads or vector width the way a library
     reduction's order may."""
-    acc = np.moveaxis(np.asarray(values, dtype=np.float64), axis, -1)
-    while acc.shape[-1] > 1:
-        half = acc.shape[-1] // 2
-        paired = acc[..., :half] + acc[..., half:2 * half]
-        acc = np.concatenate([paired, acc[..., 2 * half:]], axis=-1) if acc.shape[-1] % 2 else paired
-    return acc[..., 0] if acc.shape[-1] else np.zeros(acc.shape[:-1])
+    work = np.array(np.moveaxis(np.asarray(values), axis, -1), dtype=np.float64)  # a copy of our own
+    return fixed_sum_into(work)
+
+
+def fixed_sum_into(work: np.ndarray) -> np.ndarray:
+    """:func:`fixed_sum` along the last axis of a float64 ``work`` array that it may overwrite: the halving runs in
+    place (no allocation per level, which dominated on large rows), with the same pairs in the same order: the
+    first half plus the second, an odd last element carried to the end."""
+    n = work.shape[-1]
+    if n == 0:
+        return np.zeros(work.shape[:-1])
+    while n > 1:
+        half = n // 2
+        work[..., :half] += work[..., half:2 * half]
+        if n % 2:
+            work[..., half] = work[..., 2 * half]
+        n = half + n % 2
+    return work[..., 0].copy()
 
 
 def _round_to_bits(values: torch.Tensor, dim: int, bits: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 
 from engine.costs import state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
-from engine.numerics import fixed_sum, resample_grid
+from engine.numerics import fixed_sum, fixed_sum_into, resample_grid
 from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, SpecError, SpecLimits, ViTSpec, merge_request, require_features
 from engine.vit import (as_float32, assemble, block_key, block_tensors, check_layout, head_state, pos_prefix,
                         stack_blocks)
@@ -212,7 +212,8 @@ def reconstruct(coeffs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dep
     size = math.prod(shape)
     first = flat[:, 0].astype(np.float64)
     # Block by block: a float64 copy of one block at a time, not of the stack (which would double the peak memory).
-    energy = np.array([fixed_sum(np.square(row, dtype=np.float64)) for row in flat])
+    squares = np.empty(flat.shape[1])  # one float64 row, reused
+    energy = np.array([fixed_sum_into(np.square(row, out=squares, dtype=np.float64)) for row in flat])
     # The energy of everything but the mean; the zero padding to `shape` adds none.
     spread = np.sqrt(np.maximum(energy - first * first, 0.0) / size)
     target_mean = _stats_at(mean.double().numpy(), depth)

@@ -19,6 +19,23 @@ def test_fixed_sum_adds_every_element_once() -> None:
     assert fixed_sum(np.zeros((2, 0)), axis=1).tolist() == [0.0, 0.0]
 
 
+def _halving_reference(values: list[float]) -> float:
+    """The documented order, one Python float add at a time: first half plus second half, an odd last carried."""
+    while len(values) > 1:
+        half = len(values) // 2
+        values = [a + b for a, b in zip(values[:half], values[half:2 * half])] + values[2 * half:]
+    return values[0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 31, 1000, 4097])
+def test_fixed_sum_pairs_by_position_in_place_as_documented(n: int) -> None:
+    """The in-place halving (no allocation per level) keeps the pairs and the order of the one that allocated."""
+    values = np.random.default_rng(n).standard_normal(n) * 10.0 ** np.random.default_rng(0).integers(-8, 8, n)
+    assert fixed_sum(values)[()] == _halving_reference(values.tolist())
+    assert fixed_sum(np.stack([values, -values]), axis=1).tolist() == [_halving_reference(values.tolist()),
+                                                                       _halving_reference((-values).tolist())]
+
+
 def test_exact_matmul_is_closer_to_float64_than_float32_matmul_and_thread_free() -> None:
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 300, 64, generator=generator), torch.randn(64, 512, generator=generator)
