@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.data import Dataset
+from engine.data import Dataset, Split
 from engine.methods import layers
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
@@ -45,9 +45,10 @@ def criterion_name(ancestry_spec: ViTSpec) -> str:
 
 
 @torch.no_grad()
-def block_scores(ancestry: StateDict, ancestry_spec: ViTSpec, images: torch.Tensor, batch_size: int,
+def block_scores(ancestry: StateDict, ancestry_spec: ViTSpec, images: torch.Tensor | Split, batch_size: int,
                  hooks: Hooks | None = None) -> list[float]:
-    """The ablation-KL score of every ancestry block, averaged over ``images``."""
+    """The ablation-KL score of every ancestry block, averaged over ``images`` (a tensor, or a split whose images
+    are loaded a batch at a time: the sample is never held whole at the run's image size)."""
     hooks = hooks or NoHooks()
     device = pick_device()
     model = load_teacher(ancestry, ancestry_spec).to(device)
@@ -58,7 +59,8 @@ def block_scores(ancestry: StateDict, ancestry_spec: ViTSpec, images: torch.Tens
     for done, start in enumerate(batches, start=1):
         if hooks.should_stop():
             raise Cancelled(done - 1)
-        batch = images[start:start + batch_size].to(device)
+        batch = (images.batch(slice(start, start + batch_size))[0] if isinstance(images, Split)
+                 else images[start:start + batch_size]).to(device)
         with autocast(device):
             x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(batch))))
             inputs = []  # inputs[i]: the residual stream entering block i
@@ -96,7 +98,7 @@ def train_layers(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, 
                  hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], list[tuple[int, float]]]:
     depth = ancestry_spec.depth
     count = params["count"] if params["count"] is not None else max(1, depth // 2)
-    sample = dataset.train.sample(params["sample_size"]).images
+    sample = dataset.train.sample(params["sample_size"])
     scores = block_scores(ancestry, ancestry_spec, sample, params["batch_size"], hooks)
     if params["selection"] == "score":
         ranked = sorted(range(depth), key=lambda i: (-scores[i], i))

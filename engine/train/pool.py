@@ -99,8 +99,8 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     start = pool.fit(ancestry, ancestry_spec, {} if params["students"] is None else {"students": params["students"]})
     specs = pool.student_specs(start)
     students = _split_students(start.tensors, specs)
-    sample = dataset.train.sample(params["stitch_images"]).images
-    stitches = pool.fit_stitches(students, sample)
+    sample = dataset.train.sample(params["stitch_images"])  # loaded a batch at a time, never whole
+    stitches = pool.fit_stitches(students, (images for images, _ in sample.batches(pool.STITCH_BATCH)))
     model = PoolNet(students, stitches)
     loss = distillation(ancestry, ancestry_spec, params)
     student = feature_student(model, loss, [spec.embed_dim for spec in specs])

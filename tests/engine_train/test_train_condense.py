@@ -398,3 +398,24 @@ def test_wave_refines_at_the_size_its_learngene_was_condensed_at(trained_ancestr
     with pytest.raises(ParamError) as raised:
         refine("wave", learngene, state, spec, DIGITS_URI, {**params, "img_size": 8})
     assert raised.value.field == "params.img_size"
+
+
+@pytest.mark.parametrize("method", ["layers", "pool"])
+def test_layers_and_pool_never_hold_their_sample_whole(trained_ancestry: Ancestry, method: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 item 2: the layers' scoring sample (up to 1,000,000 images) and the pool's stitch images (up to
+    65,536) were materialized at the run's image size (``Split.images``), and the pool's stitches held every
+    image's features at every block; both now load a batch at a time."""
+    from engine.data import Split
+
+    def whole(split: Split) -> torch.Tensor:
+        raise AssertionError(f"{len(split)} images materialized at once")
+
+    monkeypatch.setattr(Split, "images", property(whole))
+    state, spec, _ = trained_ancestry
+    params = {"count": 2, "sample_size": 96} if method == "layers" else {**QUICK["pool"], "steps": 2, "warmup_steps": 1,
+                                                                         "evaluate": False}
+    learngene, _, _ = condense(method, "train", state, spec, DIGITS_URI, params)
+    assert learngene.method == method
+    if method == "pool":
+        assert learngene.meta["stitches"]
