@@ -24,7 +24,7 @@ from engine.methods.base import Learngene
 from engine.spec import ViTSpec
 from engine.train.ancestry import classification_loss
 from engine.train.loop import Hooks, NoHooks, TrainConfig, accuracy, train
-from engine.vit import build_model, seeded
+from engine.vit import build_model, seeded, seeded_state
 
 CARD_TRAINING = TrainConfig(steps=100, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_steps=10, weight_decay=0.05,
                             checkpoint_every_s=0.0)
@@ -64,16 +64,22 @@ def default_sizes(learngene: Learngene) -> list[ViTSpec]:
 
 def evaluate_card(learngene: Learngene, dataset_uri: str, sizes: Sequence[dict[str, Any]] | None = None,
                   steps: int = CARD_TRAINING.steps, shots: int | None = 20, classes: Sequence[int] | None = None,
-                  seed: int = 0, hooks: Hooks | None = None) -> dict[str, Any]:
+                  seed: int = 0, hooks: Hooks | None = None, img_size: int | None = None,
+                  eval_images: int | None = None) -> dict[str, Any]:
     """Accuracies after ``steps`` fine-tuning steps, learngene vs random init, for each size (partial spec
-    dicts resolved by the learngene's method; default :func:`default_sizes`)."""
+    dicts resolved by the learngene's method; default :func:`default_sizes`), at ``img_size`` (the condensing
+    run's; None: the learngene's own, e.g. 518 px for a DINOv2 backbone), measured on ``eval_images`` of the
+    task's validation split (a fixed stratified subset; None: all of it)."""
     method = get_method(learngene.method)
     base = learngene.base_spec
-    images = load_dataset(dataset_uri, base.img_size, base.in_chans,
-                          **normalization(learngene.meta.get("preprocessing")))
+    size = img_size or base.img_size
+    images = load_dataset(dataset_uri, size, base.in_chans, **normalization(learngene.meta.get("preprocessing")))
     task = target_task(images, classes, shots, seed)
+    val = task.val if eval_images is None else task.val.fixed_subset(eval_images)
     partials = [dict(size) for size in sizes] if sizes is not None else [s.to_dict() for s in default_sizes(learngene)]
-    specs = [method.resolve_spec(learngene, {**partial, "num_classes": task.num_classes}) for partial in partials]
+    at_size = {} if size == base.img_size else {"img_size": size}
+    specs = [method.resolve_spec(learngene, {**partial, **at_size, "num_classes": task.num_classes})
+             for partial in partials]
     config = dataclasses.replace(CARD_TRAINING, steps=steps, seed=seed,
                                  warmup_steps=min(CARD_TRAINING.warmup_steps, steps - 1))
     results = []
@@ -83,20 +89,21 @@ def evaluate_card(learngene: Learngene, dataset_uri: str, sizes: Sequence[dict[s
             model = _descendant(learngene, spec, seed, init)
             train(model, classification_loss, task.train, config,
                   _CardHooks(hooks or NoHooks(), f"{init} depth {spec.depth} width {spec.embed_dim}"))
-            row[f"{init}_accuracy"] = accuracy(model, task.val, hooks=hooks)  # a cancel stops between batches
+            row[f"{init}_accuracy"] = accuracy(model, val, hooks=hooks)  # a cancel stops between batches
         results.append(row)
     return {
-        "task": {"dataset": dataset_uri, "classes": len(task.classes), "shots": shots,
-                 "train_images": len(task.train), "val_images": len(task.val)},
+        "task": {"dataset": dataset_uri, "classes": len(task.classes), "shots": shots, "img_size": size,
+                 "train_images": len(task.train), "val_images": len(val)},
         "training": {"steps": steps, "batch_size": config.batch_size, "lr": config.lr, "seed": seed},
         "sizes": results,
     }
 
 
 def _descendant(learngene: Learngene, spec: ViTSpec, seed: int, init: str) -> nn.Module:
-    # Both start from build_model under the same seed; the learngene run then overwrites every tensor.
-    with seeded(seed):
+    # Random init is the service's own `random` method (timm's distributions, drawn the same on every CPU).
+    state = get_method(learngene.method).expand(learngene, spec, seed).state_dict if init == "learngene" \
+        else seeded_state(spec, seed)
+    with seeded(seed):  # the caller's RNG untouched; every tensor is replaced next
         model = build_model(spec)
-    if init == "learngene":
-        model.load_state_dict(get_method(learngene.method).expand(learngene, spec, seed).state_dict, strict=True)
+    model.load_state_dict(state, strict=True)
     return model

@@ -71,6 +71,7 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
     from engine.artifacts import load_learngene, save_learngene
     from engine.train import Cancelled as TrainingCancelled
     from engine.train import condense as condense_ancestry
+    from engine.methods.params import DEFAULT_EVAL_IMAGES
     from engine.train import evaluate_card, refine
 
     with jctx.sessions() as session:
@@ -99,7 +100,10 @@ def condense(jctx: JobContext, p: CondensePayload) -> dict[str, Any]:
         else:
             learngene, metrics, loss_history = condense_ancestry(p.method, p.mode, state, spec, dataset,
                                                                  p.params, hooks, preprocessing)
-        card = evaluate_card(learngene, dataset, hooks=hooks) if p.evaluate and dataset else None
+        # The card fine-tunes at the run's image size, on the run's bounded validation subset.
+        card = evaluate_card(learngene, dataset, hooks=hooks, img_size=p.params.get("img_size"),
+                             eval_images=p.params.get("eval_images") or DEFAULT_EVAL_IMAGES) \
+            if p.evaluate and dataset else None
     except TrainingCancelled as exc:
         raise JobCancelled() from exc
     jctx.check_cancelled()

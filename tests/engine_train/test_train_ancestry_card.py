@@ -37,8 +37,8 @@ def test_evaluation_card_compares_learngene_and_random_init(
     state, spec, metrics = trained_ancestry
     learngene = tleg.fit(state, spec, {})
     card = evaluate_card(learngene, DIGITS_URI, sizes=[{"depth": 2}, {"depth": 4}], steps=30, shots=10)
-    assert card["task"] == {"dataset": DIGITS_URI, "classes": 10, "shots": 10, "train_images": 100,
-                            "val_images": 359}
+    assert card["task"] == {"dataset": DIGITS_URI, "classes": 10, "shots": 10, "img_size": spec.img_size,
+                            "train_images": 100, "val_images": 359}
     assert [row["spec"]["depth"] for row in card["sizes"]] == [2, 4]
     full = card["sizes"][1]
     # The full-depth expansion of the fit starts near the ancestry; 30 steps from random init on 100 images do not.
@@ -47,6 +47,19 @@ def test_evaluation_card_compares_learngene_and_random_init(
     again = evaluate_card(learngene, DIGITS_URI, sizes=[{"depth": 4}], steps=30, shots=10, hooks=hooks)
     assert again["sizes"][0] == full  # same seed, same data, same result
     assert hooks.phases == {"evaluation card: learngene depth 4 width 32", "evaluation card: random depth 4 width 32"}
+
+
+def test_the_card_runs_at_the_condensing_size_on_a_bounded_validation_subset(
+        trained_ancestry: tuple[StateDict, ViTSpec, dict[str, Any]]) -> None:
+    """Issue 19 item 2: the card fine-tuned at the learngene's own image size (518 px for a DINOv2 backbone, even
+    after a 112 px condensing run) and measured on the task's whole validation split, whatever ``eval_images``."""
+    state, spec, _ = trained_ancestry
+    learngene = tleg.fit(state, spec, {})
+    smaller = spec.img_size // 2 - (spec.img_size // 2) % spec.patch_size
+    card = evaluate_card(learngene, DIGITS_URI, sizes=[{"depth": 2}], steps=5, shots=10, img_size=smaller,
+                         eval_images=50)
+    assert card["task"]["img_size"] == smaller and card["task"]["val_images"] == 50
+    assert card["sizes"][0]["spec"]["img_size"] == smaller
 
 
 class JobHooks(NoHooks):
