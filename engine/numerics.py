@@ -138,7 +138,7 @@ _ACKLAM_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+
              -1.328068155288572e+01, 1.0)
 #: Below this probability (and above 1 minus it) a draw is in the tails, which scipy's ``ndtri`` computes.
 _TAIL = 0.02425
-_CHUNK = 1 << 18  # elements per pass: the polynomial's temporaries stay in the cache, few enough kernel calls
+_CHUNK = 1 << 16  # elements per pass: measured best with two threads (22 M draws: 0.24 s; 2^15: 0.31 s, 2^18: 0.27 s)
 #: The central region's numerator and denominator coefficients side by side, one Horner step for both.
 _ACKLAM = torch.tensor([_ACKLAM_A, _ACKLAM_B], dtype=torch.float64).T.reshape(len(_ACKLAM_A), 2, 1).contiguous()
 
