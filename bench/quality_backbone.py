@@ -123,6 +123,8 @@ INITS: tuple[Init, ...] = (
     Init("pool train d6", "pool", "train", _train(students=[POOL_D6]), priority=1),
     Init("pool train d4 2400", "pool", "train", _train(students=[POOL_D4], steps=2400), priority=1, own_steps=True),
     Init("pool train d6 2400", "pool", "train", _train(students=[POOL_D6], steps=2400), priority=1, own_steps=True),
+    Init("pool train 2400", "pool", "train", _train(students=[POOL_STUDENT], steps=2400), priority=1,
+         own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
