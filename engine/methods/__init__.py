@@ -203,7 +203,11 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
                        "seed": TRAINING["seed"]}),
             TRAIN: Mode({**TRAINING, **DISTILLATION, **_POOL_STUDENTS,
                          "stitch_images": Param(256, integer(1, 65_536),
-                                                "train: images for the least-squares stitch init")},
+                                                "train: images for the least-squares stitch init"),
+                         "paths": Param("all", choice("all", "students"),
+                                        "train: distil every student and every stitched path (all), or the "
+                                        "students alone (their stitches keep the least-squares fit): with "
+                                        "several students of one width, stitched paths multiply the cost")},
                         "engine.train.pool:train_pool"),
         },
     ),

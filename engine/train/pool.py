@@ -38,7 +38,7 @@ class PoolNet(nn.Module):
     every stitched path in :attr:`paths` order."""
 
     def __init__(self, students: list[tuple[StateDict, ViTSpec]],
-                 stitches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+                 stitches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], stitched: bool = True) -> None:
         super().__init__()
         self.specs = [spec for _, spec in students]
         self.students = nn.ModuleList()
@@ -50,7 +50,7 @@ class PoolNet(nn.Module):
                                         for part, tensor in zip(("weight", "bias"), pair)})
         #: (front student, last front block j, back student, first back block k) of every stitched path.
         self.paths = [(f, j, b, k) for f, front in enumerate(self.specs) for b, back in enumerate(self.specs)
-                      if f != b for j, k in pool.stitch_positions(front.depth, back.depth)]
+                      if f != b for j, k in pool.stitch_positions(front.depth, back.depth)] if stitched else []
 
     def _stitch(self, f: int, b: int, x: torch.Tensor) -> torch.Tensor:
         if self.specs[f].embed_dim == self.specs[b].embed_dim:
@@ -101,7 +101,7 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     students = _split_students(start.tensors, specs)
     sample = dataset.train.sample(params["stitch_images"])  # loaded a batch at a time, never whole
     stitches = pool.fit_stitches(students, (images for images, _ in sample.batches(pool.STITCH_BATCH)))
-    model = PoolNet(students, stitches)
+    model = PoolNet(students, stitches, stitched=params.get("paths", "all") == "all")
     loss = distillation(ancestry, ancestry_spec, params)
     student = feature_student(model, loss, [spec.embed_dim for spec in specs])
     history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)

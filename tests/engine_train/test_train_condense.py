@@ -419,3 +419,20 @@ def test_layers_and_pool_never_hold_their_sample_whole(trained_ancestry: Ancestr
     assert learngene.method == method
     if method == "pool":
         assert learngene.meta["stitches"]
+
+
+def test_a_pool_can_distil_its_students_alone(trained_ancestry: Ancestry) -> None:
+    """Students of one width (a student per depth) gain nothing from training the stitched paths between them
+    (their stitches are identities) and pay for each: ``paths: students`` trains the students only, and the
+    stitches keep their least-squares fit."""
+    state, spec, _ = trained_ancestry
+    students = [{"embed_dim": 16, "num_heads": 1, "depth": 2}, {"embed_dim": 16, "num_heads": 1, "depth": 3},
+                {"embed_dim": 32, "num_heads": 2, "depth": 2}]
+    params = {**QUICK["pool"], "students": students, "steps": 3, "warmup_steps": 1, "evaluate": False}
+    learngene, metrics, _ = condense("pool", "train", state, spec, DIGITS_URI, {**params, "paths": "students"})
+    assert metrics["paths"] == ["student 0", "student 1", "student 2"]
+    assert learngene.meta["stitches"]  # still fitted: the catalogue's stitched entries expand
+    _, every, _ = condense("pool", "train", state, spec, DIGITS_URI, params)
+    assert len(every["paths"]) > 3
+    with pytest.raises(Exception, match="paths"):
+        condense("pool", "train", state, spec, DIGITS_URI, {**params, "paths": "some"})
