@@ -125,6 +125,10 @@ INITS: tuple[Init, ...] = (
     Init("pool train d6 2400", "pool", "train", _train(students=[POOL_D6], steps=2400), priority=1, own_steps=True),
     Init("pool train 2400", "pool", "train", _train(students=[POOL_STUDENT], steps=2400), priority=1,
          own_steps=True),
+    # One learngene for every depth: the three students in one pool, distilled alone (their stitches, between
+    # equal widths, are identities).
+    Init("pool train 3 students 1200", "pool", "train",
+         _train(students=[POOL_D4, POOL_D6, POOL_STUDENT], paths="students", steps=1200), priority=1, own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
