@@ -148,13 +148,42 @@ def block_width(spec: ViTSpec, index: int) -> tuple[int, int, float]:
     return spec.embed_dim, spec.num_heads, spec.mlp_ratio
 
 
+def _truncated_normal_views(shapes: dict[str, tuple[int, ...]], keys: list[str],
+                            generator: torch.Generator | None) -> StateDict:
+    """timm's truncated normal (std 0.02, cut at +-2) for ``keys``, drawn by one call into one buffer in the order
+    of ``keys`` and handed out as views: per-tensor draws cost a few kernel launches each, which dominates on small
+    or busy CPUs. ``generator`` None draws from torch's global one."""
+    drawn = torch.empty(sum(math.prod(shapes[k]) for k in keys))
+    normal_(drawn, std=0.02, cut=2.0, generator=generator)
+    state: StateDict = {}
+    offset = 0
+    for key in keys:
+        size = math.prod(shapes[key])
+        state[key] = drawn[offset:offset + size].view(shapes[key])
+        offset += size
+    return state
+
+
+def _constant(key: str, shape: tuple[int, ...], spec: ViTSpec) -> torch.Tensor:
+    """The tensors timm starts at a constant: LayerScale gammas at ``init_values``, norm weights at 1, biases at 0.
+    Raises :class:`LearngeneError` for a tensor no rule covers (a new timm feature must say how it starts)."""
+    module, _, part = key.rpartition(".")
+    if part == "gamma":
+        return torch.full(shape, float(spec.init_values or 0.0))  # timm's LayerScale
+    if part == "weight" and len(shape) == 1 and "norm" in module.rpartition(".")[2]:
+        return torch.ones(shape)
+    if part == "bias" and len(shape) == 1:
+        return torch.zeros(shape)
+    raise LearngeneError(f"no initialization rule for {key} {tuple(shape)}")
+
+
 def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
     """timm's default ViT initialization (``init_weights_vit_timm``: linear weights truncated normal with std 0.02
     cut at +-2, biases 0; LayerNorm weights 1, biases 0) of some modules of ``spec`` (``"blocks.{i}"`` or
     ``"head"``), drawn from a generator seeded with ``seed``.
 
     Every linear weight is drawn by one call into one buffer, in the order of ``modules``, then handed out as
-    views: per-tensor draws cost a few kernel launches each, which dominates on small or busy CPUs.
+    views (:func:`_truncated_normal_views`).
     """
     shapes: dict[str, tuple[int, ...]] = {}
     for module in modules:
@@ -166,22 +195,9 @@ def timm_random_init(spec: ViTSpec, modules: list[str], seed: int) -> StateDict:
             block = spec_block_shapes(spec, dim, int(dim * mlp_ratio))
             shapes.update({f"{module}.{k}": v for k, v in block.items()})
     weights = [k for k, shape in shapes.items() if len(shape) == 2]  # the 2-D tensors are the linear weights
-    drawn = torch.empty(sum(math.prod(shapes[k]) for k in weights))
-    with seeded(seed):
-        normal_(drawn, std=0.02, cut=2.0)  # timm's trunc_normal_(std=0.02, a=-2, b=2), the same bits on every CPU
-    state: StateDict = {}
-    offset = 0
-    for key, shape in shapes.items():
-        if len(shape) == 2:
-            state[key] = drawn[offset:offset + math.prod(shape)].view(shape)
-            offset += math.prod(shape)
-        elif key.endswith(("norm1.weight", "norm2.weight")):
-            state[key] = torch.ones(shape)
-        elif key.endswith(("ls1.gamma", "ls2.gamma")):
-            state[key] = torch.full(shape, float(spec.init_values or 0.0))  # timm's LayerScale init
-        else:
-            state[key] = torch.zeros(shape)
-    return state
+    with seeded(seed):  # timm's trunc_normal_(std=0.02, a=-2, b=2), the same bits on every CPU
+        state = _truncated_normal_views(shapes, weights, generator=None)
+    return {key: state[key] if key in state else _constant(key, shape, spec) for key, shape in shapes.items()}
 
 
 def make_descendant(state: StateDict, spec: ViTSpec, **details: Any) -> Descendant:
@@ -256,14 +272,7 @@ def seeded_state(spec: ViTSpec, seed: int) -> StateDict:
     shapes = state_shapes(spec)
     generator = torch.Generator().manual_seed(seed)
     truncated = [k for k, shape in shapes.items() if len(shape) == 2 or k in _TRUNCATED_TOKENS]
-    drawn = torch.empty(sum(math.prod(shapes[k]) for k in truncated))
-    normal_(drawn, std=0.02, cut=2.0, generator=generator)
-    state: StateDict = {}
-    offset = 0
-    for key in truncated:
-        size = math.prod(shapes[key])
-        state[key] = drawn[offset:offset + size].view(shapes[key])
-        offset += size
+    state = _truncated_normal_views(shapes, truncated, generator)
     for key in _TINY_TOKENS:
         if key in shapes:
             state[key] = normal_(torch.empty(shapes[key]), std=1e-6, generator=generator)
@@ -273,15 +282,6 @@ def seeded_state(spec: ViTSpec, seed: int) -> StateDict:
         if key in shapes:
             state[key] = uniform_(torch.empty(shapes[key]), bound, generator)
     for key, shape in shapes.items():
-        if key in state:
-            continue
-        module, _, part = key.rpartition(".")
-        if part == "gamma":
-            state[key] = torch.full(shape, float(spec.init_values or 0.0))  # timm's LayerScale
-        elif part == "weight" and len(shape) == 1 and "norm" in module.rpartition(".")[2]:
-            state[key] = torch.ones(shape)
-        elif part == "bias" and len(shape) == 1:
-            state[key] = torch.zeros(shape)
-        else:
-            raise LearngeneError(f"no initialization rule for {key} {tuple(shape)}")
+        if key not in state:
+            state[key] = _constant(key, shape, spec)
     return {key: state[key] for key in shapes}  # timm's order
