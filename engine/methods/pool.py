@@ -178,18 +178,22 @@ def fit_stitches(students: list[tuple[StateDict, ViTSpec]], images: torch.Tensor
             if not positions:
                 raise LearngeneError(f"students {f} and {b} leave no stitch position (back depth 1)")
             pairs.append((f, b, positions))
-    normal: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    # The normal equations of each pair, from zeros: [F, 1]^T [F, 1] and [F, 1]^T G.
+    normal = {(f, b): (torch.zeros(students[f][1].embed_dim + 1, students[f][1].embed_dim + 1, dtype=torch.float64),
+                       torch.zeros(students[f][1].embed_dim + 1, students[b][1].embed_dim, dtype=torch.float64))
+              for f, b, _ in pairs}
+    seen = 0
     for batch in batches:
+        seen += len(batch)
         hidden = [_features(model, spec, batch) for model, (_, spec) in zip(models, students)]
         for f, b, positions in pairs:
             source = torch.cat([hidden[f][j] for j, _ in positions])
             target = torch.cat([hidden[b][k - 1] for _, k in positions])
             design = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
-            gram, cross = design.T @ design, design.T @ target
-            if (f, b) in normal:
-                gram, cross = gram + normal[(f, b)][0], cross + normal[(f, b)][1]
-            normal[(f, b)] = (gram, cross)
-    if pairs and not normal:
+            gram, cross = normal[(f, b)]
+            gram += design.T @ design
+            cross += design.T @ target
+    if pairs and not seen:
         raise LearngeneError("no images to fit the stitches on")
     stitches = {}
     for (f, b), (gram, cross) in normal.items():
