@@ -18,7 +18,9 @@ stitches packs the same format with :func:`build_pool`.
 Catalogue (what :func:`candidate_specs` lists and :func:`resolve_spec` chooses from): every student as it is, and
 for every ordered pair f != b and every j in 0..n_f-2 the back part starting at the same relative depth,
 ``k = round((j + 1) * n_b / n_f)`` clamped to [1, n_b - 1] (**our choice**: a stitch maps features between matching
-depths, which is also what its least-squares initialization fits).
+depths, which is also what its least-squares initialization fits). Any entry is served at any image size that
+its patches tile: the position embedding is resampled (:func:`engine.vit.resample_pos_embed`, timm's filter in a
+fixed order), as timm adapts pretrained weights to another resolution.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from engine.costs import preference_key, state_shapes
 from engine.methods import weight_selection
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
 from engine.spec import STITCHED_FEATURES, FrontSpec, SpecError, ViTSpec, require_features, validate_structure
-from engine.vit import STEM_TENSORS, as_float32, assemble, block_key, block_tensors, build_model, check_layout
+from engine.vit import (STEM_TENSORS, as_float32, assemble, block_key, block_tensors, build_model, check_layout,
+                        resample_pos_embed)
 
 name = "pool"
 #: Layer scale only: a stitched descendant (engine.stitched) is built of timm blocks with or without layer scale,
@@ -239,6 +242,9 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
 #: Fields that, named without ``front``, describe the whole network: a stitched entry whose front part is of
 #: another width would be a different network than the one asked for.
 _WIDTH_FIELDS = ("embed_dim", "num_heads", "mlp_ratio")
+#: Fields any entry serves: the classes (a new head when they differ) and the image size (the positions
+#: resampled to the new grid, as timm adapts pretrained weights; the patch size stays the students').
+_FREE_FIELDS = ("num_classes", "img_size")
 
 
 def _matches(spec: ViTSpec, field: str, value: Any, front_named: bool) -> bool:
@@ -265,7 +271,7 @@ def _choose(learngene: Learngene, partial: dict[str, Any]) -> tuple[Entry, ViTSp
     entries = catalogue(learngene)
     front_named = "front" in partial
     for field, value in partial.items():
-        if field == "num_classes":
+        if field in _FREE_FIELDS:
             continue
         if field == "front" and isinstance(value, dict):
             value = FrontSpec(**value)
@@ -275,13 +281,14 @@ def _choose(learngene: Learngene, partial: dict[str, Any]) -> tuple[Entry, ViTSp
                             f"{_sizes(catalogue(learngene))}", field)
         entries = narrowed
     entry = min(entries, key=lambda e: preference_key(e.spec))
-    spec = entry.spec.replace(num_classes=partial.get("num_classes", entry.spec.num_classes))
+    spec = entry.spec.replace(**{field: partial[field] for field in _FREE_FIELDS if field in partial})
     validate_structure(spec)
     return entry, spec
 
 
 def resolve_spec(learngene: Learngene, partial: dict[str, Any]) -> ViTSpec:
-    """The catalogue entry matching the request; classes are free (a new head when they differ)."""
+    """The catalogue entry matching the request; classes are free (a new head when they differ), and so is the
+    image size (the positions resampled to the new grid)."""
     return _choose(learngene, partial)[1]
 
 
@@ -306,6 +313,8 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         state.update({block_key(offset, t): tensors[b + block_key(i, t)] for t in block_tensors(back)})
     for part in ("weight", "bias"):
         state[f"{back.final_norm}.{part}"] = tensors[f"{b}{back.final_norm}.{part}"]
+    if "pos_embed" in state:
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], spec)
     head = (tensors[b + "head.weight"], tensors[b + "head.bias"]) if back.num_classes else None
     descendant = assemble(state, spec, seed, head, pool_choice=entry.choice)
     if spec.front is not None:

@@ -197,3 +197,24 @@ def test_another_image_size_resamples_the_positions_with_timm() -> None:
     assert gflops(target) > gflops(spec)
     with torch.inference_mode():
         assert rebuilt(descendant, target)(images(target)).shape == (2, 5)
+
+
+def test_a_pool_serves_its_students_at_another_image_size() -> None:
+    # Report v3: a data-free pool of the DINOv2 backbone (518 px) refused every 56-px request; timm adapts a
+    # pretrained ViT to another resolution by resampling its positions, and so does the pool now.
+    state, spec, _ = make_family("dinov2")
+    method = get_method("pool")
+    student = {"embed_dim": spec.embed_dim // 2, "num_heads": 1, "depth": 2}
+    learngene = method.fit(state, spec, {"students": [student]})
+    target = method.resolve_spec(learngene, {"img_size": 48, "depth": 2})
+    assert target.img_size == 48
+    descendant = method.expand(learngene, target, seed=0)
+    own = method.expand(learngene, method.resolve_spec(learngene, {"depth": 2}), seed=0)
+    torch.testing.assert_close(descendant.state_dict["pos_embed"],
+                               resample_abs_pos_embed(own.state_dict["pos_embed"], new_size=[6, 6],
+                                                      num_prefix_tokens=1), rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        assert rebuilt(descendant, target)(images(target)).shape == (2, 5)
+    with pytest.raises(SpecError) as refused:  # 50 px is no whole number of 8-px patches
+        method.resolve_spec(learngene, {"img_size": 50})
+    assert refused.value.field in ("img_size", "patch_size") and "50" in str(refused.value)
