@@ -521,30 +521,38 @@ def _mean(cells: dict[Any, Any], key: tuple[str, str, str, int], what: str) -> f
     return statistics.fmean(runs) if runs else None
 
 
-def _targets(data: dict[str, Any], cells: dict[Any, Any]) -> list[str]:
-    """Per target, shots and size: the best learngene after fine-tuning, its gain over random and over weight
-    selection, and its descendants' probe as a share of the frozen ancestry's."""
-    lines = ["| target | shots | size | best learngene | over random (≥ +0.10) | over weight selection (> 0) | "
-             "probe / ancestry's (≥ 0.9) |", "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
+def _best(cells: dict[Any, Any], targets: list[str], what: str) -> Iterator[tuple[Any, ...]]:
+    """Per target, shots and size: the learngene with the best mean ``what`` ("finetune" or "probe") over at least
+    :data:`MIN_SEEDS` seeds, as (target, shots, size, label, its mean, random's, weight selection's, the frozen
+    ancestry's probe); random's and weight selection's are of the same measurement (None where missing)."""
     learngenes = [i.label for i in INITS if i.mode is not None]
-    for target in TARGETS:
+    for target in targets:
         for shots in SHOTS:
             anc = _mean(cells, (FROZEN, target, "x".join(map(str, ANCESTRY_SIZE)), shots), "probe")
             for size in SIZES:
                 s = "x".join(map(str, size))
                 scored = [(m, label) for label in learngenes
-                          if len(cells.get((label, target, s, shots), {}).get("finetune") or []) >= MIN_SEEDS
-                          and (m := _mean(cells, (label, target, s, shots), "finetune")) is not None]
-                if not scored:
-                    continue
-                best_score, best = max(scored)
-                rnd = _mean(cells, ("random", target, s, shots), "finetune")
-                ws = _mean(cells, ("weight-selection", target, s, shots), "finetune")
-                probe = _mean(cells, (best, target, s, shots), "probe")
-                lines.append(row([target, str(shots), _size(size), best,
-                                  "—" if rnd is None else f"{best_score - rnd:+.3f}",
-                                  "—" if ws is None else f"{best_score - ws:+.3f}",
-                                  "—" if probe is None or not anc else f"{probe / anc:.2f}"]))
+                          if len(cells.get((label, target, s, shots), {}).get(what) or []) >= MIN_SEEDS
+                          and (m := _mean(cells, (label, target, s, shots), what)) is not None]
+                if scored:
+                    score, best = max(scored)
+                    yield (target, shots, size, best, score, _mean(cells, ("random", target, s, shots), what),
+                           _mean(cells, ("weight-selection", target, s, shots), what), anc)
+
+
+def _gain(score: float, baseline: float | None) -> str:
+    return "—" if baseline is None else f"{score - baseline:+.3f}"
+
+
+def _targets(data: dict[str, Any], cells: dict[Any, Any]) -> list[str]:
+    """Per target, shots and size: the best learngene after fine-tuning, its gain over random and over weight
+    selection, and its descendants' probe as a share of the frozen ancestry's."""
+    lines = ["| target | shots | size | best learngene | over random (≥ +0.10) | over weight selection (> 0) | "
+             "probe / ancestry's (≥ 0.9) |", "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for target, shots, size, best, score, rnd, ws, anc in _best(cells, list(TARGETS), "finetune"):
+        probe = _mean(cells, (best, target, "x".join(map(str, size)), shots), "probe")
+        lines.append(row([target, str(shots), _size(size), best, _gain(score, rnd), _gain(score, ws),
+                          "—" if probe is None or not anc else f"{probe / anc:.2f}"]))
     return lines
 
 
@@ -553,26 +561,10 @@ def _probe_targets(cells: dict[Any, Any]) -> list[str]:
     body probes best, against random's and weight selection's probes and the frozen ancestry's."""
     lines = ["| target | shots | size | best learngene (probe) | probe | over random's | over weight selection's | "
              "/ ancestry's (≥ 0.9) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
-    learngenes = [i.label for i in INITS if i.mode is not None]
-    for target in TARGETS:
-        if target == FINETUNED:
-            continue
-        for shots in SHOTS:
-            anc = _mean(cells, (FROZEN, target, "x".join(map(str, ANCESTRY_SIZE)), shots), "probe")
-            for size in SIZES:
-                s = "x".join(map(str, size))
-                scored = [(m, label) for label in learngenes
-                          if len(cells.get((label, target, s, shots), {}).get("probe") or []) >= MIN_SEEDS
-                          and (m := _mean(cells, (label, target, s, shots), "probe")) is not None]
-                if not scored:
-                    continue
-                best_score, best = max(scored)
-                rnd = _mean(cells, ("random", target, s, shots), "probe")
-                ws = _mean(cells, ("weight-selection", target, s, shots), "probe")
-                lines.append(row([target, str(shots), _size(size), best, f"{best_score:.3f}",
-                                  "—" if rnd is None else f"{best_score - rnd:+.3f}",
-                                  "—" if ws is None else f"{best_score - ws:+.3f}",
-                                  "—" if not anc else f"{best_score / anc:.2f}"]))
+    probed = [target for target in TARGETS if target != FINETUNED]
+    for target, shots, size, best, score, rnd, ws, anc in _best(cells, probed, "probe"):
+        lines.append(row([target, str(shots), _size(size), best, f"{score:.3f}", _gain(score, rnd), _gain(score, ws),
+                          "—" if not anc else f"{score / anc:.2f}"]))
     return lines
 
 
