@@ -131,6 +131,8 @@ INITS: tuple[Init, ...] = (
     # equal widths, are identities).
     Init("pool train 3 students 1200", "pool", "train",
          _train(students=[POOL_D4, POOL_D6, POOL_STUDENT], paths="students", steps=1200), priority=1, own_steps=True),
+    Init("pool train 3 students 2400", "pool", "train",
+         _train(students=[POOL_D4, POOL_D6, POOL_STUDENT], paths="students", steps=2400), priority=1, own_steps=True),
     Init("pool train d6 w384", "pool", "train", _train(students=[POOL_D6_W384]), priority=1),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
