@@ -139,15 +139,16 @@ _ACKLAM_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+
              -1.328068155288572e+01, 1.0)
 #: Below this probability (and above 1 minus it) a draw is in the tails, which scipy's ``ndtri`` computes.
 _TAIL = 0.02425
-#: Elements per pass: small enough that a pass's float64 scratch (four rows) stays in the core's L2 cache;
-#: measured on a 2-core Xeon, 86 M draws: 2^14 0.55 s per thread, 2^16 0.75 s, 2^12 0.62 s.
-_CHUNK = 1 << 14
-#: Below one job a slab is not worth a thread.
+#: Elements per pass (the float64 scratch is four rows of it: 2 MiB per thread). Measured on a quiet 2-core AMD
+#: EPYC, 86 M draws with two threads, best of two: 2^12 2.2 s, 2^14 0.90-1.13 s, 2^15 0.69 s, 2^16 0.60-0.68 s,
+#: 2^17 0.57 s, 2^18 0.54-0.66 s; past 2^16 the gain is within the noise and the scratch grows.
+_CHUNK = 1 << 16
+#: Draws below which a thread of their own costs more than it saves: one slab.
 _SLAB_MIN = 1 << 20
 _ACKLAM_TAIL = np.float32(1.0 - 2 * _TAIL)  # the tails' threshold as the float32 draws compare with it
 
 
-def _quantile_slab(uniform: np.ndarray, out: np.ndarray, std: float, bound: float) -> None:
+def _quantile_slab(uniform: np.ndarray, out: np.ndarray, std: float, bound: float | None) -> None:
     """``out`` (float32 or float64) = the standard normal quantile of the float32 draws ``uniform`` in [-1, 1),
     times ``std``, cut at +-``bound``; one pass of :data:`_CHUNK` elements at a time through four float64 scratch
     rows. numpy's ufuncs each round once per element (no fused multiply-add across calls, whatever the vector
@@ -156,15 +157,14 @@ def _quantile_slab(uniform: np.ndarray, out: np.ndarray, std: float, bound: floa
     from scipy.special import ndtri
 
     scratch = np.empty((4, min(_CHUNK, len(uniform))))
-    numerator_coefficients, denominator_coefficients = _ACKLAM_A, _ACKLAM_B
     for start in range(0, len(uniform), _CHUNK):
         u = uniform[start:start + _CHUNK]
         q, r, num, den = (row[:len(u)] for row in scratch)
         np.multiply(u, 0.5, out=q, dtype=np.float64)  # p - 0.5, exact
         np.multiply(q, q, out=r)
-        num.fill(numerator_coefficients[0])
-        den.fill(denominator_coefficients[0])
-        for a, b in zip(numerator_coefficients[1:], denominator_coefficients[1:]):
+        num.fill(_ACKLAM_A[0])
+        den.fill(_ACKLAM_B[0])
+        for a, b in zip(_ACKLAM_A[1:], _ACKLAM_B[1:]):
             np.multiply(num, r, out=num)
             np.add(num, a, out=num)
             np.multiply(den, r, out=den)
