@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from engine.augment import AUGMENTS
+
 
 class ParamError(ValueError):
     """An unknown or invalid condensing parameter; ``field`` is ``params.<name>``."""
@@ -147,6 +149,10 @@ TRAINING: dict[str, Param] = {
     "evaluate": Param(True, boolean, "validation metrics before and after training; false: none at all"),
     "eval_images": Param(DEFAULT_EVAL_IMAGES, integer(1, MAX_EVAL_IMAGES),
                          "size of the fixed (stratified) validation subset the metrics use"),
+    "augment": Param("none", choice(*AUGMENTS),
+                     "transforms of the training images (engine.augment): light is random resized crops (50-100 % "
+                     "of the area) and flips; strong adds crops down to 20 %, turns of up to 30 degrees, contrast "
+                     "0.6-1.4 and inversions (p 0.2); none: the images as they are"),
 }
 DISTILLATION: dict[str, Param] = {
     "temperature": Param(1.0, real(0.0, 100.0, low_open=True), "softmax temperature of the KL term"),

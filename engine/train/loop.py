@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn as nn
 
+from engine.augment import Augment
 from engine.data import Split, batch_indices
 
 #: (model, images, labels) -> scalar loss. An ``nn.Module`` loss (e.g. one holding a frozen teacher) is moved to
@@ -94,6 +95,7 @@ class TrainConfig:
     evaluate: bool = True  # condensing's before/after validation metrics (engine.train.distill.distil); False: none
     eval_images: int = 1000  # the fixed validation subset those metrics use
     micro_batch: int = 0  # images per forward/backward (gradients accumulate over a step); 0: see micro_batch()
+    augment: str = "none"  # engine.augment's level for the training batches: none, light or strong
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -103,7 +105,7 @@ class TrainConfig:
                    warmup_steps=warmup, weight_decay=params["weight_decay"], grad_clip=params["grad_clip"],
                    seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"],
                    precision=params.get("precision", "auto"), evaluate=params.get("evaluate", True),
-                   eval_images=params.get("eval_images", cls.eval_images))
+                   eval_images=params.get("eval_images", cls.eval_images), augment=params.get("augment", "none"))
 
 
 #: On a CPU a step runs in micro-batches of at most this many input values (16 images of 3x224^2: 2 at DINOv2's
@@ -207,6 +209,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         step, history = _restore(blob, model, optimizer)
 
     micro = micro_batch(data, config, device)
+    augment = Augment.of(config.augment)
     log_every = config.log_every or max(1, config.steps // 100)
     per_epoch = len(data) // min(config.batch_size, len(data))
     images_seen, window_start = 0, time.perf_counter()
@@ -220,6 +223,8 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         chunks = index.split(micro)
+        # Drawn for the whole batch from (seed, step): the same images whatever the micro-batching or resume.
+        draw = augment.draw(len(index), config.seed, step) if augment is not None else None
         for k, part in enumerate(chunks):
             if k and hooks.should_stop():  # a long step on a CPU: stop between its micro-batches too
                 optimizer.zero_grad(set_to_none=True)  # the step is dropped: model and optimizer are at ``step``
@@ -228,6 +233,9 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
                 raise Cancelled(step)
             images, labels = data.batch(part)  # preprocessed now, at the target size: memory flat in img_size
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if draw is not None:
+                start = k * micro
+                images = augment.apply(images, draw.rows(start, start + len(part)))
             with autocast(device, config.precision):
                 part_loss = loss_fn(model, images, labels)
             if len(chunks) > 1:  # gradient accumulation: the batch's mean loss is the size-weighted chunk sum

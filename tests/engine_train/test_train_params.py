@@ -47,6 +47,8 @@ def test_given_values_override_defaults() -> None:
     ("layers", {"position": "middle"}, "position"),
     ("layers", {"sample_size": 1}, "sample_size"),
     ("random", {"seed": 1}, "seed"),
+    ("pool", {"augment": "heavy"}, "augment"),
+    ("tleg", {"augment": True}, "augment"),
 ])
 def test_bad_values_are_refused_naming_the_parameter(method: str, params: dict[str, Any], name: str) -> None:
     with pytest.raises(ParamError) as raised:
