@@ -7,30 +7,19 @@ import io
 
 import pytest
 import torch
-from torch import nn
 
 from engine.augment import AUGMENTS, Augment
-from engine.data import DIGITS_URI, Split, load_dataset
+from engine.data import DIGITS_URI, load_dataset
 from engine.methods import get_method
 from engine.train import condense
 from engine.train.ancestry import classification_loss
 from engine.train.loop import Cancelled, NoHooks, TrainConfig, train
 from tests.engine_train.conftest import QUICK
 from tests.engine_train.test_train_headless import _load, headless
+from tests.engine_train.test_train_loop import _data, _plain_model as _model
 
 CONFIG = TrainConfig(steps=12, batch_size=16, lr=1e-2, min_lr=1e-4, warmup_steps=2, log_every=1,
                      checkpoint_every_s=0, precision="fp32", augment="strong")
-
-
-def _data() -> Split:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(100, 1, 8, 8, generator=generator)
-    return Split(images, (images.sum(dim=(1, 2, 3)) > 0).long())
-
-
-def _model(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 2))
 
 
 def _digits(count: int = 32) -> torch.Tensor:
