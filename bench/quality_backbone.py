@@ -143,6 +143,9 @@ INITS: tuple[Init, ...] = (
          priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
+    # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
+    Init("pool train d6 w384 strong 600 lr2e-4", "pool", "train",
+         _train(students=[POOL_D6_W384], augment="strong", steps=600, lr=2e-4), priority=1, own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
