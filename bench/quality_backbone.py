@@ -566,7 +566,7 @@ def _targets(data: dict[str, Any], cells: dict[Any, Any]) -> list[str]:
     for target, shots, size, best, score, rnd, ws, anc in _best(cells, list(TARGETS), "finetune"):
         probe = _mean(cells, (best, target, "x".join(map(str, size)), shots), "probe")
         lines.append(row([target, str(shots), _size(size), best, _gain(score, rnd), _gain(score, ws),
-                          "—" if probe is None or not anc else f"{probe / anc:.2f}"]))
+                          "—" if probe is None or not anc else f"{probe / anc:.3f}"]))
     return lines
 
 
@@ -578,7 +578,7 @@ def _probe_targets(cells: dict[Any, Any]) -> list[str]:
     probed = [target for target in TARGETS if target != FINETUNED]
     for target, shots, size, best, score, rnd, ws, anc in _best(cells, probed, "probe"):
         lines.append(row([target, str(shots), _size(size), best, f"{score:.3f}", _gain(score, rnd), _gain(score, ws),
-                          "—" if not anc else f"{score / anc:.2f}"]))
+                          "—" if not anc else f"{score / anc:.3f}"]))
     return lines
 
 
