@@ -10,7 +10,7 @@ import torch
 
 from engine.augment import AUGMENTS, Augment
 from engine.data import DIGITS_URI, load_dataset
-from engine.methods import get_method
+from engine.methods import get_method, validate_params
 from engine.train import condense
 from engine.train.ancestry import classification_loss
 from engine.train.loop import Cancelled, NoHooks, TrainConfig, train
@@ -28,6 +28,10 @@ def _digits(count: int = 32) -> torch.Tensor:
 
 def test_augment_levels_are_the_params_choices() -> None:
     assert AUGMENTS == ("none", "light", "strong")
+    for method in ("pool", "tleg", "wave"):
+        assert validate_params(method, {})["augment"] == "none"  # the default keeps every recorded result
+        assert validate_params(method, {"augment": "strong"})["augment"] == "strong"
+    assert TrainConfig.from_params(validate_params("pool", {"augment": "light"})).augment == "light"
     assert Augment.of("none") is None
     with pytest.raises(ValueError, match="augment must be one of"):
         Augment("heavy")
