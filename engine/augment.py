@@ -32,8 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-#: What ``augment`` may be.
-AUGMENTS = ("none", "light", "strong")
+from engine.methods.params import AUGMENTS  # the levels, named where importing costs no torch
 
 
 @dataclass(frozen=True)

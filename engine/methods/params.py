@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.augment import AUGMENTS
-
 
 class ParamError(ValueError):
     """An unknown or invalid condensing parameter; ``field`` is ``params.<name>``."""
@@ -125,6 +123,9 @@ def check_img_size(img_size: Any, patch_size: int) -> None:
 STUDENTS = spec_list("student", {"embed_dim", "num_heads", "depth"}, min_depth=2)
 SIZES = spec_list("size", set(), min_depth=1)
 
+
+#: What a trained mode's ``augment`` may be (engine.augment applies them; named here, where no torch is imported).
+AUGMENTS = ("none", "light", "strong")
 
 #: Bounds of the training-mode image size and of the validation subset of a condensing run's metrics.
 MAX_IMG_SIZE = 1024
