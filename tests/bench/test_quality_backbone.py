@@ -46,7 +46,7 @@ def test_targets_row_compares_the_best_learngene_at_the_same_size() -> None:
     assert cells[3] == "front fit"  # tleg fit scores more, on one seed
     assert cells[4] == "+0.250"  # 0.65 - 0.40
     assert cells[5] == "-0.050"  # 0.65 - 0.70: loses to weight selection, and says so
-    assert cells[6] == "0.69"  # probe 0.55 / ancestry 0.80
+    assert cells[6] == "0.687"  # probe 0.55 / ancestry 0.80, three decimals: a 0.898 must not read as 0.90
 
 
 def test_merging_a_merged_file_keeps_every_earlier_pass() -> None:
