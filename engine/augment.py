@@ -77,7 +77,6 @@ class Augment:
     def __init__(self, level: str) -> None:
         if level not in LEVELS:
             raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {level!r}")
-        self.level = level
         self.spec = LEVELS[level]
 
     @classmethod

@@ -13,10 +13,10 @@ from engine.data import DIGITS_URI, load_dataset
 from engine.methods import get_method, validate_params
 from engine.train import condense
 from engine.train.ancestry import classification_loss
-from engine.train.loop import Cancelled, NoHooks, TrainConfig, train
+from engine.train.loop import Cancelled, TrainConfig, train
 from tests.engine_train.conftest import QUICK
 from tests.engine_train.test_train_headless import _load, headless
-from tests.engine_train.test_train_loop import _data, _plain_model as _model
+from tests.engine_train.test_train_loop import Recorder, _data, _plain_model as _model
 
 CONFIG = TrainConfig(steps=12, batch_size=16, lr=1e-2, min_lr=1e-4, warmup_steps=2, log_every=1,
                      checkpoint_every_s=0, precision="fp32", augment="strong")
@@ -87,30 +87,15 @@ def test_an_augmented_micro_batched_step_is_the_whole_batch_step() -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
-class StopAfter(NoHooks):
-    def __init__(self, calls: int | None = None, checkpoint: bytes | None = None) -> None:
-        self.calls, self.limit, self.checkpoint, self.saved = 0, calls, checkpoint, []
-
-    def should_stop(self) -> bool:
-        self.calls += 1
-        return self.limit is not None and self.calls > self.limit
-
-    def save_checkpoint(self, blob: bytes) -> None:
-        self.saved.append(blob)
-
-    def load_checkpoint(self) -> bytes | None:
-        return self.checkpoint
-
-
 def test_an_augmented_run_resumed_from_a_checkpoint_matches_an_uninterrupted_one() -> None:
     uninterrupted = _model(0)
     train(uninterrupted, classification_loss, _data(), CONFIG)
-    stopped = StopAfter(calls=7)
+    stopped = Recorder(stop_after_calls=7)
     with pytest.raises(Cancelled):
         train(_model(0), classification_loss, _data(), CONFIG, stopped)
-    assert torch.load(io.BytesIO(stopped.saved[-1]), weights_only=True)["step"] == 7
+    assert torch.load(io.BytesIO(stopped.checkpoints[-1]), weights_only=True)["step"] == 7
     resumed = _model(99)
-    train(resumed, classification_loss, _data(), CONFIG, StopAfter(checkpoint=stopped.saved[-1]))
+    train(resumed, classification_loss, _data(), CONFIG, Recorder(checkpoint=stopped.checkpoints[-1]))
     for a, b in zip(uninterrupted.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
 
