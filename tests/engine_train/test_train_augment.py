@@ -79,14 +79,6 @@ def test_an_augmented_run_differs_from_the_plain_one() -> None:
     assert not torch.equal(plain[1].weight, augmented[1].weight)
 
 
-def test_an_augmented_micro_batched_step_is_the_whole_batch_step() -> None:
-    whole, chunked = _model(0), _model(0)
-    train(whole, classification_loss, _data(), CONFIG)
-    train(chunked, classification_loss, _data(), dataclasses.replace(CONFIG, micro_batch=5))  # 16 = 5+5+5+1
-    for a, b in zip(whole.parameters(), chunked.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
 def test_an_augmented_run_resumed_from_a_checkpoint_matches_an_uninterrupted_one() -> None:
     uninterrupted = _model(0)
     train(uninterrupted, classification_loss, _data(), CONFIG)
