@@ -12,14 +12,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 
 from service.context import AppContext
 from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import Settings
 from service.wiring import build_context
-from tests.support import make_settings, start_server
+from tests.support import RedisDbClaim, make_settings, start_server
 
 PG_ADMIN = os.environ.get("LEARNGENE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("LEARNGENE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -39,13 +38,13 @@ def pg_database() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis db index of its own (flushed before and after) so queues of other runs never mix in."""
-    db = int(os.environ.get("LEARNGENE_TEST_REDIS_DB", "11"))
-    url = f"{REDIS_BASE}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    """A Redis db index claimed by this test run alone (emptied before and after), so that two runs on one
+    machine (a clean-clone CI run beside a developer's) never take each other's Celery messages."""
+    claim = RedisDbClaim(REDIS_BASE, os.environ.get("LEARNGENE_TEST_REDIS_DB"))
+    try:
+        yield claim.url
+    finally:
+        claim.release()
 
 
 def _reset_pg(url: str) -> None:

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import redis
 
 from service.settings import Settings
 
@@ -119,6 +121,46 @@ def start_worker(settings: Settings, tmp: Path, name: str, queues: str = "cpu,gp
     if proc.popen.poll() is not None:
         raise AssertionError(f"worker exited early:\n{proc.log()}")
     return proc
+
+
+class RedisDbClaim:
+    """One db index of a shared Redis, held by one test run. A run claims the first index (1-15; 0 is left to
+    applications) whose claim key it can set with NX; the key expires, so a crashed run frees its index after
+    ``ttl_s``. An index holding keys no test run left (no marker) is never claimed or emptied."""
+
+    CLAIM = "learngene:test-run"
+    MARKER = "learngene:test-db"
+
+    def __init__(self, base: str, only: str | None = None, ttl_s: int = 6 * 3600) -> None:
+        self.token = uuid.uuid4().hex
+        candidates = [int(only)] if only else list(range(1, 16))
+        for db in candidates:
+            client = redis.Redis.from_url(f"{base}/{db}")
+            if not client.set(self.CLAIM, self.token, nx=True, ex=ttl_s):
+                client.close()
+                continue
+            if client.dbsize() > 1 and not client.exists(self.MARKER):
+                client.delete(self.CLAIM)  # someone else's data: leave it alone
+                client.close()
+                continue
+            self.db, self.client, self.url = db, client, f"{base}/{db}"
+            client.set(self.MARKER, "1")
+            self._empty()
+            return
+        raise RuntimeError(f"no free Redis db index among {candidates} at {base}: each is held by another "
+                           f"test run or holds data of its own")
+
+    def _empty(self) -> None:
+        keep = {self.CLAIM.encode(), self.MARKER.encode()}
+        for key in self.client.scan_iter(count=1000):
+            if key not in keep:
+                self.client.delete(key)
+
+    def release(self) -> None:
+        self._empty()
+        if self.client.get(self.CLAIM) == self.token.encode():
+            self.client.delete(self.CLAIM)
+        self.client.close()
 
 
 class RedisServer:
