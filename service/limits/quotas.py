@@ -2,7 +2,7 @@
 and of uploads per UTC day (counted by the rate-limit counters). Checked before any work is queued."""
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
@@ -16,8 +16,27 @@ JOB_SLOT_RETRY_S = 5.0
 ACTIVE = ("queued", "running")
 
 
+#: The first key of the PostgreSQL advisory locks that serialize one owner's job submissions ("LG").
+_JOB_SLOT_LOCK_CLASS = 0x4C47
+
+
+def _serialize_owner_jobs(session: Session, owner: str | None) -> None:
+    """Holds, until the transaction ends, a lock that every other submission of ``owner`` needs before it
+    counts: without it two concurrent requests both counted the same free slot and both queued (one over the
+    quota). PostgreSQL: an advisory lock on the owner's name; SQLite: its one write lock, taken by a write that
+    changes nothing, so the count below reads what every earlier submission committed."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(CAST(:lock_class AS integer), hashtext(:owner))"),
+                        {"lock_class": _JOB_SLOT_LOCK_CLASS, "owner": owner or ""})
+    elif dialect == "sqlite":
+        session.execute(text("UPDATE jobs SET owner = owner WHERE 0"))
+
+
 def check_job_slot(session: Session, caller: Principal) -> None:
-    """Refuses a new job when the caller's queued and running jobs already fill its quota."""
+    """Refuses a new job when the caller's queued and running jobs already fill its quota. Submissions of one
+    owner are serialized from this count to their commit (:func:`_serialize_owner_jobs`)."""
+    _serialize_owner_jobs(session, caller.owner)
     owner = Job.owner == caller.owner if caller.owner is not None else Job.owner.is_(None)
     active = session.scalar(select(func.count()).select_from(Job).where(owner, Job.state.in_(ACTIVE))) or 0
     if active >= caller.limits.max_concurrent_jobs:

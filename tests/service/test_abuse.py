@@ -239,6 +239,43 @@ def test_concurrent_jobs_quota(ctx: AppContext, tiny_ancestry_file: Path) -> Non
         assert c.post("/v1/descendants", json=body, headers=bearer("boot")).status_code in (201, 202)
 
 
+def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: AppContext) -> None:
+    """Regression: the slot check counted the owner's active jobs and the job was inserted later, so two requests
+    at once both counted the one free slot and both queued (one job over the quota). Now the second waits for the
+    first to commit, counts its job and is refused."""
+    import threading
+
+    from service.errors import TooManyRequests
+    from service.keys.auth import Limits, Principal
+    from service.limits.quotas import check_job_slot
+
+    caller = Principal(bucket="key:1", owner="racer", scopes=frozenset({"read", "write"}),
+                       limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=1, descendant_bytes_per_day=1,
+                                     upload_bytes_per_day=1))
+    first = ctx.sessions()
+    check_job_slot(first, caller)  # the one slot is free
+    first.add(Job(id="a" * 32, kind="condense", queue="cpu", owner="racer"))
+    first.flush()  # inserted, not yet committed
+    outcome: list[str] = []
+
+    def second() -> None:
+        with ctx.sessions() as session:
+            try:
+                check_job_slot(session, caller)
+                outcome.append("admitted")
+            except TooManyRequests:
+                outcome.append("refused")
+
+    racer = threading.Thread(target=second)
+    racer.start()
+    racer.join(1.0)
+    assert racer.is_alive() and not outcome  # waiting for the first submission to end
+    first.commit()
+    first.close()
+    racer.join(30)
+    assert outcome == ["refused"]
+
+
 def upload_ancestry_with(c: TestClient, path: Path, key: str, visibility: str = "private") -> httpx.Response:
     with open(path, "rb") as f:
         return c.post("/v1/ancestries", files={"file": ("tiny.safetensors", f)}, headers=bearer(key),
