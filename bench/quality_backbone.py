@@ -141,11 +141,19 @@ INITS: tuple[Init, ...] = (
     Init("pool train 3 students 2400 strong", "pool", "train",
          _train(students=[POOL_D4, POOL_D6, POOL_STUDENT], paths="students", steps=2400, augment="strong"),
          priority=1, own_steps=True),
+    # Twice the steps: the probe ratio rose with every doubling so far (600 -> 1200 -> 2400).
+    Init("pool train 3 students 4800 strong", "pool", "train",
+         _train(students=[POOL_D4, POOL_D6, POOL_STUDENT], paths="students", steps=4800, augment="strong"),
+         priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
     # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
     Init("pool train d6 w384 strong 600 lr2e-4", "pool", "train",
          _train(students=[POOL_D6_W384], augment="strong", steps=600, lr=2e-4), priority=1, own_steps=True),
+    # Weight-space ensembling (keep_start): half weight selection, half what distilling made of it, so the
+    # descendant keeps what the cut carries for 100 shots and gains what distilling adds at 10.
+    Init("pool train d6 w384 strong keep 0.5", "pool", "train",
+         _train(students=[POOL_D6_W384], augment="strong", keep_start=0.5), priority=1),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),

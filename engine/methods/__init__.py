@@ -207,7 +207,11 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
                          "paths": Param("all", choice("all", "students"),
                                         "train: distil every student and every stitched path (all), or the "
                                         "students alone (their stitches keep the least-squares fit): with "
-                                        "several students of one width, stitched paths multiply the cost")},
+                                        "several students of one width, stitched paths multiply the cost"),
+                         "keep_start": Param(0.0, real(0.0, 1.0),
+                                             "train: share of the start kept after training; each weight becomes "
+                                             "keep_start * start + (1 - keep_start) * trained (students: weight "
+                                             "selection, stitches: the least-squares fit); 0: the trained weights")},
                         "engine.train.pool:train_pool"),
         },
     ),

@@ -94,6 +94,13 @@ def _split_students(tensors: StateDict, specs: list[ViTSpec]) -> list[tuple[Stat
              spec) for s, spec in enumerate(specs)]
 
 
+def keep_start(trained: StateDict, start: StateDict, share: float) -> StateDict:
+    """``share * start + (1 - share) * trained``, tensor by tensor (weight-space ensembling, Wortsman et al.,
+    CVPR 2022, between the weight-selected start and what distilling made of it); integer buffers stay trained."""
+    return {k: torch.lerp(v.float(), start[k].float(), share).to(v.dtype) if v.is_floating_point() else v
+            for k, v in trained.items()}
+
+
 def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
     start = pool.fit(ancestry, ancestry_spec, {} if params["students"] is None else {"students": params["students"]})
@@ -102,16 +109,20 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     sample = dataset.train.sample(params["stitch_images"])  # loaded a batch at a time, never whole
     stitches = pool.fit_stitches(students, (images for images, _ in sample.batches(pool.STITCH_BATCH)))
     model = PoolNet(students, stitches, stitched=params.get("paths", "all") == "all")
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss = distillation(ancestry, ancestry_spec, params)
     student = feature_student(model, loss, [spec.embed_dim for spec in specs])
     history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
     metrics["paths"] = model.path_names()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if params.get("keep_start", 0.0):
+        state = keep_start(state, start_state, params["keep_start"])
     trained_students = _split_students(state, specs)
     trained_stitches = {(f, b): (state[f"stitches.{f}.{b}.weight"], state[f"stitches.{f}.{b}.bias"])
                         for f, b in stitches}
     learngene = pool.build_pool(trained_students, trained_stitches, {
         "spec": ancestry_spec.to_dict(),
-        "init": {"students": "weight selection", "stitches": f"least squares on {len(sample)} training images"},
+        "init": {"students": "weight selection", "stitches": f"least squares on {len(sample)} training images",
+                 **({"keep_start": params["keep_start"]} if params.get("keep_start", 0.0) else {})},
     })
     return learngene, metrics, history

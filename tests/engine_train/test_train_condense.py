@@ -436,3 +436,29 @@ def test_a_pool_can_distil_its_students_alone(trained_ancestry: Ancestry) -> Non
     assert len(every["paths"]) > 3
     with pytest.raises(Exception, match="paths"):
         condense("pool", "train", state, spec, DIGITS_URI, {**params, "paths": "some"})
+
+
+def test_a_pool_keeps_the_share_of_its_start_it_is_asked_to(trained_ancestry: Ancestry) -> None:
+    """``keep_start`` blends each trained weight with its start (the students' weight selection, the stitches'
+    least-squares fit): 1 gives the start back exactly, 0 (the default) the trained weights, 0.5 the midpoint."""
+    from engine.methods import pool
+    from engine.methods.params import ParamError
+
+    state, spec, _ = trained_ancestry
+    params = {**QUICK["pool"], "steps": 4, "warmup_steps": 1, "lr": 5e-3, "evaluate": False}
+    trained, _, _ = condense("pool", "train", state, spec, DIGITS_URI, params)
+    start, _, _ = condense("pool", "train", state, spec, DIGITS_URI, {**params, "keep_start": 1.0})
+    half, _, _ = condense("pool", "train", state, spec, DIGITS_URI, {**params, "keep_start": 0.5})
+    fitted = pool.fit(state, spec, {"students": params["students"]} if params.get("students") else {})
+    students = [k for k in trained.tensors if k.startswith("students.")]
+    assert students and any(k.startswith("stitches.") for k in trained.tensors)
+    for key in students:  # keep_start 1: exactly the weight-selected students, whatever training did
+        assert torch.equal(start.tensors[key], fitted.tensors[key]), key
+    moved = [k for k in trained.tensors if not torch.equal(trained.tensors[k], start.tensors[k])]
+    assert moved  # training changed the weights, so the blend has two ends to choose between
+    for key in trained.tensors:
+        assert torch.allclose(half.tensors[key], (trained.tensors[key] + start.tensors[key]) / 2, atol=1e-6), key
+    for bad in (-0.1, 1.5, "half"):
+        with pytest.raises(ParamError) as raised:
+            condense("pool", "train", state, spec, DIGITS_URI, {**params, "keep_start": bad})
+        assert raised.value.field == "params.keep_start"
