@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session
 
 from service.jobs.dispatch import QUEUE_CPU, QUEUE_GPU
 from service.jobs.states import FINISHED
@@ -69,7 +70,6 @@ class RegistryCollector:
         active = GaugeMetricFamily("learngene_jobs_active", "Jobs queued or running, by kind", labels=["kind", "state"])
         depth = GaugeMetricFamily("learngene_queue_depth", "Jobs waiting for a worker, by queue", labels=["queue"])
         queued: dict[str, int] = defaultdict(int)
-        durations: dict[tuple[str, str], list[float]] = defaultdict(list)
         throughput: dict[str, float] = defaultdict(float)
         with self.sessions() as session:
             for kind, state, queue, n in session.execute(
@@ -81,11 +81,7 @@ class RegistryCollector:
                     active.add_metric([kind, state], n)
                 if state == "queued":
                     queued[queue] += n
-            for kind, state, started, ended in session.execute(
-                select(Job.kind, Job.state, Job.started_at, Job.finished_at)
-                .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
-            ):
-                durations[(kind, state)].append(max(0.0, (ended - started).total_seconds()))
+            durations = _job_durations(session)
             for (progress,) in session.execute(
                 select(Job.progress).where(Job.kind == "condense", Job.state == "running")
             ):
@@ -115,11 +111,38 @@ class RegistryCollector:
         yield produced
 
 
-def _histogram(name: str, doc: str, samples: dict[tuple[str, str], list[float]]) -> HistogramMetricFamily:
+#: A histogram's rows by labels: the cumulative count at each of JOB_BUCKETS, the count, the sum of seconds.
+Buckets = dict[tuple[str, str], tuple[list[int], int, float]]
+
+
+def _job_seconds(dialect: str) -> ColumnElement[float]:
+    """A finished job's seconds from its (last) start to its end, as SQL; a clock step backwards counts 0."""
+    if dialect == "postgresql":
+        seconds: ColumnElement[float] = func.extract("epoch", Job.finished_at - Job.started_at)
+    else:  # SQLite keeps naive UTC text; julianday's double resolves about 10 microseconds today
+        seconds = (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
+    return case((seconds < 0, 0.0), else_=seconds)
+
+
+def _job_durations(session: Session) -> Buckets:
+    """The job-duration histogram counted by the database: one row per (kind, state), whatever the number of
+    finished jobs (it used to fetch every finished job's two timestamps at each scrape)."""
+    seconds = _job_seconds(session.get_bind().dialect.name)
+    rows = session.execute(
+        select(Job.kind, Job.state, func.count(), func.coalesce(func.sum(seconds), 0.0),
+               *(func.sum(case((seconds <= bound, 1), else_=0)) for bound in JOB_BUCKETS))
+        .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+        .group_by(Job.kind, Job.state)
+    )
+    return {(kind, state): ([int(c) for c in cumulative], int(n), float(total))
+            for kind, state, n, total, *cumulative in rows}
+
+
+def _histogram(name: str, doc: str, samples: Buckets) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=["kind", "state"])
-    for labels, values in sorted(samples.items()):
-        buckets = [(_le(b), sum(1 for v in values if v <= b)) for b in JOB_BUCKETS] + [("+Inf", len(values))]
-        family.add_metric(list(labels), buckets, sum(values))
+    for labels, (cumulative, count, total) in sorted(samples.items()):
+        buckets = [(_le(b), c) for b, c in zip(JOB_BUCKETS, cumulative)] + [("+Inf", count)]
+        family.add_metric(list(labels), buckets, total)
     return family
 
 

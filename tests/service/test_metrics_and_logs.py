@@ -180,3 +180,49 @@ def test_worker_lines_name_the_job_kind_and_attempt(deployment: Deployment) -> N
                       10, 0.1, "the worker's lines about the job")
     assert {(p["job_kind"], p["attempt"]) for p in mine} == {("expand", 1)}
     assert any("started" in p["message"] for p in mine)
+
+
+def test_the_job_duration_histogram_is_counted_by_the_database(ctx: Any) -> None:
+    """Regression: each scrape fetched every finished job's two timestamps and bucketed them in Python, so the
+    scrape grew with the registry's whole history. The database now counts one row per (kind, state); the
+    buckets, counts and sums are the same on SQLite and PostgreSQL."""
+    import datetime as dt
+
+    from sqlalchemy import event
+
+    from service.metrics import JOB_BUCKETS, RegistryCollector
+    from service.models import Job
+
+    start = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    seconds = {"expand": [0.01, 0.3, 0.7, 7.0, 100.0, -2.0], "condense": [5000.0, 50_000.0]}
+    with ctx.sessions.begin() as session:
+        for kind, values in seconds.items():
+            for i, s in enumerate(values):
+                session.add(Job(id=f"{kind[:1]}{i}".ljust(32, "0"), kind=kind, queue="cpu",
+                                state="succeeded" if kind == "expand" else "failed", started_at=start,
+                                finished_at=start + dt.timedelta(seconds=s)))
+        session.add(Job(id="q" * 32, kind="expand", queue="cpu", started_at=start))  # still queued: not counted
+    statements: list[str] = []
+    engine = ctx.sessions.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        families = {f.name: f for f in RegistryCollector(ctx.sessions).collect()}
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if "started_at" in s]
+    assert reads and all("GROUP BY" in s.upper() for s in reads), reads
+    samples = {(s.name, s.labels["kind"], s.labels["state"], s.labels.get("le")): s.value
+               for s in families["learngene_job_duration_seconds"].samples}
+    for kind, state in (("expand", "succeeded"), ("condense", "failed")):
+        values = [max(0.0, v) for v in seconds[kind]]
+        for bound in JOB_BUCKETS:
+            got = samples[("learngene_job_duration_seconds_bucket", kind, state, str(float(bound)))]
+            assert got == sum(1 for v in values if v <= bound), (kind, bound)
+        assert samples[("learngene_job_duration_seconds_bucket", kind, state, "+Inf")] == len(values)
+        assert samples[("learngene_job_duration_seconds_count", kind, state, None)] == len(values)
+        assert samples[("learngene_job_duration_seconds_sum", kind, state, None)] == pytest.approx(sum(values),
+                                                                                                 abs=1e-3)
