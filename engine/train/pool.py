@@ -109,20 +109,21 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     sample = dataset.train.sample(params["stitch_images"])  # loaded a batch at a time, never whole
     stitches = pool.fit_stitches(students, (images for images, _ in sample.batches(pool.STITCH_BATCH)))
     model = PoolNet(students, stitches, stitched=params.get("paths", "all") == "all")
-    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    share = params.get("keep_start", 0.0)
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if share else None
     loss = distillation(ancestry, ancestry_spec, params)
     student = feature_student(model, loss, [spec.embed_dim for spec in specs])
     history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
     metrics["paths"] = model.path_names()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if params.get("keep_start", 0.0):
-        state = keep_start(state, start_state, params["keep_start"])
+    if start_state is not None:
+        state = keep_start(state, start_state, share)
     trained_students = _split_students(state, specs)
     trained_stitches = {(f, b): (state[f"stitches.{f}.{b}.weight"], state[f"stitches.{f}.{b}.bias"])
                         for f, b in stitches}
     learngene = pool.build_pool(trained_students, trained_stitches, {
         "spec": ancestry_spec.to_dict(),
         "init": {"students": "weight selection", "stitches": f"least squares on {len(sample)} training images",
-                 **({"keep_start": params["keep_start"]} if params.get("keep_start", 0.0) else {})},
+                 **({"keep_start": share} if share else {})},
     })
     return learngene, metrics, history
