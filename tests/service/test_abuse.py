@@ -252,10 +252,6 @@ def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: A
     caller = Principal(bucket="key:1", owner="racer", scopes=frozenset({"read", "write"}),
                        limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=1, descendant_bytes_per_day=1,
                                      upload_bytes_per_day=1))
-    first = ctx.sessions()
-    check_job_slot(first, caller)  # the one slot is free
-    first.add(Job(id="a" * 32, kind="condense", queue="cpu", owner="racer"))
-    first.flush()  # inserted, not yet committed
     outcome: list[str] = []
 
     def second() -> None:
@@ -266,12 +262,16 @@ def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: A
             except TooManyRequests:
                 outcome.append("refused")
 
-    racer = threading.Thread(target=second)
-    racer.start()
-    racer.join(1.0)
-    assert racer.is_alive() and not outcome  # waiting for the first submission to end
-    first.commit()
-    first.close()
+    # Closed whatever happens: a transaction left open would block the next test's schema reset.
+    with ctx.sessions() as first:
+        check_job_slot(first, caller)  # the one slot is free
+        first.add(Job(id="a" * 32, kind="condense", queue="cpu", owner="racer"))
+        first.flush()  # inserted, not yet committed
+        racer = threading.Thread(target=second)
+        racer.start()
+        racer.join(1.0)
+        assert racer.is_alive() and not outcome  # waiting for the first submission to end
+        first.commit()
     racer.join(30)
     assert outcome == ["refused"]
 
