@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -229,6 +230,13 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    #: The daily quota this job's bytes were charged to (``Principal.bucket``; None: nothing charged).
+    quota_bucket: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: What it charged (an expansion: its descendant's float32 bytes). Given back by failing or being cancelled:
+    #: the quota counts the bucket's jobs of the day that did neither (``service.limits.quotas``).
+    charged_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (Index("ix_jobs_quota_bucket_created_at", "quota_bucket", "created_at"),)
 
 
 class JobEvent(Base):

@@ -74,7 +74,9 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
 
     Identical requests racing each other meet at the unique cache key: one inserts, the others read its row,
     so the expansion runs once. A new expansion counts against the ``caller``'s job slots and daily descendant
-    bytes (an existing descendant costs nothing). Returns (row, created).
+    bytes (an existing descendant costs nothing; the bytes are recorded on the job, in this transaction, so a
+    request that rolls back charges nothing, and an expansion that fails or is cancelled gives them back).
+    Returns (row, created).
     """
     session = uow.session
     source = resolve_source(session, req, caller)
@@ -88,10 +90,11 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     # Weights evicted from the descendant cache are made again, and must come out the same (their sha256 is
     # kept): the bytes were paid for once, so only a job slot is needed.
     regenerating = existing is not None and existing.status == "evicted" and existing.deleted_at is None
+    charge = None
     if caller is not None:
         quotas.check_job_slot(session, caller)
         if not regenerating:
-            quotas.charge_descendant(ctx, caller, plan.param_count * FLOAT32_BYTES)
+            charge = quotas.check_descendant_bytes(session, caller, plan.param_count * FLOAT32_BYTES)
     if existing is not None:  # an earlier job failed, gave up or was cancelled, or the weights were evicted or
         row = existing       # deleted: try again with a new one
         if row.deleted_at is not None:  # asked for again after it was deleted: a new descendant in the old row
@@ -125,7 +128,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
                 raise
             return winner, False
     job = jobs.submit(uow, ctx, EXPAND, ExpandPayload(descendant_id=row.id, head=req.head),
-                      owner=caller.owner if caller else None)
+                      owner=caller.owner if caller else None, charge=charge)
     row.job_id = job.id
     return row, True
 

@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def submit(uow: UnitOfWork, ctx: AppContext, kind: JobKind[Any], payload: BaseModel,
-           owner: str | None = None) -> Job:
+           owner: str | None = None, charge: tuple[str, int] | None = None) -> Job:
     """Add a job of ``kind``; it is published once the unit of work commits (never before: a worker must not
-    be handed a row that could still roll back)."""
+    be handed a row that could still roll back). ``charge``: (quota bucket, bytes) the job counts against that
+    bucket's day, in the same transaction (``service.limits.quotas.check_descendant_bytes``)."""
     if not isinstance(payload, kind.payload):
         raise TypeError(f"job kind {kind.name!r} takes a {kind.payload.__name__}, not a {type(payload).__name__}")
     queue = kind.queue(payload)
     job = Job(kind=kind.name, queue=queue, payload=payload.model_dump(mode="json"),
-              max_attempts=ctx.settings.max_attempts, owner=owner)
+              max_attempts=ctx.settings.max_attempts, owner=owner,
+              quota_bucket=charge[0] if charge else None, charged_bytes=charge[1] if charge else None)
     uow.session.add(job)
     uow.session.flush()
     job_id = job.id

@@ -1,6 +1,9 @@
-"""Quotas of an owner: concurrent jobs (counted in the registry, the truth about jobs), bytes of descendants
-and of uploads per UTC day (counted by the rate-limit counters). Checked before any work is queued."""
+"""Quotas of an owner: concurrent jobs and bytes of descendants per UTC day (both counted in the registry, the
+truth about jobs), bytes of uploads per UTC day (counted by the rate-limit counters). Checked before any work is
+queued."""
 from __future__ import annotations
+
+import datetime as dt
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -9,11 +12,13 @@ from service.context import AppContext
 from service.errors import TooManyRequests
 from service.keys.auth import Principal
 from service.limits.counters import seconds_to_midnight
-from service.models import Job
+from service.models import Job, utcnow
 
 #: What a client waits before asking again when all of its job slots are taken: jobs take seconds to hours.
 JOB_SLOT_RETRY_S = 5.0
 ACTIVE = ("queued", "running")
+#: Jobs that end so give back what they charged: they made nothing the caller can download.
+GIVEN_BACK = ("failed", "cancelled")
 
 
 #: The first key of the PostgreSQL advisory locks that serialize one owner's job submissions ("LG").
@@ -58,8 +63,31 @@ def _charge(ctx: AppContext, caller: Principal, quota: str, amount: int, limit: 
         )
 
 
-def charge_descendant(ctx: AppContext, caller: Principal, nbytes: int) -> None:
-    _charge(ctx, caller, "descendant_bytes", nbytes, caller.limits.descendant_bytes_per_day, "spec")
+def _today() -> dt.datetime:
+    return utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def descendant_bytes_used(session: Session, bucket: str) -> int:
+    """What ``bucket``'s jobs created today (UTC) charged, less those that failed or were cancelled."""
+    used = session.scalar(
+        select(func.coalesce(func.sum(Job.charged_bytes), 0))
+        .where(Job.quota_bucket == bucket, Job.created_at >= _today(), Job.state.not_in(GIVEN_BACK)))
+    return int(used or 0)
+
+
+def check_descendant_bytes(session: Session, caller: Principal, nbytes: int) -> tuple[str, int]:
+    """Refuses ``nbytes`` more when they would pass the caller's descendant bytes of the day; else the charge to
+    record on the job (``jobs.submit(charge=...)``), counted from its commit. Serialized with the caller's other
+    submissions as :func:`check_job_slot` is: two requests at once cannot both take the last bytes."""
+    _serialize_owner_jobs(session, caller.owner)
+    limit = caller.limits.descendant_bytes_per_day
+    used = descendant_bytes_used(session, caller.bucket)
+    if used + nbytes > limit:
+        raise TooManyRequests(
+            f"descendant bytes quota: {used} of {limit} bytes used today (UTC), {nbytes} more asked",
+            retry_after=seconds_to_midnight(), field="spec",
+        )
+    return caller.bucket, nbytes
 
 
 def charge_upload(ctx: AppContext, caller: Principal, nbytes: int) -> None:

@@ -12,6 +12,7 @@ from service.context import AppContext
 from service.descendants.cache import stored_bytes
 from service.errors import Forbidden
 from service.keys.auth import BOOTSTRAP_OWNER, Principal, anonymous, default_limits, key_principal
+from service.limits.quotas import descendant_bytes_used
 from service.models import Ancestry, ApiKey, DatasetRow, DescendantRow, Job, LearngeneRow, LearngeneVersion
 from service.registry.schemas import OwnerUsage, QuotaLeft, Stored, UsageReport
 
@@ -50,9 +51,9 @@ def _counts(session: Session, q: Any) -> dict[str, dict[str, int]]:
     return out
 
 
-def _quota(ctx: AppContext, who: Principal, prefix: str | None) -> QuotaLeft:
+def _quota(session: Session, ctx: AppContext, who: Principal, prefix: str | None) -> QuotaLeft:
     counters = ctx.counters
-    used_d = counters.used("descendant_bytes", who.bucket) if counters is not None else 0
+    used_d = descendant_bytes_used(session, who.bucket)
     used_u = counters.used("upload_bytes", who.bucket) if counters is not None else 0
     lim = who.limits
     return QuotaLeft(key=who.bucket, prefix=prefix,
@@ -65,14 +66,14 @@ def _quota(ctx: AppContext, who: Principal, prefix: str | None) -> QuotaLeft:
 
 def _quotas(session: Session, ctx: AppContext, owner: str | None) -> list[QuotaLeft]:
     if owner is None:
-        return [_quota(ctx, anonymous(ctx.settings), None)]
+        return [_quota(session, ctx, anonymous(ctx.settings), None)]
     out = []
     if owner == BOOTSTRAP_OWNER and ctx.settings.api_token:
-        out.append(_quota(ctx, Principal(BOOTSTRAP_OWNER, BOOTSTRAP_OWNER, frozenset({"admin"}),
-                                         default_limits(ctx.settings)), None))
+        out.append(_quota(session, ctx, Principal(BOOTSTRAP_OWNER, BOOTSTRAP_OWNER, frozenset({"admin"}),
+                                                  default_limits(ctx.settings)), None))
     keys = session.scalars(select(ApiKey).where(ApiKey.owner == owner, ApiKey.revoked_at.is_(None))
                            .order_by(ApiKey.id)).all()
-    out.extend(_quota(ctx, key_principal(ctx.settings, row), row.prefix) for row in keys)
+    out.extend(_quota(session, ctx, key_principal(ctx.settings, row), row.prefix) for row in keys)
     return out
 
 

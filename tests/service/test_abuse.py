@@ -301,6 +301,106 @@ def test_descendant_bytes_and_upload_bytes_per_day(ctx: AppContext, tiny_ancestr
             assert session.scalars(select(Job.owner)).all() == ["thrifty"]
 
 
+def test_a_failed_expansion_gives_its_descendant_bytes_back(ctx: AppContext, tiny_ancestry_file: Path) -> None:
+    """Regression: the bytes were charged to a counter before the job existed and never given back, so an
+    expansion that failed (storage lost its source) still used the day's quota, and asking again once the source
+    was back was refused. Now the charge is the job's, and a failed job charges nothing."""
+    from service.descendants import tasks as expand
+
+    with app_client(ctx, api_token="boot") as c:
+        assert upload_ancestry_with(c, tiny_ancestry_file, "boot", visibility="public").status_code == 201
+        small = {"ancestry": 1, "method": "random", "spec": {"depth": 1, "embed_dim": 16, "num_heads": 1}}
+        first = c.post("/v1/descendants?wait=60", json={**small, "seed": 7}, headers=bearer("boot"))
+        assert first.status_code == 201, first.text
+        nbytes = first.json()["param_count"] * 4
+        key = new_key(c, "boot", owner="unlucky", descendant_bytes_per_day=nbytes + nbytes // 2)
+        with ctx.sessions() as session:
+            path = ctx.store.local_path(session.scalars(select(Ancestry.storage_key)).one())
+        saved = path.read_bytes()
+        path.write_bytes(b"lost")  # storage lost the ancestry's bytes
+        expand._cache.clear()  # workers keep sources they read in memory: this one must be read again
+        r = c.post("/v1/descendants?wait=60", json=small, headers=bearer(key))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "job_failed", r.text
+        (quota,) = c.get("/v1/usage", headers=bearer(key)).json()["owners"][0]["quotas"]
+        assert quota["descendant_bytes_used_today"] == 0
+
+        path.write_bytes(saved)
+        r = c.post("/v1/descendants?wait=60", json=small, headers=bearer(key))
+        assert r.status_code == 201 and r.json()["status"] == "ready", r.text  # before the fix: 429
+        (quota,) = c.get("/v1/usage", headers=bearer(key)).json()["owners"][0]["quotas"]
+        assert quota["descendant_bytes_used_today"] == nbytes
+        r = c.post("/v1/descendants", json={**small, "seed": 1}, headers=bearer(key))
+        assert r.status_code == 429 and "descendant bytes" in r.text  # the quota itself still holds
+
+
+def test_descendant_bytes_count_todays_jobs_that_did_not_fail_or_get_cancelled(ctx: AppContext) -> None:
+    """The day's descendant bytes are the registry's: jobs of the bucket created since midnight (UTC), less
+    the failed and cancelled ones; other buckets and yesterday's jobs do not count."""
+    import datetime as dt
+
+    from service.errors import TooManyRequests
+    from service.keys.auth import Limits, Principal
+    from service.limits.quotas import check_descendant_bytes, descendant_bytes_used
+    from service.models import utcnow
+
+    now = utcnow()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    charged = [("queued", now, "key:1", 100), ("running", now, "key:1", 20), ("succeeded", now, "key:1", 3),
+               ("failed", now, "key:1", 4000), ("cancelled", now, "key:1", 50000),
+               ("succeeded", midnight - dt.timedelta(seconds=1), "key:1", 600000), ("succeeded", now, "key:2", 7)]
+    with ctx.sessions.begin() as session:
+        for i, (state, created, bucket, nbytes) in enumerate(charged):
+            session.add(Job(id=f"{i:032d}", kind="expand", queue="cpu", owner="o", state=state, created_at=created,
+                            quota_bucket=bucket, charged_bytes=nbytes))
+        session.add(Job(id="u" * 32, kind="condense", queue="cpu", owner="o"))  # charges nothing
+    caller = Principal(bucket="key:1", owner="o", scopes=frozenset({"read", "write"}),
+                       limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=9, descendant_bytes_per_day=200,
+                                     upload_bytes_per_day=1))
+    with ctx.sessions() as session:
+        assert descendant_bytes_used(session, "key:1") == 123
+        assert descendant_bytes_used(session, "key:2") == 7 and descendant_bytes_used(session, "key:3") == 0
+        assert check_descendant_bytes(session, caller, 77) == ("key:1", 77)  # exactly the limit
+        with pytest.raises(TooManyRequests) as refused:
+            check_descendant_bytes(session, caller, 78)
+        assert refused.value.details[0].field == "spec" and "123 of 200" in str(refused.value)
+
+
+def test_two_expansions_at_once_cannot_both_take_the_days_last_descendant_bytes(ctx: AppContext) -> None:
+    """The bytes check is serialized with the caller's other submissions: the second waits for the first to
+    commit its charged job, counts it and is refused."""
+    import threading
+
+    from service.errors import TooManyRequests
+    from service.keys.auth import Limits, Principal
+    from service.limits.quotas import check_descendant_bytes
+
+    caller = Principal(bucket="key:1", owner="racer", scopes=frozenset({"read", "write"}),
+                       limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=9, descendant_bytes_per_day=200,
+                                     upload_bytes_per_day=1))
+    outcome: list[str] = []
+
+    def second() -> None:
+        with ctx.sessions() as session:
+            try:
+                check_descendant_bytes(session, caller, 100)
+                outcome.append("admitted")
+            except TooManyRequests:
+                outcome.append("refused")
+
+    with ctx.sessions() as first:
+        bucket, nbytes = check_descendant_bytes(first, caller, 150)
+        first.add(Job(id="a" * 32, kind="expand", queue="cpu", owner="racer", quota_bucket=bucket,
+                      charged_bytes=nbytes))
+        first.flush()
+        racer = threading.Thread(target=second)
+        racer.start()
+        racer.join(1.0)
+        assert racer.is_alive() and not outcome
+        first.commit()
+    racer.join(30)
+    assert outcome == ["refused"]
+
+
 # --- bounded inputs ----------------------------------------------------------------------------------------------
 
 TOKENS: list[Any] = [{"after": True}, {"after": {}}, {"after": []}, {"after": [1]}, {"after": 10**30},

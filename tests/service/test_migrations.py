@@ -1,4 +1,5 @@
-"""The models and the migrations describe the same tables, on SQLite and PostgreSQL, and 0008 backfills what it adds."""
+"""The models and the migrations describe the same tables, on SQLite and PostgreSQL; 0008 backfills what it adds,
+0009 goes up and down beside rows that name jobs."""
 from __future__ import annotations
 
 import datetime as dt
@@ -74,4 +75,45 @@ def test_migration_0008_gives_descendants_the_owner_of_their_first_job_and_goes_
     tables = MetaData()
     tables.reflect(engine)
     assert "owner" not in tables.tables["descendants"].c and "deleted_at" not in tables.tables["ancestries"].c
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0009_adds_job_charges_beside_jobs_that_are_named_and_goes_down_again(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Regression: in SQLite's batch mode the migration copied the jobs table and dropped the old one, which the
+    job events' and descendants' foreign keys refused. A registry with a job, its event and its descendant goes
+    up (charges empty: nothing is charged twice) and down again."""
+    from service.migrate import alembic_config
+    from alembic import command
+
+    url = _url(backend, tmp_path, request)
+    engine = make_engine(url)
+    upgrade(engine, "0008")
+    now = dt.datetime.now(dt.UTC)
+    tables = MetaData()
+    tables.reflect(engine)
+    t = tables.tables
+    with engine.begin() as conn:
+        conn.execute(insert(t["jobs"]), [
+            {"id": "1" * 32, "kind": "expand", "queue": "cpu", "state": "succeeded", "payload": {}, "progress": {},
+             "attempts": 1, "max_attempts": 3, "cancel_requested": False, "owner": "alice", "created_at": now,
+             "published_at": now}])
+        conn.execute(insert(t["job_events"]), [{"job_id": "1" * 32, "kind": "progress", "data": {},
+                                                "created_at": now}])
+        conn.execute(insert(t["descendants"]), [
+            {"cache_key": "1" * 64, "method": "tleg", "spec": {}, "seed": 0, "status": "ready", "job_id": "1" * 32,
+             "param_count": 1, "gflops": 0.0, "details": {}, "created_at": now, "pinned": False}])
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, quota_bucket, charged_bytes FROM jobs").all()
+        assert [tuple(r) for r in rows] == [("1" * 32, None, None)]
+        assert conn.exec_driver_sql("SELECT count(*) FROM job_events").scalar() == 1
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008")
+    tables = MetaData()
+    tables.reflect(engine)
+    assert "charged_bytes" not in tables.tables["jobs"].c and "quota_bucket" not in tables.tables["jobs"].c
     engine.dispose()
