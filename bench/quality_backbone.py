@@ -154,6 +154,16 @@ INITS: tuple[Init, ...] = (
     # descendant keeps what the cut carries for 100 shots and gains what distilling adds at 10.
     Init("pool train d6 w384 strong keep 0.5", "pool", "train",
          _train(students=[POOL_D6_W384], augment="strong", keep_start=0.5), priority=1),
+    # Twice the steps at the backbone's width, blended back half-way (192 wide, the probe rose with every doubling
+    # once the data was augmented; 384 wide, the blend removed the 100-shot loss).
+    Init("pool train d6 w384 strong 2400 keep 0.5", "pool", "train",
+         _train(students=[POOL_D6_W384], augment="strong", steps=2400, keep_start=0.5), priority=1, own_steps=True),
+    # TLEG as long as the pool's 2,400-step runs and on the same augmented digits.
+    Init("tleg train 2400 strong", "tleg", "train", _train(**AUX_192, steps=2400, augment="strong"), priority=1,
+         own_steps=True),
+    # WAVE's auxiliary network has the ancestry's size (12 x 384): it makes the 384-wide sizes; on augmented digits
+    # as the pool's best runs.
+    Init("wave train strong", "wave", "train", _train(augment="strong"), priority=1),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
@@ -683,6 +693,17 @@ def merged(passes: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def next_time_of_day(hh_mm: str, now: float) -> float:
+    """The first moment after ``now`` that the local clock reads ``hh_mm``: today's, or tomorrow's once today's
+    has passed (a deadline past midnight; before, it was today's, long gone, and the pass ran nothing)."""
+    hour, minute = map(int, hh_mm.split(":"))
+    day = time.localtime(now)
+    at = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, hour, minute, 0, 0, 0, -1))
+    if at <= now:  # mktime carries a day past the month's end over
+        at = time.mktime((day.tm_year, day.tm_mon, day.tm_mday + 1, hour, minute, 0, 0, 0, -1))
+    return at
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ancestry", type=Path, default=ROOT / "bench" / "out" / "dinov2_vits14",
@@ -690,7 +711,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "backbone")
     parser.add_argument("--raw", type=Path, default=ROOT / "docs" / "quality_backbone.json")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "quality.md")
-    parser.add_argument("--deadline", help="HH:MM (local): stop handing out work then; the report shows what ran")
+    parser.add_argument("--deadline", help="HH:MM (local, the next such time): stop handing out work then; the "
+                                           "report shows what ran")
     parser.add_argument("--render", action="store_true", help="only write the report from the raw results")
     parser.add_argument("--inits", help="comma-separated labels: measure only these initializations (a pass of its "
                                         "own, e.g. the trained learngenes once the CPU is free), with --raw of its own")
@@ -702,9 +724,7 @@ def main() -> None:
     args = parser.parse_args()
     _select(args)
     if args.deadline:
-        hour, minute = map(int, args.deadline.split(":"))
-        now = time.localtime()
-        args.deadline = time.mktime((*now[:3], hour, minute, 0, *now[6:]))
+        args.deadline = next_time_of_day(args.deadline, time.time())
     if args.merge:
         data = merged([json.loads(path.read_text()) for path in args.merge])
         args.raw.write_text(json.dumps(data, indent=None))

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality_backbone import FROZEN, _cells, markdown  # noqa: E402
+from bench.quality_backbone import FROZEN, _cells, markdown, next_time_of_day  # noqa: E402
 
 
 def run(val: dict[str, float], test: dict[str, float], probe: float) -> dict:
@@ -59,3 +59,15 @@ def test_merging_a_merged_file_keeps_every_earlier_pass() -> None:
     third = {**data(), "setup": {"train_steps": 2400}, "inits": [{"label": "pool train d4 2400"}]}
     again = merged([merged([first, second]), third])
     assert [p["inits"] for p in again["passes"]] == [["pool train"], ["tleg train"], ["pool train d4 2400"]]
+
+
+def test_a_deadline_past_midnight_is_tomorrows_time_not_todays() -> None:
+    """Regression: --deadline 00:05 given at 22:10 was today's 00:05, long past, and the pass ran nothing."""
+    import time
+
+    evening = time.mktime((2026, 12, 31, 22, 10, 0, 0, 0, -1))  # the month's and the year's last day
+    after_midnight = next_time_of_day("00:05", evening)
+    assert time.localtime(after_midnight)[:5] == (2027, 1, 1, 0, 5)
+    later_today = next_time_of_day("23:55", evening)
+    assert time.localtime(later_today)[:5] == (2026, 12, 31, 23, 55)
+    assert next_time_of_day("22:10", evening) > evening  # the very minute: the next day's
