@@ -239,33 +239,35 @@ def test_concurrent_jobs_quota(ctx: AppContext, tiny_ancestry_file: Path) -> Non
         assert c.post("/v1/descendants", json=body, headers=bearer("boot")).status_code in (201, 202)
 
 
-def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: AppContext) -> None:
-    """Regression: the slot check counted the owner's active jobs and the job was inserted later, so two requests
-    at once both counted the one free slot and both queued (one job over the quota). Now the second waits for the
-    first to commit, counts its job and is refused."""
+def _racer(limits: dict[str, int]) -> Any:
+    from service.keys.auth import Limits, Principal
+
+    return Principal(bucket="key:1", owner="racer", scopes=frozenset({"read", "write"}),
+                     limits=Limits(**{"rate_per_s": 1.0, "burst": 1, "max_concurrent_jobs": 9,
+                                      "descendant_bytes_per_day": 1, "upload_bytes_per_day": 1, **limits}))
+
+
+def _second_submission_waits_for_the_first(ctx: AppContext, check: Any, job: Job) -> str:
+    """A first submission passes ``check`` and inserts ``job`` without committing; a second one, in a thread,
+    runs ``check`` meanwhile. Asserts the second waits for the first's commit; returns what it then got."""
     import threading
 
     from service.errors import TooManyRequests
-    from service.keys.auth import Limits, Principal
-    from service.limits.quotas import check_job_slot
 
-    caller = Principal(bucket="key:1", owner="racer", scopes=frozenset({"read", "write"}),
-                       limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=1, descendant_bytes_per_day=1,
-                                     upload_bytes_per_day=1))
     outcome: list[str] = []
 
     def second() -> None:
         with ctx.sessions() as session:
             try:
-                check_job_slot(session, caller)
+                check(session)
                 outcome.append("admitted")
             except TooManyRequests:
                 outcome.append("refused")
 
     # Closed whatever happens: a transaction left open would block the next test's schema reset.
     with ctx.sessions() as first:
-        check_job_slot(first, caller)  # the one slot is free
-        first.add(Job(id="a" * 32, kind="condense", queue="cpu", owner="racer"))
+        check(first)
+        first.add(job)
         first.flush()  # inserted, not yet committed
         racer = threading.Thread(target=second)
         racer.start()
@@ -273,7 +275,19 @@ def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: A
         assert racer.is_alive() and not outcome  # waiting for the first submission to end
         first.commit()
     racer.join(30)
-    assert outcome == ["refused"]
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: AppContext) -> None:
+    """Regression: the slot check counted the owner's active jobs and the job was inserted later, so two requests
+    at once both counted the one free slot and both queued (one job over the quota). Now the second waits for the
+    first to commit, counts its job and is refused."""
+    from service.limits.quotas import check_job_slot
+
+    caller = _racer({"max_concurrent_jobs": 1})
+    job = Job(id="a" * 32, kind="condense", queue="cpu", owner="racer")
+    assert _second_submission_waits_for_the_first(ctx, lambda s: check_job_slot(s, caller), job) == "refused"
 
 
 def upload_ancestry_with(c: TestClient, path: Path, key: str, visibility: str = "private") -> httpx.Response:
@@ -339,7 +353,6 @@ def test_descendant_bytes_count_todays_jobs_that_did_not_fail_or_get_cancelled(c
     import datetime as dt
 
     from service.errors import TooManyRequests
-    from service.keys.auth import Limits, Principal
     from service.limits.quotas import check_descendant_bytes, descendant_bytes_used
     from service.models import utcnow
 
@@ -353,9 +366,7 @@ def test_descendant_bytes_count_todays_jobs_that_did_not_fail_or_get_cancelled(c
             session.add(Job(id=f"{i:032d}", kind="expand", queue="cpu", owner="o", state=state, created_at=created,
                             quota_bucket=bucket, charged_bytes=nbytes))
         session.add(Job(id="u" * 32, kind="condense", queue="cpu", owner="o"))  # charges nothing
-    caller = Principal(bucket="key:1", owner="o", scopes=frozenset({"read", "write"}),
-                       limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=9, descendant_bytes_per_day=200,
-                                     upload_bytes_per_day=1))
+    caller = _racer({"descendant_bytes_per_day": 200})
     with ctx.sessions() as session:
         assert descendant_bytes_used(session, "key:1") == 123
         assert descendant_bytes_used(session, "key:2") == 7 and descendant_bytes_used(session, "key:3") == 0
@@ -368,37 +379,12 @@ def test_descendant_bytes_count_todays_jobs_that_did_not_fail_or_get_cancelled(c
 def test_two_expansions_at_once_cannot_both_take_the_days_last_descendant_bytes(ctx: AppContext) -> None:
     """The bytes check is serialized with the caller's other submissions: the second waits for the first to
     commit its charged job, counts it and is refused."""
-    import threading
-
-    from service.errors import TooManyRequests
-    from service.keys.auth import Limits, Principal
     from service.limits.quotas import check_descendant_bytes
 
-    caller = Principal(bucket="key:1", owner="racer", scopes=frozenset({"read", "write"}),
-                       limits=Limits(rate_per_s=1.0, burst=1, max_concurrent_jobs=9, descendant_bytes_per_day=200,
-                                     upload_bytes_per_day=1))
-    outcome: list[str] = []
-
-    def second() -> None:
-        with ctx.sessions() as session:
-            try:
-                check_descendant_bytes(session, caller, 100)
-                outcome.append("admitted")
-            except TooManyRequests:
-                outcome.append("refused")
-
-    with ctx.sessions() as first:
-        bucket, nbytes = check_descendant_bytes(first, caller, 150)
-        first.add(Job(id="a" * 32, kind="expand", queue="cpu", owner="racer", quota_bucket=bucket,
-                      charged_bytes=nbytes))
-        first.flush()
-        racer = threading.Thread(target=second)
-        racer.start()
-        racer.join(1.0)
-        assert racer.is_alive() and not outcome
-        first.commit()
-    racer.join(30)
-    assert outcome == ["refused"]
+    caller = _racer({"descendant_bytes_per_day": 200})
+    job = Job(id="a" * 32, kind="expand", queue="cpu", owner="racer", quota_bucket="key:1", charged_bytes=150)
+    outcome = _second_submission_waits_for_the_first(ctx, lambda s: check_descendant_bytes(s, caller, 100), job)
+    assert outcome == "refused"
 
 
 # --- bounded inputs ----------------------------------------------------------------------------------------------
