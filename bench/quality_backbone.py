@@ -158,6 +158,8 @@ INITS: tuple[Init, ...] = (
     # once the data was augmented; 384 wide, the blend removed the 100-shot loss).
     Init("pool train d6 w384 strong 2400 keep 0.5", "pool", "train",
          _train(students=[POOL_D6_W384], augment="strong", steps=2400, keep_start=0.5), priority=1, own_steps=True),
+    Init("pool train d6 w384 strong 4800 keep 0.5", "pool", "train",
+         _train(students=[POOL_D6_W384], augment="strong", steps=4800, keep_start=0.5), priority=1, own_steps=True),
     # TLEG as long as the pool's 2,400-step runs and on the same augmented digits.
     Init("tleg train 2400 strong", "tleg", "train", _train(**AUX_192, steps=2400, augment="strong"), priority=1,
          own_steps=True),
