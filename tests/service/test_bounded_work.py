@@ -12,7 +12,7 @@ import pytest
 
 from service.context import AppContext
 from tests.service.conftest import ARCH, TINY_ARGS, app_client, bearer, new_key
-from tests.support import Proc, make_settings, start_server
+from tests.support import Proc, make_settings, start_server, wait_until
 
 sqlite_only = pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)
 BOUNDARY = "lgboundary"
@@ -201,8 +201,15 @@ def test_a_latency_budget_of_any_size_is_answered_within_seconds_and_sigterm_sto
         details = r.json()["details"]
         assert details["candidates"] > 1000 and 1 <= details["timed"] <= 12, details
         assert details["chosen"]["params"] <= 100_000_000 and "latency_search_stopped" in details
+        # The in-process worker expands the chosen descendant (up to 100M parameters: 400 MB and its file) in the
+        # same process, as soon as the request commits; whether that overlapped the reading below depended on the
+        # machine's speed (1.62 GB on an idle one, under 1.5 on a loaded one). Read the peak once it has run: the
+        # search (one model timed at a time) plus that expansion, against 2.7 GB for the unbounded search alone.
+        descendant = r.json()["id"]
+        wait_until(lambda: httpx.get(f"{url}/v1/descendants/{descendant}", timeout=10).json()["status"]
+                   in ("ready", "failed"), timeout=120)
         peak = _peak_rss_bytes(server)
-        assert peak < 1.5 * 1024**3, peak
+        assert peak < 2.0 * 1024**3, peak
 
         ctx = build_context(settings, with_dispatcher=False)
         try:
