@@ -159,5 +159,5 @@ def submit(uow: UnitOfWork, ctx: AppContext, req: CondenseRequest, caller: Princ
                               description=req.description, source_version_id=source.id if source else None,
                               owner=owner, visibility=req.visibility)
     if caller is not None:
-        quotas.check_job_slot(session, caller)
+        quotas.admit(session, caller)
     return jobs.submit(uow, ctx, CONDENSE, payload, owner=caller.owner if caller else None)

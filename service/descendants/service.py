@@ -92,9 +92,7 @@ def request_descendant(uow: UnitOfWork, ctx: AppContext, req: DescendantRequest,
     regenerating = existing is not None and existing.status == "evicted" and existing.deleted_at is None
     charge = None
     if caller is not None:
-        quotas.check_job_slot(session, caller)
-        if not regenerating:
-            charge = quotas.check_descendant_bytes(session, caller, plan.param_count * FLOAT32_BYTES)
+        charge = quotas.admit(session, caller, None if regenerating else plan.param_count * FLOAT32_BYTES)
     if existing is not None:  # an earlier job failed, gave up or was cancelled, or the weights were evicted or
         row = existing       # deleted: try again with a new one
         if row.deleted_at is not None:  # asked for again after it was deleted: a new descendant in the old row
@@ -195,7 +193,7 @@ def regenerate(uow: UnitOfWork, ctx: AppContext, row: DescendantRow, caller: Pri
     caller's, without charging bytes already paid for."""
     session = uow.session
     if caller is not None:
-        quotas.check_job_slot(session, caller)
+        quotas.admit(session, caller)
     previous = session.get(Job, row.job_id) if row.job_id else None
     head = (previous.payload or {}).get("head", "inherit") if previous is not None else "inherit"
     row.status = "pending"

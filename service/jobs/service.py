@@ -29,7 +29,7 @@ def submit(uow: UnitOfWork, ctx: AppContext, kind: JobKind[Any], payload: BaseMo
            owner: str | None = None, charge: tuple[str, int] | None = None) -> Job:
     """Add a job of ``kind``; it is published once the unit of work commits (never before: a worker must not
     be handed a row that could still roll back). ``charge``: (quota bucket, bytes) the job counts against that
-    bucket's day, in the same transaction (``service.limits.quotas.check_descendant_bytes``)."""
+    bucket's day, in the same transaction (``service.limits.quotas.admit``)."""
     if not isinstance(payload, kind.payload):
         raise TypeError(f"job kind {kind.name!r} takes a {kind.payload.__name__}, not a {type(payload).__name__}")
     queue = kind.queue(payload)

@@ -38,9 +38,12 @@ def _serialize_owner_jobs(session: Session, owner: str | None) -> None:
         session.execute(text("UPDATE jobs SET owner = owner WHERE 0"))
 
 
-def check_job_slot(session: Session, caller: Principal) -> None:
-    """Refuses a new job when the caller's queued and running jobs already fill its quota. Submissions of one
-    owner are serialized from this count to their commit (:func:`_serialize_owner_jobs`)."""
+def admit(session: Session, caller: Principal, descendant_bytes: int | None = None) -> tuple[str, int] | None:
+    """Admits a new job of ``caller`` or refuses it (429): when its queued and running jobs already fill its
+    quota, or, for an expansion that charges ``descendant_bytes``, when they would pass its descendant bytes of
+    the day. Returns the charge to record on the job (``jobs.submit(charge=...)``), None when it charges nothing.
+    The caller's submissions are serialized from these counts to their commit (:func:`_serialize_owner_jobs`):
+    two requests at once cannot both take the last slot or the day's last bytes."""
     _serialize_owner_jobs(session, caller.owner)
     owner = Job.owner == caller.owner if caller.owner is not None else Job.owner.is_(None)
     active = session.scalar(select(func.count()).select_from(Job).where(owner, Job.state.in_(ACTIVE))) or 0
@@ -49,6 +52,20 @@ def check_job_slot(session: Session, caller: Principal) -> None:
             f"{active} jobs of yours are queued or running; the limit is {caller.limits.max_concurrent_jobs}",
             retry_after=JOB_SLOT_RETRY_S,
         )
+    if descendant_bytes is None:
+        return None
+    limit = caller.limits.descendant_bytes_per_day
+    used = descendant_bytes_used(session, caller.bucket)
+    if used + descendant_bytes > limit:
+        raise _over_daily_quota("descendant_bytes", used, limit, descendant_bytes, "spec")
+    return caller.bucket, descendant_bytes
+
+
+def _over_daily_quota(quota: str, used: int, limit: int, asked: int, field: str) -> TooManyRequests:
+    return TooManyRequests(
+        f"{quota.replace('_', ' ')} quota: {used} of {limit} bytes used today (UTC), {asked} more asked",
+        retry_after=seconds_to_midnight(), field=field,
+    )
 
 
 def _charge(ctx: AppContext, caller: Principal, quota: str, amount: int, limit: int, field: str) -> None:
@@ -57,10 +74,7 @@ def _charge(ctx: AppContext, caller: Principal, quota: str, amount: int, limit: 
         return
     added, used = counters.charge(quota, caller.bucket, amount, limit)
     if not added:
-        raise TooManyRequests(
-            f"{quota.replace('_', ' ')} quota: {used} of {limit} bytes used today (UTC), {amount} more asked",
-            retry_after=seconds_to_midnight(), field=field,
-        )
+        raise _over_daily_quota(quota, used, limit, amount, field)
 
 
 def _today() -> dt.datetime:
@@ -73,21 +87,6 @@ def descendant_bytes_used(session: Session, bucket: str) -> int:
         select(func.coalesce(func.sum(Job.charged_bytes), 0))
         .where(Job.quota_bucket == bucket, Job.created_at >= _today(), Job.state.not_in(GIVEN_BACK)))
     return int(used or 0)
-
-
-def check_descendant_bytes(session: Session, caller: Principal, nbytes: int) -> tuple[str, int]:
-    """Refuses ``nbytes`` more when they would pass the caller's descendant bytes of the day; else the charge to
-    record on the job (``jobs.submit(charge=...)``), counted from its commit. Serialized with the caller's other
-    submissions as :func:`check_job_slot` is: two requests at once cannot both take the last bytes."""
-    _serialize_owner_jobs(session, caller.owner)
-    limit = caller.limits.descendant_bytes_per_day
-    used = descendant_bytes_used(session, caller.bucket)
-    if used + nbytes > limit:
-        raise TooManyRequests(
-            f"descendant bytes quota: {used} of {limit} bytes used today (UTC), {nbytes} more asked",
-            retry_after=seconds_to_midnight(), field="spec",
-        )
-    return caller.bucket, nbytes
 
 
 def charge_upload(ctx: AppContext, caller: Principal, nbytes: int) -> None:

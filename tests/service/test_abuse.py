@@ -283,11 +283,11 @@ def test_two_submissions_at_once_cannot_both_take_an_owners_last_job_slot(ctx: A
     """Regression: the slot check counted the owner's active jobs and the job was inserted later, so two requests
     at once both counted the one free slot and both queued (one job over the quota). Now the second waits for the
     first to commit, counts its job and is refused."""
-    from service.limits.quotas import check_job_slot
+    from service.limits.quotas import admit
 
     caller = _racer({"max_concurrent_jobs": 1})
     job = Job(id="a" * 32, kind="condense", queue="cpu", owner="racer")
-    assert _second_submission_waits_for_the_first(ctx, lambda s: check_job_slot(s, caller), job) == "refused"
+    assert _second_submission_waits_for_the_first(ctx, lambda s: admit(s, caller), job) == "refused"
 
 
 def upload_ancestry_with(c: TestClient, path: Path, key: str, visibility: str = "private") -> httpx.Response:
@@ -353,7 +353,7 @@ def test_descendant_bytes_count_todays_jobs_that_did_not_fail_or_get_cancelled(c
     import datetime as dt
 
     from service.errors import TooManyRequests
-    from service.limits.quotas import check_descendant_bytes, descendant_bytes_used
+    from service.limits.quotas import admit, descendant_bytes_used
     from service.models import utcnow
 
     now = utcnow()
@@ -370,20 +370,20 @@ def test_descendant_bytes_count_todays_jobs_that_did_not_fail_or_get_cancelled(c
     with ctx.sessions() as session:
         assert descendant_bytes_used(session, "key:1") == 123
         assert descendant_bytes_used(session, "key:2") == 7 and descendant_bytes_used(session, "key:3") == 0
-        assert check_descendant_bytes(session, caller, 77) == ("key:1", 77)  # exactly the limit
+        assert admit(session, caller, 77) == ("key:1", 77)  # exactly the limit
         with pytest.raises(TooManyRequests) as refused:
-            check_descendant_bytes(session, caller, 78)
+            admit(session, caller, 78)
         assert refused.value.details[0].field == "spec" and "123 of 200" in str(refused.value)
 
 
 def test_two_expansions_at_once_cannot_both_take_the_days_last_descendant_bytes(ctx: AppContext) -> None:
     """The bytes check is serialized with the caller's other submissions: the second waits for the first to
     commit its charged job, counts it and is refused."""
-    from service.limits.quotas import check_descendant_bytes
+    from service.limits.quotas import admit
 
     caller = _racer({"descendant_bytes_per_day": 200})
     job = Job(id="a" * 32, kind="expand", queue="cpu", owner="racer", quota_bucket="key:1", charged_bytes=150)
-    outcome = _second_submission_waits_for_the_first(ctx, lambda s: check_descendant_bytes(s, caller, 100), job)
+    outcome = _second_submission_waits_for_the_first(ctx, lambda s: admit(s, caller, 100), job)
     assert outcome == "refused"
 
 
