@@ -71,3 +71,18 @@ def test_a_deadline_past_midnight_is_tomorrows_time_not_todays() -> None:
     later_today = next_time_of_day("23:55", evening)
     assert time.localtime(later_today)[:5] == (2026, 12, 31, 23, 55)
     assert next_time_of_day("22:10", evening) > evening  # the very minute: the next day's
+
+
+def test_every_fine_tuned_target_has_targets_rows_and_every_target_a_best_probe() -> None:
+    """With ``--finetune mnist`` a pass fine-tunes MNIST descendants too: MNIST gets its rows in the targets table;
+    the best-by-probe table ranks every target (it left out the fine-tuned one, so Fashion-MNIST's best frozen
+    body was nowhere)."""
+    d = data()
+    for key, value in list(d["results"].items()):
+        d["results"][key.replace("|fashion|", "|mnist|")] = value
+    report = markdown(d).splitlines()
+    targets = report[report.index("## Targets"):]
+    assert any(line.startswith("| mnist | 10 | d6 w192 | front fit | +0.250 |") for line in targets)
+    probes = [line for line in targets if line.startswith(("| fashion | 10 | d6 w192 | front fit | 0.550",
+                                                          "| mnist | 10 | d6 w192 | front fit | 0.550"))]
+    assert len(probes) == 2
