@@ -666,6 +666,8 @@ def _select(args: argparse.Namespace) -> None:
     TRAIN_STEPS = args.train_steps
     if args.finetune:
         FINETUNED = tuple(args.finetune.split(","))
+        if unknown := set(FINETUNED) - set(TARGETS):  # else a typo fine-tunes nothing, found an hour later
+            raise SystemExit(f"unknown --finetune targets {sorted(unknown)}; the targets are {sorted(TARGETS)}")
     if args.shots:
         SHOTS = tuple(int(x) for x in args.shots.split(","))
     if args.sizes:
