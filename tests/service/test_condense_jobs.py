@@ -117,6 +117,7 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     ({"dataset": "builtin:mnist?split=test"}, "dataset"),
     ({"dataset": "builtin:mnist+mnist"}, "dataset"),
     ({"dataset": "builtin:fashion-mnist+mnist?classes=0-20"}, "dataset"),
+    ({"dataset": "builtin:shapes?classes=0-6"}, "dataset"),  # six kinds: 0-5
     ({"params": {"steps": 0}}, "params.steps"),
     ({"params": {"lr": 5.0}}, "params.lr"),
     ({"params": {"bogus": 1}}, "params.bogus"),
@@ -145,6 +146,19 @@ def test_bad_condense_requests_are_4xx_and_queue_nothing(
     assert field in fields, fields
     with ctx.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@sqlite_only
+def test_a_job_condenses_on_procedural_shapes_joined_to_a_packaged_dataset(client: TestClient, ancestry: int) -> None:
+    # builtin:shapes needs no package and no file: generic condensing data for a target unlike what one has.
+    r = _submit(client, {"ancestry": ancestry, "method": "tleg", "learngene": "on-shapes",
+                         "dataset": "builtin:digits+shapes", "params": {**CASES["tleg"], "img_size": 8},
+                         "evaluate": False})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], timeout=300)
+    assert job["state"] == "succeeded", job["error"]
+    version = client.get("/v1/learngenes/on-shapes/versions/latest").json()
+    assert version["lineage"]["dataset"] == "builtin:digits+shapes"
 
 
 @sqlite_only
