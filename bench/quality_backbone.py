@@ -175,6 +175,8 @@ INITS: tuple[Init, ...] = (
     Init("wave train strong", "wave", "train", _train(augment="strong"), priority=1),
     # Generic procedural images (engine.shapes: discs, boxes, rings, bars, curves, triangles) beside the other
     # MNIST: what clothes do not show digits (strokes, curves, thin lines) without any digit.
+    Init("pool train d4 2400 strong", "pool", "train", _train(students=[POOL_D4], steps=2400, augment="strong"),
+         priority=1, own_steps=True),
     Init("pool train d4 2400 strong shapes", "pool", "train", _train(students=[POOL_D4], steps=2400, augment="strong"),
          priority=1, own_steps=True, extra_data="shapes"),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
