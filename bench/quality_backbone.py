@@ -250,6 +250,11 @@ def condense(client: Any, pid: int, ancestry_id: int, init: Init, target: str) -
             "peak_rss": _peak_rss(pid), "size_bytes": version.size_bytes, "metrics": version.metrics}
 
 
+def init_named(label: str) -> Init | None:
+    """The report's initialization (or probed baseline) called ``label``; None for one no longer in the plan."""
+    return next((i for i in INITS + PROBED if i.label == label), None)
+
+
 def condensing_data(init: Init, target: str) -> str:
     """The dataset ``init`` is condensed on for ``target``: the other MNIST, joined with ``init.extra_data``."""
     base = TARGETS[target][1]
@@ -434,7 +439,7 @@ class Runner:
             print(f"FAILED {self.key(cell, seed)}: {exc!r}", flush=True)
             return
         if seed == 0:
-            self.queue_cell(cell, next((i for i in INITS + PROBED if i.label == cell[0]), None), bool(
+            self.queue_cell(cell, init_named(cell[0]), bool(
                 self.data["results"][self.key(cell, 0)]["finetune"]))
         self.save()
 
@@ -625,7 +630,7 @@ def _condensing(data: dict[str, Any]) -> list[str]:
     lines = table_head("learngene (condensing data)", ["wall s", "peak memory GB", "stored / ancestry"])
     for key, record in data["learngenes"].items():
         label, target = key.split("|")
-        init = next((i for i in INITS if i.label == label), None)
+        init = init_named(label)
         where = "no data" if target == "any" else condensing_data(init, target) if init else TARGETS[target][1]
         if "failed" in record:
             lines.append(row([f"{label} ({where})", "failed", record["failed"][:80], ""]))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-KINDS = ("disc", "box", "ring", "bar", "curve", "triangle")
 SIZE = 28
 #: Images of the training split and of the test split (the MNISTs' counts).
 TRAIN_COUNT, TEST_COUNT = 60_000, 10_000
@@ -165,3 +164,5 @@ def _triangle(rng, n, yy, xx, labelled):
 
 
 _DISTANCE = {"disc": _disc, "box": _box, "ring": _ring, "bar": _bar, "curve": _curve, "triangle": _triangle}
+#: The kinds, in label order: one per distance function, so a kind cannot be named without being drawable.
+KINDS = tuple(_DISTANCE)
