@@ -152,6 +152,10 @@ INITS: tuple[Init, ...] = (
     # descendant was the one cell short of +0.10 over random init.
     Init("pool train d4 4800 strong", "pool", "train", _train(students=[POOL_D4], steps=4800, augment="strong"),
          priority=1, own_steps=True),
+    # A third point on the steps curve (2,400 -> 4,800 lifted the MNIST probe by +0.040): does it keep rising,
+    # and how far is the 0.9 probe target in steps?
+    Init("pool train d4 9600 strong", "pool", "train", _train(students=[POOL_D4], steps=9600, augment="strong"),
+         priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
     # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
