@@ -156,6 +156,10 @@ INITS: tuple[Init, ...] = (
     # and how far is the 0.9 probe target in steps?
     Init("pool train d4 9600 strong", "pool", "train", _train(students=[POOL_D4], steps=9600, augment="strong"),
          priority=1, own_steps=True),
+    # The 6-deep student alone as long as the 4-deep one that closed its gap (the MNIST probe's worst cell is d6,
+    # served by the three-student pool's 6-deep student at 2,400 steps).
+    Init("pool train d6 4800 strong", "pool", "train", _train(students=[POOL_D6], steps=4800, augment="strong"),
+         priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
     # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
