@@ -156,6 +156,17 @@ INITS: tuple[Init, ...] = (
     # and how far is the 0.9 probe target in steps?
     Init("pool train d4 9600 strong", "pool", "train", _train(students=[POOL_D4], steps=9600, augment="strong"),
          priority=1, own_steps=True),
+    # The rate instead of the steps: each doubling of steps has paid (+0.040, +0.061) but costs twice the time;
+    # a higher peak rate at 4,800 steps costs nothing more. Does the student just learn too slowly at 5e-4?
+    Init("pool train d4 4800 strong lr1e-3", "pool", "train",
+         _train(students=[POOL_D4], steps=4800, augment="strong", lr=1e-3), priority=1, own_steps=True),
+    Init("pool train d4 4800 strong lr2e-3", "pool", "train",
+         _train(students=[POOL_D4], steps=4800, augment="strong", lr=2e-3), priority=1, own_steps=True),
+    # Higher rates lost (pass 39-40: -0.042 / -0.108 of MNIST probe at 1e-3 / 2e-3): the other side of 5e-4.
+    Init("pool train d4 4800 strong lr2.5e-4", "pool", "train",
+         _train(students=[POOL_D4], steps=4800, augment="strong", lr=2.5e-4), priority=1, own_steps=True),
+    Init("pool train d4 4800 strong lr1e-4", "pool", "train",
+         _train(students=[POOL_D4], steps=4800, augment="strong", lr=1e-4), priority=1, own_steps=True),
     # The 6-deep student alone as long as the 4-deep one that closed its gap (the MNIST probe's worst cell is d6,
     # served by the three-student pool's 6-deep student at 2,400 steps).
     Init("pool train d6 4800 strong", "pool", "train", _train(students=[POOL_D6], steps=4800, augment="strong"),
