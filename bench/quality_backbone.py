@@ -162,7 +162,7 @@ INITS: tuple[Init, ...] = (
          _train(students=[POOL_D4], steps=4800, augment="strong", lr=1e-3), priority=1, own_steps=True),
     Init("pool train d4 4800 strong lr2e-3", "pool", "train",
          _train(students=[POOL_D4], steps=4800, augment="strong", lr=2e-3), priority=1, own_steps=True),
-    # Higher rates lost (pass 39-40: -0.042 / -0.108 of MNIST probe at 1e-3 / 2e-3): the other side of 5e-4.
+    # Higher rates lost (passes 39-40: -0.042 / -0.108 of MNIST probe at 1e-3 / 2e-3): the other side of 5e-4.
     Init("pool train d4 4800 strong lr2.5e-4", "pool", "train",
          _train(students=[POOL_D4], steps=4800, augment="strong", lr=2.5e-4), priority=1, own_steps=True),
     Init("pool train d4 4800 strong lr1e-4", "pool", "train",
