@@ -179,6 +179,10 @@ INITS: tuple[Init, ...] = (
     # served by the three-student pool's 6-deep student at 2,400 steps).
     Init("pool train d6 4800 strong", "pool", "train", _train(students=[POOL_D6], steps=4800, augment="strong"),
          priority=1, own_steps=True),
+    # The 6-deep student's doubling (4,800 -> 9,600 lifted the 4-deep one's MNIST probe by +0.061 / +0.035 with
+    # 10 / 100 shots): its 100-shot probe is 0.882 of the backbone's, 0.018 short of the target.
+    Init("pool train d6 9600 strong", "pool", "train", _train(students=[POOL_D6], steps=9600, augment="strong"),
+         priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
     # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
