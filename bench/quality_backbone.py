@@ -183,6 +183,12 @@ INITS: tuple[Init, ...] = (
     # 10 / 100 shots): its 100-shot probe is 0.882 of the backbone's, 0.018 short of the target.
     Init("pool train d6 9600 strong", "pool", "train", _train(students=[POOL_D6], steps=9600, augment="strong"),
          priority=1, own_steps=True),
+    # The 12-deep MNIST cell with 100 shots (0.881 of the backbone's probe) is served by the three-student pool at
+    # 2,400 steps, where the 12-deep student's loss is one path's among three students and their stitched paths;
+    # alone and at 9,600 steps the 6-deep student went from 0.858 to 0.934. The ancestry's forward dominates a
+    # step, so 12 deep should cost ~1.3x 6 deep.
+    Init("pool train d12 9600 strong", "pool", "train",
+         _train(students=[POOL_STUDENT], steps=9600, augment="strong"), priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
     # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
