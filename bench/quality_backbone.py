@@ -189,6 +189,10 @@ INITS: tuple[Init, ...] = (
     # step, so 12 deep should cost ~1.3x 6 deep.
     Init("pool train d12 9600 strong", "pool", "train",
          _train(students=[POOL_STUDENT], steps=9600, augment="strong"), priority=1, own_steps=True),
+    # Pass 46 changed two things at once (alone, four times the steps): the same student alone at the pool's 2,400
+    # steps separates them.
+    Init("pool train d12 2400 strong", "pool", "train",
+         _train(students=[POOL_STUDENT], steps=2400, augment="strong"), priority=1, own_steps=True),
     Init("pool train d6 w384 strong", "pool", "train", _train(students=[POOL_D6_W384], augment="strong"),
          priority=1),
     # Closer to weight selection's cut (which wins at d6 w384 with 100 shots): half the steps at 0.4x the rate.
