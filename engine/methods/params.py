@@ -165,4 +165,7 @@ DISTILLATION: dict[str, Param] = {
                        "patch tokens, through a training-only projection where widths differ), or both; auto: "
                        "features for an ancestry without a head (num_classes 0), logits otherwise"),
     "feature_weight": Param(1.0, real(0.0, 1000.0), "weight of the feature term (objective features or both)"),
+    "patch_weight": Param(1.0, real(0.0, 1000.0),
+                          "weight of the patch-token term within the feature term, the pooled token's being 1; "
+                          "0: the pooled token only"),
 }

@@ -49,7 +49,8 @@ def distillation(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, 
     ancestry's head)."""
     logits, features = resolve_objective(params.get("objective", "auto"), ancestry_spec.num_classes)
     return Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
-                        params["ce_weight"], params.get("feature_weight", 1.0), logits=logits, features=features)
+                        params["ce_weight"], params.get("feature_weight", 1.0), logits=logits, features=features,
+                        patch_weight=params.get("patch_weight", 1.0))
 
 
 def feature_student(model: nn.Module, loss: Distillation, widths: list[int]) -> nn.Module:
@@ -163,15 +164,16 @@ def feature_terms(student: PathOutputs, teacher: PathOutputs) -> tuple[torch.Ten
 
 class Distillation(nn.Module):
     """loss = kl_weight * KL(teacher || student) at ``temperature`` + ce_weight * CE(student, labels) (the
-    logits objective) + feature_weight * (pooled + patch feature terms) (the features objective); ``logits`` and
-    ``features`` say which objectives are on (:func:`resolve_objective`; by default the logits only).
+    logits objective) + feature_weight * (pooled + patch_weight * patch feature terms) (the features objective);
+    ``logits`` and ``features`` say which objectives are on (:func:`resolve_objective`; by default the logits
+    only).
 
     Holds the teacher as a submodule so the loop moves it to the training device with the student; the
     teacher runs without gradients and in eval mode."""
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, kl_weight: float = 1.0,
                  ce_weight: float = 0.0, feature_weight: float = 1.0, logits: bool = True,
-                 features: bool = False) -> None:
+                 features: bool = False, patch_weight: float = 1.0) -> None:
         super().__init__()
         if not (logits or features):
             raise ValueError("distillation needs the logits or the features objective")
@@ -180,6 +182,7 @@ class Distillation(nn.Module):
         self.kl_weight = kl_weight
         self.ce_weight = ce_weight
         self.feature_weight = feature_weight
+        self.patch_weight = patch_weight
         self.logits = logits
         self.features = features
 
@@ -212,7 +215,7 @@ class Distillation(nn.Module):
         teacher = self.teacher_outputs(images)
         student = path_outputs(model, images)
         pooled, patches = self.feature_loss(student, teacher)
-        loss = self.feature_weight * (pooled + patches)
+        loss = self.feature_weight * (pooled + self.patch_weight * patches)
         if self.logits:
             student_logits = torch.stack([logits for _, _, logits in student], dim=1)
             loss = loss + self.logit_loss(student_logits.squeeze(1) if student_logits.shape[1] == 1
@@ -223,9 +226,10 @@ class Distillation(nn.Module):
 @torch.no_grad()
 def feature_metrics(student: nn.Module, loss: Distillation, data: Split, hooks: Hooks | None = None,
                     precision: str = "auto", batch_size: int = 64) -> dict[str, float]:
-    """On held-out images: the feature terms of the student against the loss's teacher (its projections
-    included) and the plain cosine of the pooled tokens, each a mean over images (and paths). Batch by batch,
-    each batch preprocessed once; raises :class:`Cancelled` between batches when ``hooks`` ask to stop."""
+    """On held-out images: the feature loss of the student against the loss's teacher (its projections
+    included, the patch term weighted as in training) and the plain cosines of the pooled and patch tokens, each a
+    mean over images (and paths). Batch by batch, each batch preprocessed once; raises :class:`Cancelled` between
+    batches when ``hooks`` ask to stop."""
     device = next(loss.teacher.parameters()).device
     was_training = student.training
     student.eval()
@@ -238,7 +242,7 @@ def feature_metrics(student: nn.Module, loss: Distillation, data: Split, hooks: 
                 batch = batch.to(device)
                 with autocast(device, precision):
                     pooled, patches = loss.feature_loss(path_outputs(student, batch), loss.teacher_outputs(batch))
-                sums["feature_loss"] += (pooled + patches).item() * len(batch)
+                sums["feature_loss"] += (pooled + loss.patch_weight * patches).item() * len(batch)
                 sums["pooled_cosine"] += (1.0 - pooled).item() * len(batch)
                 sums["patch_cosine"] += (1.0 - patches).item() * len(batch)
     finally:

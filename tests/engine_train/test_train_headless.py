@@ -18,8 +18,8 @@ from engine.methods.params import ParamError
 from engine.spec import ViTSpec
 from engine.train import condense, refine
 from engine.train.condense import RequestError, check_request
-from engine.train.distill import FeatureStudent, resolve_objective
-from engine.vit import seeded
+from engine.train.distill import Distillation, FeatureStudent, load_teacher, path_outputs, resolve_objective
+from engine.vit import build_model, seeded
 from tests.engine_train.conftest import QUICK
 
 #: A tiny DINOv2: layer scale, class token, no head; 28 px digits (gray, repeated to 3 channels) in 7x7 patches.
@@ -159,6 +159,34 @@ def test_register_tokens_are_left_out_of_the_comparison() -> None:
     learngene, metrics, _ = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK["tleg"], "steps": 10})
     assert metrics["val_feature_loss_after"] < metrics["val_feature_loss_before"]
     assert learngene.base_spec.reg_tokens == 2
+
+
+def test_patch_weight_scales_the_patch_term_alone(dino: Ancestry) -> None:
+    state, spec = dino
+    teacher = load_teacher(state, spec)
+    with seeded(1):
+        student = build_model(spec)
+    images, labels = torch.randn(4, 3, 28, 28), torch.zeros(4, dtype=torch.long)
+    pooled, patches = Distillation(teacher, features=True, logits=False).feature_loss(
+        path_outputs(student, images), Distillation(teacher).teacher_outputs(images))
+    assert pooled.item() > 1e-3 and patches.item() > 1e-3  # both terms are live
+    for feature_weight, patch_weight in ((1.0, 1.0), (1.0, 0.0), (2.0, 0.25)):
+        loss = Distillation(teacher, feature_weight=feature_weight, logits=False, features=True,
+                            patch_weight=patch_weight)
+        assert loss(student, images, labels).item() == pytest.approx(
+            feature_weight * (pooled.item() + patch_weight * patches.item()), rel=1e-5)
+    with pytest.raises(ParamError) as caught:
+        get_entry("pool").validate_params({"patch_weight": -1}, "train")
+    assert "patch_weight" in str(caught.value)
+
+
+def test_pooled_token_only_condensing_reports_its_own_loss(dino: Ancestry) -> None:
+    """``patch_weight`` 0 through a whole run: the recorded validation loss is the pooled term alone, and the
+    pooled token still learns the ancestry's."""
+    state, spec = dino
+    _, metrics, _ = condense("tleg", "train", state, spec, DIGITS_URI, {**QUICK["tleg"], "patch_weight": 0.0})
+    assert metrics["val_feature_loss_after"] == pytest.approx(1.0 - metrics["val_pooled_cosine"], abs=1e-5)
+    assert metrics["val_pooled_cosine"] > metrics["val_pooled_cosine_before"]
 
 
 def test_both_objectives_on_an_ancestry_with_a_head(trained_ancestry: tuple) -> None:
