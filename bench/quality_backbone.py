@@ -220,6 +220,12 @@ INITS: tuple[Init, ...] = (
          priority=1, own_steps=True),
     Init("pool train d4 2400 strong shapes", "pool", "train", _train(students=[POOL_D4], steps=2400, augment="strong"),
          priority=1, own_steps=True, extra_data="shapes"),
+    # The objective's balance instead of steps (each doubling of steps costs twice the time): the probe reads the
+    # pooled token alone, so the pooled token alone (patch_weight 0), and the other side, four times the patch term.
+    Init("pool train d4 2400 strong pooled", "pool", "train",
+         _train(students=[POOL_D4], steps=2400, augment="strong", patch_weight=0.0), priority=1, own_steps=True),
+    Init("pool train d4 2400 strong patch x4", "pool", "train",
+         _train(students=[POOL_D4], steps=2400, augment="strong", patch_weight=4.0), priority=1, own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
