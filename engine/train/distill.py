@@ -209,13 +209,18 @@ class Distillation(nn.Module):
         terms = [feature_terms(path, teacher) for path in student]
         return (torch.stack([p for p, _ in terms]).mean(), torch.stack([q for _, q in terms]).mean())
 
+    def feature_term(self, pooled: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """The pooled and patch terms combined as training weighs them (before ``feature_weight``): the one place
+        the balance lives, so the recorded validation loss is the trained one."""
+        return pooled + self.patch_weight * patches
+
     def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not self.features:
             return self.logit_loss(model(images), self.teacher_logits(images), labels)
         teacher = self.teacher_outputs(images)
         student = path_outputs(model, images)
         pooled, patches = self.feature_loss(student, teacher)
-        loss = self.feature_weight * (pooled + self.patch_weight * patches)
+        loss = self.feature_weight * self.feature_term(pooled, patches)
         if self.logits:
             student_logits = torch.stack([logits for _, _, logits in student], dim=1)
             loss = loss + self.logit_loss(student_logits.squeeze(1) if student_logits.shape[1] == 1
@@ -242,7 +247,7 @@ def feature_metrics(student: nn.Module, loss: Distillation, data: Split, hooks: 
                 batch = batch.to(device)
                 with autocast(device, precision):
                     pooled, patches = loss.feature_loss(path_outputs(student, batch), loss.teacher_outputs(batch))
-                sums["feature_loss"] += (pooled + loss.patch_weight * patches).item() * len(batch)
+                sums["feature_loss"] += loss.feature_term(pooled, patches).item() * len(batch)
                 sums["pooled_cosine"] += (1.0 - pooled).item() * len(batch)
                 sums["patch_cosine"] += (1.0 - patches).item() * len(batch)
     finally:

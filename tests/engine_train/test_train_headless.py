@@ -167,8 +167,8 @@ def test_patch_weight_scales_the_patch_term_alone(dino: Ancestry) -> None:
     with seeded(1):
         student = build_model(spec)
     images, labels = torch.randn(4, 3, 28, 28), torch.zeros(4, dtype=torch.long)
-    pooled, patches = Distillation(teacher, features=True, logits=False).feature_loss(
-        path_outputs(student, images), Distillation(teacher).teacher_outputs(images))
+    shipped = Distillation(teacher, features=True, logits=False)
+    pooled, patches = shipped.feature_loss(path_outputs(student, images), shipped.teacher_outputs(images))
     assert pooled.item() > 1e-3 and patches.item() > 1e-3  # both terms are live
     for feature_weight, patch_weight in ((1.0, 1.0), (1.0, 0.0), (2.0, 0.25)):
         loss = Distillation(teacher, feature_weight=feature_weight, logits=False, features=True,
