@@ -164,6 +164,9 @@ _WAVE_FIT = {
 _POOL_STUDENTS = {
     "students": Param(None, optional(STUDENTS), "[{embed_dim, num_heads, depth[, mlp_ratio]}, ...]; None: half the "
                       "ancestry's depth at half and at full width"),
+    "student_blocks": Param("first", choice("first", "spread"),
+                            "which ancestry blocks each student is weight-selected from: its first `depth` "
+                            "(the paper's rule), or `depth` evenly spaced from the first to the last"),
 }
 _LAYERS_COMMON = {
     "count": Param(None, optional(integer(1, 256)), "blocks kept; None: half the ancestry"),

@@ -205,23 +205,33 @@ def fit_stitches(students: list[tuple[StateDict, ViTSpec]], images: torch.Tensor
     return stitches
 
 
+def _students_note(ancestry_spec: ViTSpec, students: list[tuple[StateDict, ViTSpec]], blocks: str) -> str:
+    """How the students were made, for the learngene's record: the ancestry blocks each took when not its first."""
+    if blocks == "first":
+        return "weight selection"
+    taken = [weight_selection.block_indices(ancestry_spec.depth, spec.depth, blocks) for _, spec in students]
+    return f"weight selection, {blocks} blocks {taken}"
+
+
 def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
     """Data-free pool: students made from the ancestry by weight selection, stitches by least squares on a
     fixed synthetic batch.
 
     params: ``students`` (list of {embed_dim, num_heads, depth[, mlp_ratio]}; default two students of half the
-    ancestry's depth, at half and at full width), ``batch`` (default 8 images) and ``seed`` (default 0) of the
-    :func:`synthetic_batch`.
+    ancestry's depth, at half and at full width), ``student_blocks`` (which ancestry blocks each student takes:
+    ``"first"``, the default, or ``"spread"``; :func:`engine.methods.weight_selection.block_indices`), ``batch``
+    (default 8 images) and ``seed`` (default 0) of the :func:`synthetic_batch`.
     """
-    unknown = set(params) - {"students", "batch", "seed"}
+    unknown = set(params) - {"students", "student_blocks", "batch", "seed"}
     if unknown:
-        raise LearngeneError(f"pool fit takes students, batch, seed; got {sorted(unknown)}")
+        raise LearngeneError(f"pool fit takes students, student_blocks, batch, seed; got {sorted(unknown)}")
     require_features(ancestry_spec, FEATURES, name)
     a = ancestry_spec
     wanted = params.get("students", [
         {"embed_dim": a.embed_dim // 2, "num_heads": max(a.num_heads // 2, 1), "depth": max(a.depth // 2, 2)},
         {"embed_dim": a.embed_dim, "num_heads": a.num_heads, "depth": max(a.depth // 2, 2)},
     ])
+    blocks = params.get("student_blocks", "first")
     source = weight_selection.fit(ancestry, ancestry_spec, {})
     made = []
     for fields in wanted:
@@ -230,12 +240,13 @@ def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> 
         except SpecError as exc:
             raise LearngeneError(f"student {fields}: {exc}") from exc
         # Same classes as the ancestry, so the head is selected, not drawn: the seed is never used.
-        made.append((weight_selection.expand(source, spec, seed=0).state_dict, spec))
+        made.append((weight_selection.expand(source, spec, seed=0, blocks=blocks).state_dict, spec))
     batch, seed = int(params.get("batch", 8)), int(params.get("seed", 0))
     stitches = fit_stitches(made, synthetic_batch(a, batch, seed))
     return build_pool(made, stitches, {
         "spec": a.to_dict(),
-        "fit": {"students": "weight selection", "stitches": "least squares", "batch": batch, "seed": seed},
+        "fit": {"students": _students_note(a, made, blocks), "stitches": "least squares", "batch": batch,
+                "seed": seed},
     })
 
 

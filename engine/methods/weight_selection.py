@@ -3,7 +3,8 @@
 The learngene is the ancestry itself: method ``"weight-selection"``, the ancestry's state dict (timm names,
 float32), ``meta = {"spec": <ancestry spec>}``. Only shrinks; data-free.
 
-The descendant takes the first L blocks, and in every dimension the evenly spaced indices of
+The descendant takes the first L blocks (the paper's rule; :func:`block_indices` also offers ``"spread"``, L
+evenly spaced blocks, which the Learngene Pool's students may ask for), and in every dimension the evenly spaced indices of
 :func:`engine.vit.select_indices`; each index set is the same for every layer:
 
 - the embedding (residual stream) width: ``select(D_a, D)``, for every tensor that reads or writes the stream;
@@ -39,6 +40,23 @@ name = "weight-selection"
 
 #: The ViT family features this method carries: all of them.
 FEATURES = frozenset(FAMILY_DEFAULTS)
+
+#: Which of the ancestry's blocks a shallower descendant takes: the first L (the paper's rule), or L evenly
+#: spaced ones from the first to the last, both ends included (``round(linspace(0, depth - 1, L))``, unlike
+#: :func:`engine.vit.select_indices`, which drops the last when L divides the depth), as DistilBERT's students
+#: took every other layer of their teacher.
+BLOCK_CHOICES = ("first", "spread")
+
+
+def block_indices(ancestry_depth: int, depth: int, blocks: str = "first") -> list[int]:
+    """The ancestry's blocks that become the descendant's ``depth`` blocks, in order."""
+    if blocks not in BLOCK_CHOICES:
+        raise ValueError(f"blocks must be one of {list(BLOCK_CHOICES)}, got {blocks!r}")
+    if blocks == "first":
+        return list(range(depth))
+    if not 0 < depth <= ancestry_depth:
+        raise ValueError(f"cannot take {depth} of {ancestry_depth} blocks")
+    return torch.linspace(0, ancestry_depth - 1, depth, dtype=torch.float64).round().long().tolist()
 
 
 def fit(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, Any]) -> Learngene:
@@ -82,8 +100,9 @@ def _take(tensor: torch.Tensor, *indices: torch.Tensor | None) -> torch.Tensor:
     return tensor
 
 
-def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec) -> StateDict:
-    """The descendant's weights for ``spec`` (already resolved) selected from ``ancestry``, without the head."""
+def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec, blocks: str = "first") -> StateDict:
+    """The descendant's weights for ``spec`` (already resolved) selected from ``ancestry``, without the head;
+    ``blocks`` says which of the ancestry's blocks (:func:`block_indices`)."""
     a, s = ancestry_spec, spec
     emb = select_indices(a.embed_dim, s.embed_dim)
     hidden = select_indices(a.mlp_hidden, s.mlp_hidden)
@@ -106,7 +125,7 @@ def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec) -> StateD
         "mlp.fc2.bias": (emb,),
         "ls2.gamma": (emb,),
     }
-    block_indices = {t: all_indices[t] for t in block_tensors(s)}
+    block_selection = {t: all_indices[t] for t in block_tensors(s)}
     grid_a, grid = a.img_size // a.patch_size, s.img_size // s.patch_size
     cells = select_indices(grid_a, min(grid, grid_a))  # a larger grid is resampled from the whole one
     prefix_a = pos_prefix(a)
@@ -126,13 +145,14 @@ def select(ancestry: StateDict, ancestry_spec: ViTSpec, spec: ViTSpec) -> StateD
     for key in ("cls_token", "reg_token", "dist_token"):
         if key in wanted:
             state[key] = _take(ancestry[key], None, None, emb)
-    for i in range(s.depth):
-        for tensor_name, indices in block_indices.items():
-            state[block_key(i, tensor_name)] = _take(ancestry[block_key(i, tensor_name)], *indices)
+    for i, source in enumerate(block_indices(a.depth, s.depth, blocks)):
+        for tensor_name, indices in block_selection.items():
+            state[block_key(i, tensor_name)] = _take(ancestry[block_key(source, tensor_name)], *indices)
     return state
 
 
-def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
+def expand(learngene: Learngene, spec: ViTSpec, seed: int, blocks: str = "first") -> Descendant:
+    """The descendant for ``spec``; ``blocks`` as in :func:`select` (the method's own expansion: the first)."""
     learngene.require(name)
     spec = resolve_spec(learngene, spec.to_dict())
     base = learngene.base_spec
@@ -144,4 +164,4 @@ def expand(learngene: Learngene, spec: ViTSpec, seed: int) -> Descendant:
         head[f"{module}.weight"] = _take(tensors[f"{module}.weight"], None, emb).float()
         head[f"{module}.bias"] = tensors[f"{module}.bias"].float()
     # An ancestry read as stored may be half precision; descendants are float32 (no copy when already).
-    return assemble(as_float32(select(tensors, base, spec)), spec, seed, head)
+    return assemble(as_float32(select(tensors, base, spec, blocks)), spec, seed, head)

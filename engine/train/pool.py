@@ -103,7 +103,10 @@ def keep_start(trained: StateDict, start: StateDict, share: float) -> StateDict:
 
 def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
-    start = pool.fit(ancestry, ancestry_spec, {} if params["students"] is None else {"students": params["students"]})
+    chosen = {"student_blocks": params.get("student_blocks", "first")}
+    if params["students"] is not None:
+        chosen["students"] = params["students"]
+    start = pool.fit(ancestry, ancestry_spec, chosen)
     specs = pool.student_specs(start)
     students = _split_students(start.tensors, specs)
     sample = dataset.train.sample(params["stitch_images"])  # loaded a batch at a time, never whole
@@ -123,7 +126,8 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
                         for f, b in stitches}
     learngene = pool.build_pool(trained_students, trained_stitches, {
         "spec": ancestry_spec.to_dict(),
-        "init": {"students": "weight selection", "stitches": f"least squares on {len(sample)} training images",
+        "init": {"students": start.meta["fit"]["students"],
+                 "stitches": f"least squares on {len(sample)} training images",
                  **({"keep_start": share} if share else {})},
     })
     return learngene, metrics, history
