@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.methods import pool
+from engine.methods import pool, weight_selection
 from engine.methods.base import Learngene, LearngeneError
 from engine.spec import STITCHED_ARCHITECTURE, TIMM_ARCHITECTURE, FrontSpec, SpecError
-from engine.vit import BLOCK_TENSORS, block_key
+from engine.vit import BLOCK_TENSORS, block_key, select_indices
 
 
 def test_catalogue_offers_students_and_depth_aligned_stitches(learngenes: dict[str, Learngene]) -> None:
@@ -91,3 +91,27 @@ def test_build_pool_requires_every_stitch(learngenes: dict[str, Learngene]) -> N
     rebuilt = pool.build_pool(students, {(0, 1): one, (1, 0): (torch.zeros(32, 64), torch.zeros(32))}, {})
     assert rebuilt.meta["stitches"] == [[0, 1], [1, 0]]
     assert rebuilt.tensors.keys() == learngenes["pool"].tensors.keys()
+
+
+def test_spread_students_take_evenly_spaced_blocks_from_first_to_last(ancestry: dict, tiny) -> None:
+    """``student_blocks: spread``: a 2-deep student of the 4-deep ancestry is weight-selected from blocks 0 and 3
+    (both ends), where the default takes blocks 0 and 1; the learngene records which."""
+    students = [{"embed_dim": 64, "num_heads": 4, "depth": 2}]
+    first = pool.fit(ancestry, tiny, {"students": students})
+    spread = pool.fit(ancestry, tiny, {"students": students, "student_blocks": "spread"})
+    for learngene, blocks in ((first, [0, 1]), (spread, [0, 3])):
+        (state, _), = pool.student_states(learngene)
+        for i, source in enumerate(blocks):
+            for name in BLOCK_TENSORS:
+                assert torch.equal(state[block_key(i, name)], ancestry[block_key(source, name)]), (blocks, i, name)
+    assert first.meta["fit"]["students"] == "weight selection"
+    assert spread.meta["fit"]["students"] == "weight selection, spread blocks [[0, 3]]"
+    # select_indices (the widths' rule) drops the last block when the depth divides; spread keeps both ends.
+    assert weight_selection.block_indices(12, 4, "spread") == [0, 4, 7, 11]
+    assert select_indices(12, 4).tolist() == [0, 3, 6, 9]
+    assert weight_selection.block_indices(12, 6, "spread") == [0, 2, 4, 7, 9, 11]
+    assert weight_selection.block_indices(12, 12, "spread") == list(range(12))
+    with pytest.raises(ValueError, match="cannot take 5 of 4"):
+        weight_selection.block_indices(4, 5, "spread")
+    with pytest.raises(ValueError, match="blocks must be one of"):
+        weight_selection.block_indices(4, 2, "last")

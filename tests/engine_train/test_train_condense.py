@@ -462,3 +462,30 @@ def test_a_pool_keeps_the_share_of_its_start_it_is_asked_to(trained_ancestry: An
         with pytest.raises(ParamError) as raised:
             condense("pool", "train", state, spec, DIGITS_URI, {**params, "keep_start": bad})
         assert raised.value.field == "params.keep_start"
+
+
+def test_pool_students_distil_from_the_blocks_student_blocks_names(trained_ancestry: Ancestry) -> None:
+    """``student_blocks: spread`` starts each student from evenly spaced ancestry blocks (0 and 3 of 4 for a 2-deep
+    student) instead of the first ones. With ``keep_start: 1`` the learngene keeps that start exactly, so its
+    students are weight selection's cut of those blocks; the learngene records the choice."""
+    from engine.methods import weight_selection
+
+    state, spec, _ = trained_ancestry
+    params = {**QUICK["pool"], "steps": 2, "warmup_steps": 1, "evaluate": False, "keep_start": 1.0}
+    for blocks, taken in (("first", [0, 1]), ("spread", [0, 3])):
+        learngene, _, _ = condense("pool", "train", state, spec, DIGITS_URI, {**params, "student_blocks": blocks})
+        note = "weight selection" if blocks == "first" else f"weight selection, spread blocks {[taken, taken]}"
+        assert learngene.meta["init"]["students"] == note
+        for student, student_spec in _split_students(learngene.tensors, get_method("pool").student_specs(learngene)):
+            cut = weight_selection.select(state, spec, student_spec, blocks)
+            assert cut.keys() <= student.keys()
+            for key, tensor in cut.items():
+                assert torch.allclose(student[key], tensor.float(), atol=1e-6), (blocks, key)
+            # and, independently of the block choice's code: the ancestry with block taken[1] moved to block 1,
+            # cut by the paper's rule (the first blocks), gives the same second block.
+            moved = {k.replace(f"blocks.{taken[1]}.", "blocks.1.", 1): v for k, v in state.items()
+                     if k.startswith(f"blocks.{taken[1]}.")}
+            first_rule = weight_selection.select({**state, **moved}, spec, student_spec)
+            assert torch.equal(cut["blocks.1.attn.qkv.weight"], first_rule["blocks.1.attn.qkv.weight"])
+    with pytest.raises(Exception, match="student_blocks"):
+        condense("pool", "train", state, spec, DIGITS_URI, {**params, "student_blocks": "last"})

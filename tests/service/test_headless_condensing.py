@@ -112,6 +112,7 @@ def test_wave_train_then_refine_of_a_headless_ancestry(client: TestClient, ances
     ("layers", "train", {"count": 9}, "params.count"),
     ("layers", "fit", {"indices": [0, 4]}, "params.indices"),
     ("pool", "fit", {"students": [{"embed_dim": 64, "num_heads": 2, "depth": 2}]}, "params.students"),
+    ("pool", "train", {"student_blocks": "last"}, "params.student_blocks"),
     ("wave", "train", {"tile": [6, 6]}, "params.tile"),
     ("tleg", "train", {"aux_embed_dim": 64}, "params.aux_embed_dim"),
     ("wave", "refine", {"sizes": [{"depth": 2}], "objective": "logits"}, "params.objective"),
