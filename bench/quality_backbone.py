@@ -233,9 +233,13 @@ INITS: tuple[Init, ...] = (
          _train(students=[POOL_D4], steps=2400, augment="strong", student_blocks="spread"), priority=1,
          own_steps=True),
     # The spread start gave +0.053 with 10 shots at 2,400 steps (5 of 5 seeds), more than a doubling of steps
-    # there (+0.040); at 19,200 steps the first blocks miss the 10-shot target by 0.030 (pass 43).
-    Init("pool train d4 19200 strong spread", "pool", "train",
-         _train(students=[POOL_D4], steps=19200, augment="strong", student_blocks="spread"), priority=1,
+    # there (+0.040): does the gain last at four times the steps (pass 36: the first blocks at 9,600), and does it
+    # hold at depth 6 (pass 38: the first blocks at 4,800)?
+    Init("pool train d4 9600 strong spread", "pool", "train",
+         _train(students=[POOL_D4], steps=9600, augment="strong", student_blocks="spread"), priority=1,
+         own_steps=True),
+    Init("pool train d6 4800 strong spread", "pool", "train",
+         _train(students=[POOL_D6], steps=4800, augment="strong", student_blocks="spread"), priority=1,
          own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
