@@ -44,6 +44,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -281,6 +282,15 @@ def service(data_dir: Path) -> Iterator[tuple[str, int]]:
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``timeout``, a stopped session) unwinds like Ctrl-C, so :func:`service`'s ``finally``
+    stops the service it started: the default action killed this process alone and left the service running,
+    its condensing job holding both cores of this CPU while later passes timed themselves beside it."""
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _peak_rss_reset(pid: int) -> None:
@@ -816,6 +826,7 @@ def main() -> None:
     parser.add_argument("--sizes", help="comma-separated DEPTHxWIDTHxHEADS: only these sizes")
     parser.add_argument("--merge", nargs="+", type=Path, help="raw files of several passes: render them as one")
     args = parser.parse_args()
+    exit_on_sigterm()
     _select(args)
     if args.deadline:
         args.deadline = next_time_of_day(args.deadline, time.time())

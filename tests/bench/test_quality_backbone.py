@@ -86,3 +86,36 @@ def test_every_fine_tuned_target_has_targets_rows_and_every_target_a_best_probe(
     probes = [line for line in targets if line.startswith(("| fashion | 10 | d6 w192 | front fit | 0.550",
                                                           "| mnist | 10 | d6 w192 | front fit | 0.550"))]
     assert len(probes) == 2
+
+
+def test_a_terminated_report_stops_the_service_it_started(tmp_path: Path) -> None:
+    """Regression: ``kill`` of a running report (SIGTERM) ended the report's process alone; the service it had
+    started kept condensing on both cores, beside the next pass's timings. Now the service goes with it."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+              "from bench.quality_backbone import exit_on_sigterm, service; exit_on_sigterm();\n"
+              "with service(Path(sys.argv[2])) as (url, pid):\n"
+              "    print(pid, flush=True); time.sleep(600)")
+    (tmp_path / "data").mkdir()
+    report = subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(tmp_path / "data")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        served = int(report.stdout.readline())
+        assert Path(f"/proc/{served}").exists()
+        report.send_signal(signal.SIGTERM)
+        assert report.wait(90) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{served}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{served}").exists(), "the service outlived the report"
+    finally:
+        report.kill()
+        for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+            with contextlib.suppress(OSError):
+                if str(tmp_path) in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace"):
+                    os.kill(int(pid), signal.SIGKILL)
