@@ -4,8 +4,8 @@ The learngene is the ancestry itself: method ``"weight-selection"``, the ancestr
 float32), ``meta = {"spec": <ancestry spec>}``. Only shrinks; data-free.
 
 The descendant takes the first L blocks (the paper's rule; :func:`block_indices` also offers ``"spread"``, L
-evenly spaced blocks, which the Learngene Pool's students may ask for), and in every dimension the evenly spaced indices of
-:func:`engine.vit.select_indices`; each index set is the same for every layer:
+evenly spaced blocks, which the Learngene Pool's students may ask for), and in every dimension the evenly spaced
+indices of :func:`engine.vit.select_indices`; each index set is the same for every layer:
 
 - the embedding (residual stream) width: ``select(D_a, D)``, for every tensor that reads or writes the stream;
 - the MLP hidden width: ``select(H_a, H)``;
@@ -42,7 +42,7 @@ name = "weight-selection"
 FEATURES = frozenset(FAMILY_DEFAULTS)
 
 #: Which of the ancestry's blocks a shallower descendant takes: the first L (the paper's rule), or L evenly
-#: spaced ones from the first to the last, both ends included (``round(linspace(0, depth - 1, L))``, unlike
+#: spaced ones from the first to the last, both ends included (``round(linspace(0, ancestry depth - 1, L))``, unlike
 #: :func:`engine.vit.select_indices`, which drops the last when L divides the depth), as DistilBERT's students
 #: took every other layer of their teacher.
 BLOCK_CHOICES = ("first", "spread")
