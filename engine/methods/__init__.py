@@ -19,6 +19,7 @@ from engine.methods.params import (
     DISTILLATION,
     SIZES,
     STUDENTS,
+    STUDENT_BLOCKS,
     TRAINING,
     Param,
     ParamError,
@@ -164,7 +165,7 @@ _WAVE_FIT = {
 _POOL_STUDENTS = {
     "students": Param(None, optional(STUDENTS), "[{embed_dim, num_heads, depth[, mlp_ratio]}, ...]; None: half the "
                       "ancestry's depth at half and at full width"),
-    "student_blocks": Param("first", choice("first", "spread"),
+    "student_blocks": Param("first", choice(*STUDENT_BLOCKS),
                             "which ancestry blocks each student is weight-selected from: its first `depth` "
                             "(the paper's rule), or `depth` evenly spaced from the first to the last"),
 }

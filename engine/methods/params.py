@@ -127,6 +127,10 @@ SIZES = spec_list("size", set(), min_depth=1)
 #: What a trained mode's ``augment`` may be (engine.augment applies them; named here, where no torch is imported).
 AUGMENTS = ("none", "light", "strong")
 
+#: Which ancestry blocks a weight-selected student takes (engine.methods.weight_selection.block_indices applies
+#: them; named here, where no torch is imported).
+STUDENT_BLOCKS = ("first", "spread")
+
 #: Bounds of the training-mode image size and of the validation subset of a condensing run's metrics.
 MAX_IMG_SIZE = 1024
 DEFAULT_EVAL_IMAGES = 1000

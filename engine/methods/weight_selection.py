@@ -33,6 +33,7 @@ import torch
 
 from engine.costs import head_modules, state_shapes
 from engine.methods.base import Descendant, Learngene, LearngeneError, StateDict
+from engine.methods.params import STUDENT_BLOCKS
 from engine.spec import FAMILY_DEFAULTS, FREE_FIELDS, SpecError, ViTSpec, merge_request, require_features
 from engine.vit import as_float32, assemble, block_key, block_tensors, check_layout, pos_prefix, select_indices
 
@@ -41,17 +42,15 @@ name = "weight-selection"
 #: The ViT family features this method carries: all of them.
 FEATURES = frozenset(FAMILY_DEFAULTS)
 
-#: Which of the ancestry's blocks a shallower descendant takes: the first L (the paper's rule), or L evenly
-#: spaced ones from the first to the last, both ends included (``round(linspace(0, ancestry depth - 1, L))``, unlike
-#: :func:`engine.vit.select_indices`, which drops the last when L divides the depth), as DistilBERT's students
-#: took every other layer of their teacher.
-BLOCK_CHOICES = ("first", "spread")
-
 
 def block_indices(ancestry_depth: int, depth: int, blocks: str = "first") -> list[int]:
-    """The ancestry's blocks that become the descendant's ``depth`` blocks, in order."""
-    if blocks not in BLOCK_CHOICES:
-        raise ValueError(f"blocks must be one of {list(BLOCK_CHOICES)}, got {blocks!r}")
+    """The ancestry's blocks that become the descendant's ``depth`` blocks, in order: the first ``depth`` (the
+    paper's rule), or, with ``"spread"``, ``depth`` evenly spaced ones from the first to the last, both ends
+    included (``round(linspace(0, ancestry_depth - 1, depth))``, unlike :func:`engine.vit.select_indices`, which
+    drops the last when ``depth`` divides the ancestry's), as DistilBERT's students took every other layer of
+    their teacher."""
+    if blocks not in STUDENT_BLOCKS:
+        raise ValueError(f"blocks must be one of {list(STUDENT_BLOCKS)}, got {blocks!r}")
     if blocks == "first":
         return list(range(depth))
     if not 0 < depth <= ancestry_depth:

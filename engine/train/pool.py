@@ -103,7 +103,7 @@ def keep_start(trained: StateDict, start: StateDict, share: float) -> StateDict:
 
 def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, params: dict[str, Any],
                hooks: Hooks | None) -> tuple[Learngene, dict[str, Any], LossHistory]:
-    chosen = {"student_blocks": params.get("student_blocks", "first")}
+    chosen = {"student_blocks": params["student_blocks"]}
     if params["students"] is not None:
         chosen["students"] = params["students"]
     start = pool.fit(ancestry, ancestry_spec, chosen)
