@@ -242,6 +242,14 @@ INITS: tuple[Init, ...] = (
     Init("pool train d6 4800 strong spread", "pool", "train",
          _train(students=[POOL_D6], steps=4800, augment="strong", student_blocks="spread"), priority=1,
          own_steps=True),
+    # At the backbone's own width a spread student is no cut at all: blocks 0, 2, 4, 7, 9, 11 as they are, the last
+    # block's features kept. Weight selection's first 6 blocks probe MNIST at 0.88 of the backbone with 10 shots,
+    # above every trained 384-wide student: does the spread start, undistilled and blended half-way, carry more?
+    Init("pool fit d6 w384 spread", "pool", "fit", (("student_blocks", "spread"), ("students", [POOL_D6_W384])),
+         priority=1),
+    Init("pool train d6 w384 strong 2400 keep 0.5 spread", "pool", "train",
+         _train(students=[POOL_D6_W384], augment="strong", steps=2400, keep_start=0.5, student_blocks="spread"),
+         priority=1, own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
