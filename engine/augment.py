@@ -20,9 +20,16 @@ mean) use each image's own per-channel statistics. Labels are untouched. Feature
 for a cross-entropy term (``ce_weight``) note that a flip or a turn can change what a digit is (a mirrored 3),
 where a garment stays one.
 
-Determinism: the transforms of batch ``step`` are drawn from ``(seed, step)`` alone, on the CPU, for the whole
-batch at once; a micro-batch takes its rows' slice. So a resumed run sees exactly the images it would have
-seen, and a CPU (micro-batched) and a GPU (whole batch) run see the same ones.
+Mixing (the ``mix`` param of every trained mode, independent of the level): a share of a batch's images is
+blended with another image of the condensing data, ``lam * x + (1 - lam) * y`` with ``lam`` uniform in 0-1 (mixup
+with Beta(1, 1)); the partner is drawn from the whole dataset and seen through its own transforms of the level.
+Ancestry and student see the same blend (distillation as function matching: Beyer et al., "Knowledge
+distillation: a good teacher is patient and consistent", CVPR 2022, found blended inputs and long schedules the
+way to distil a big model without its data). A cross-entropy term takes the label of the image weighted more.
+
+Determinism: the transforms (and the blends) of batch ``step`` are drawn from ``(seed, step)`` alone, on the CPU,
+for the whole batch at once; a micro-batch takes its rows' slice. So a resumed run sees exactly the images it
+would have seen, and a CPU (micro-batched) and a GPU (whole batch) run see the same ones.
 """
 from __future__ import annotations
 
@@ -65,9 +72,15 @@ class Draw:
         return Draw(self.theta[start:stop], self.gain[start:stop], self.invert[start:stop])
 
 
-def _generator(seed: int, step: int) -> torch.Generator:
-    # Not the batch order's stream (seed * 1_000_003 + epoch): a distinct, well-mixed seed per (seed, step).
-    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2 ** 63)
+#: The random streams of a batch: its images' transforms (stream 0, as before mixing existed), the blends, and
+#: the partners' own transforms.
+IMAGES, BLENDS, PARTNERS = 0, 1, 2
+
+
+def _generator(seed: int, step: int, stream: int = IMAGES) -> torch.Generator:
+    # Not the batch order's stream (seed * 1_000_003 + epoch): a distinct, well-mixed seed per (seed, step, stream).
+    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0xD6E8FEB86659FD93
+             + 0x94D049BB133111EB) % (2 ** 63)
     return torch.Generator().manual_seed(mixed)
 
 
@@ -86,8 +99,8 @@ class Augment:
             return None
         return cls(level)
 
-    def draw(self, n: int, seed: int, step: int) -> Draw:
-        spec, g = self.spec, _generator(seed, step)
+    def draw(self, n: int, seed: int, step: int, stream: int = IMAGES) -> Draw:
+        spec, g = self.spec, _generator(seed, step, stream)
         uniform = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)  # noqa: E731
         area = uniform(spec.min_area, 1.0)
         aspect = torch.exp(uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
@@ -116,3 +129,46 @@ class Augment:
             out = torch.where(draw.invert.to(out.device).view(-1, 1, 1, 1), flipped, out)
         mean = out.mean(dim=(-2, -1), keepdim=True)
         return (mean + gain.view(-1, 1, 1, 1) * (out - mean)).contiguous()
+
+
+@dataclass(frozen=True)
+class Blend:
+    """One batch's blends: ``partner`` (batch,) the dataset index each image is blended with, ``lam`` (batch,) its
+    own weight (1: not blended)."""
+
+    partner: torch.Tensor
+    lam: torch.Tensor
+
+    def rows(self, start: int, stop: int) -> "Blend":
+        return Blend(self.partner[start:stop], self.lam[start:stop])
+
+
+class Mix:
+    """``draw(n, size, seed, step)`` the blends of a batch of ``n`` images from a dataset of ``size``,
+    ``apply(images, labels, partners, partner_labels, blend)`` them."""
+
+    def __init__(self, share: float) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"mix must be in (0, 1], got {share!r}")
+        self.share = share
+
+    @classmethod
+    def of(cls, share: float) -> "Mix | None":
+        """The mixing of ``share`` of the images; ``None`` for 0."""
+        return cls(share) if share > 0 else None
+
+    def draw(self, n: int, size: int, seed: int, step: int) -> Blend:
+        g = _generator(seed, step, BLENDS)
+        partner = torch.randint(size, (n,), generator=g)
+        lam = torch.rand(n, generator=g)
+        blended = torch.rand(n, generator=g) < self.share
+        return Blend(partner, torch.where(blended, lam, torch.ones(n)))
+
+    @staticmethod
+    def apply(images: torch.Tensor, labels: torch.Tensor, partners: torch.Tensor, partner_labels: torch.Tensor,
+              blend: Blend) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` blended with ``partners`` (both (n, C, H, W), preprocessed and already transformed); the
+        labels of the image weighted more (an image's own at ``lam`` 0.5 or more)."""
+        lam = blend.lam.to(images.device)
+        out = lam.view(-1, 1, 1, 1) * images.float() + (1.0 - lam).view(-1, 1, 1, 1) * partners.float()
+        return out.contiguous(), torch.where(lam >= 0.5, labels, partner_labels.to(labels.device))

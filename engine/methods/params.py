@@ -158,6 +158,10 @@ TRAINING: dict[str, Param] = {
                      "transforms of the training images (engine.augment): light is random resized crops (50-100 % "
                      "of the area) and flips; strong adds crops down to 20 %, turns of up to 30 degrees, contrast "
                      "0.6-1.4 and inversions (p 0.2); none: the images as they are"),
+    "mix": Param(0.0, real(0.0, 1.0),
+                 "share of the training images blended with another image of the condensing data (mixup, own weight "
+                 "uniform in 0-1, the partner seen through its own `augment` transforms); ancestry and student see "
+                 "the same blend; 0: none"),
 }
 DISTILLATION: dict[str, Param] = {
     "temperature": Param(1.0, real(0.0, 100.0, low_open=True), "softmax temperature of the KL term"),

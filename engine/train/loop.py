@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn as nn
 
-from engine.augment import Augment
+from engine.augment import PARTNERS, Augment, Mix
 from engine.data import Split, batch_indices
 
 #: (model, images, labels) -> scalar loss. An ``nn.Module`` loss (e.g. one holding a frozen teacher) is moved to
@@ -96,6 +96,7 @@ class TrainConfig:
     eval_images: int = 1000  # the fixed validation subset those metrics use
     micro_batch: int = 0  # images per forward/backward (gradients accumulate over a step); 0: see micro_batch()
     augment: str = "none"  # engine.augment's level for the training batches: none, light or strong
+    mix: float = 0.0  # share of the training images blended with another image of the data (engine.augment.Mix)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -105,7 +106,8 @@ class TrainConfig:
                    warmup_steps=warmup, weight_decay=params["weight_decay"], grad_clip=params["grad_clip"],
                    seed=params["seed"], checkpoint_every_s=params["checkpoint_every_s"],
                    precision=params.get("precision", "auto"), evaluate=params.get("evaluate", True),
-                   eval_images=params.get("eval_images", cls.eval_images), augment=params.get("augment", "none"))
+                   eval_images=params.get("eval_images", cls.eval_images), augment=params.get("augment", "none"),
+                   mix=params.get("mix", 0.0))
 
 
 #: On a CPU a step runs in micro-batches of at most this many input values (16 images of 3x224^2: 2 at DINOv2's
@@ -209,7 +211,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         step, history = _restore(blob, model, optimizer)
 
     micro = micro_batch(data, config, device)
-    augment = Augment.of(config.augment)
+    augment, mix = Augment.of(config.augment), Mix.of(config.mix)
     log_every = config.log_every or max(1, config.steps // 100)
     per_epoch = len(data) // min(config.batch_size, len(data))
     images_seen, window_start = 0, time.perf_counter()
@@ -225,6 +227,10 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
         chunks = index.split(micro)
         # Drawn for the whole batch from (seed, step): the same images whatever the micro-batching or resume.
         draw = augment.draw(len(index), config.seed, step) if augment is not None else None
+        blend = mix.draw(len(index), len(data), config.seed, step) if mix is not None else None
+        partner_draw = None
+        if augment is not None and blend is not None:
+            partner_draw = augment.draw(len(index), config.seed, step, PARTNERS)
         for k, part in enumerate(chunks):
             if k and hooks.should_stop():  # a long step on a CPU: stop between its micro-batches too
                 optimizer.zero_grad(set_to_none=True)  # the step is dropped: model and optimizer are at ``step``
@@ -233,9 +239,16 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
                 raise Cancelled(step)
             images, labels = data.batch(part)  # preprocessed now, at the target size: memory flat in img_size
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            start, stop = k * micro, k * micro + len(part)
             if draw is not None:
-                start = k * micro
-                images = augment.apply(images, draw.rows(start, start + len(part)))
+                images = augment.apply(images, draw.rows(start, stop))
+            if blend is not None:  # the partners, preprocessed and transformed as the batch's own images
+                rows = blend.rows(start, stop)
+                partners, partner_labels = data.batch(rows.partner)
+                partners = partners.to(device, non_blocking=True)
+                if partner_draw is not None:
+                    partners = augment.apply(partners, partner_draw.rows(start, stop))
+                images, labels = mix.apply(images, labels, partners, partner_labels, rows)
             with autocast(device, config.precision):
                 part_loss = loss_fn(model, images, labels)
             if len(chunks) > 1:  # gradient accumulation: the batch's mean loss is the size-weighted chunk sum

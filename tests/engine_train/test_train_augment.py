@@ -1,5 +1,6 @@
-"""Augmented condensing data (engine.augment): transforms drawn from (seed, step) alone, so micro-batching and
-resuming see the same images; they are applied (a run differs from the plain one) and keep what they promise."""
+"""Augmented condensing data (engine.augment): transforms and blends drawn from (seed, step) alone, so
+micro-batching and resuming see the same images; they are applied (a run differs from the plain one) and keep what
+they promise."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ import io
 import pytest
 import torch
 
-from engine.augment import AUGMENTS, Augment
+from engine.augment import AUGMENTS, Augment, Blend, Mix
 from engine.data import DIGITS_URI, load_dataset
 from engine.methods import get_method, validate_params
 from engine.train import condense
@@ -103,3 +104,72 @@ def test_a_headless_ancestry_condenses_with_augmented_data() -> None:
         model = _load(learngene, module.resolve_spec(learngene, {**student.to_dict(), "num_classes": 5}))
         with torch.no_grad():
             assert model(torch.randn(2, 3, 28, 28)).shape == (2, 5)
+
+
+def test_mix_is_a_param_of_every_trained_mode_off_by_default() -> None:
+    for method in ("pool", "tleg", "wave"):
+        assert validate_params(method, {})["mix"] == 0.0  # the default keeps every recorded result
+    assert TrainConfig.from_params(validate_params("pool", {"mix": 0.5})).mix == 0.5
+    assert Mix.of(0.0) is None
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(ValueError, match="mix"):
+            validate_params("pool", {"mix": bad})
+
+
+def test_a_batch_s_blends_are_a_pure_function_of_seed_and_step_and_their_share_is_mix() -> None:
+    mix = Mix(0.5)
+    blend = mix.draw(4000, 100, seed=3, step=5)
+    again = mix.draw(4000, 100, seed=3, step=5)
+    assert torch.equal(blend.partner, again.partner) and torch.equal(blend.lam, again.lam)
+    assert not torch.equal(blend.lam, mix.draw(4000, 100, seed=3, step=6).lam)
+    assert not torch.equal(blend.lam, mix.draw(4000, 100, seed=4, step=5).lam)
+    blended = blend.lam < 1.0
+    assert 0.45 < blended.float().mean() < 0.55  # about half the images, the rest untouched (lam 1)
+    assert 0.4 < blend.lam[blended].mean() < 0.6  # own weight uniform in 0-1
+    assert blend.partner.min() >= 0 and blend.partner.max() < 100 and len(blend.partner.unique()) == 100
+    assert bool((Mix(1.0).draw(500, 100, seed=0, step=0).lam < 1.0).all())
+    rows = blend.rows(10, 20)
+    assert torch.equal(rows.partner, blend.partner[10:20]) and torch.equal(rows.lam, blend.lam[10:20])
+
+
+def test_a_blend_weights_the_two_images_and_keeps_the_heavier_one_s_label() -> None:
+    images, partners = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
+    blend = Blend(partner=torch.tensor([7, 8, 9]), lam=torch.tensor([1.0, 0.75, 0.25]))
+    out, labels = Mix.apply(images, torch.tensor([0, 1, 2]), partners, torch.tensor([5, 6, 7]), blend)
+    assert torch.allclose(out[:, 0, 0, 0], torch.tensor([0.0, 0.25, 0.75]))
+    assert labels.tolist() == [0, 1, 7]
+
+
+def test_the_transforms_of_a_mixed_run_s_own_images_are_the_unmixed_run_s() -> None:
+    # Mixing draws from streams of its own: adding it leaves each image's own transforms (and so every run
+    # recorded before mixing) as they were.
+    augment = Augment("strong")
+    images = _digits(8)
+    own = augment.apply(images, augment.draw(8, seed=0, step=3))
+    partners = augment.apply(images, augment.draw(8, seed=0, step=3, stream=2))
+    assert not torch.equal(own, partners)
+    assert torch.equal(own, augment.apply(images, augment.draw(8, seed=0, step=3, stream=0)))
+
+
+def test_a_mixed_run_differs_from_the_unmixed_one_and_resumes_exactly() -> None:
+    config = dataclasses.replace(CONFIG, mix=0.5)
+    unmixed, mixed = _model(0), _model(0)
+    train(unmixed, classification_loss, _data(), CONFIG)
+    train(mixed, classification_loss, _data(), config)
+    assert not torch.equal(unmixed[1].weight, mixed[1].weight)
+    stopped = Recorder(stop_after_calls=7)
+    with pytest.raises(Cancelled):
+        train(_model(0), classification_loss, _data(), config, stopped)
+    resumed = _model(99)
+    train(resumed, classification_loss, _data(), config, Recorder(checkpoint=stopped.checkpoints[-1]))
+    for a, b in zip(mixed.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_headless_ancestry_condenses_with_blended_data() -> None:
+    state, spec = headless()
+    plain, _, _ = condense("pool", "train", state, spec, DIGITS_URI, {**QUICK["pool"], "augment": "strong"})
+    learngene, metrics, _ = condense("pool", "train", state, spec, DIGITS_URI,
+                                     {**QUICK["pool"], "augment": "strong", "mix": 1.0})
+    assert metrics["val_feature_loss_after"] < metrics["val_feature_loss_before"]
+    assert any(not torch.equal(a, plain.tensors[k]) for k, a in learngene.tensors.items())

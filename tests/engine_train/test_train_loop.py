@@ -189,9 +189,10 @@ def _plain_model(seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 2))
 
 
-@pytest.mark.parametrize("augment", ["none", "strong"])  # augmented: each micro-batch takes its rows' transforms
-def test_micro_batches_accumulate_to_the_whole_batch_step(augment: str) -> None:
-    config = dataclasses.replace(CONFIG, steps=4, precision="fp32", augment=augment)
+# Augmented or blended: each micro-batch takes its rows' transforms, blends and partners.
+@pytest.mark.parametrize("augment,mix", [("none", 0.0), ("strong", 0.0), ("none", 1.0), ("strong", 0.5)])
+def test_micro_batches_accumulate_to_the_whole_batch_step(augment: str, mix: float) -> None:
+    config = dataclasses.replace(CONFIG, steps=4, precision="fp32", augment=augment, mix=mix)
     whole, chunked = _plain_model(0), _plain_model(0)
     train(whole, classification_loss, _data(), config)
     train(chunked, classification_loss, _data(), dataclasses.replace(config, micro_batch=5))  # 16 = 5+5+5+1

@@ -129,6 +129,7 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     ({"params": {"evaluate": "no"}}, "params.evaluate"),
     ({"params": {"precision": "fp16"}}, "params.precision"),
     ({"params": {"augment": "heavy"}}, "params.augment"),
+    ({"params": {"mix": 1.5}}, "params.mix"),
     ({"dataset": None, "mode": "train"}, "dataset"),
     ({"dataset": None, "mode": "fit", "evaluate": True}, "evaluate"),
     # Cross-entropy on 20 classes through the ancestry's 10-class head: used to be queued, then fail.
