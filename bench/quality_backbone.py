@@ -250,6 +250,13 @@ INITS: tuple[Init, ...] = (
     Init("pool train d6 w384 strong 2400 keep 0.5 spread", "pool", "train",
          _train(students=[POOL_D6_W384], augment="strong", steps=2400, keep_start=0.5, student_blocks="spread"),
          priority=1, own_steps=True),
+    # The condensing data's variety bounds the 10-shot MNIST probe (clothes are not digits); blending images
+    # (mix: mixup, the same blend for ancestry and student) makes new inputs from the same ones. Half and all of
+    # the images blended, against pass 32's 4-deep student at 2,400 augmented steps.
+    Init("pool train d4 2400 strong mix 0.5", "pool", "train",
+         _train(students=[POOL_D4], steps=2400, augment="strong", mix=0.5), priority=1, own_steps=True),
+    Init("pool train d4 2400 strong mix 1", "pool", "train",
+         _train(students=[POOL_D4], steps=2400, augment="strong", mix=1.0), priority=1, own_steps=True),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
