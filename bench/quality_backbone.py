@@ -250,6 +250,11 @@ INITS: tuple[Init, ...] = (
     Init("pool train d6 w384 strong 2400 keep 0.5 spread", "pool", "train",
          _train(students=[POOL_D6_W384], augment="strong", steps=2400, keep_start=0.5, student_blocks="spread"),
          priority=1, own_steps=True),
+    # Spread, distilled and blended probes MNIST at 0.901 of the backbone with 10 shots (pass 53), on the line:
+    # twice the steps, as the first blocks' blend gained from them on the Fashion target (passes 22 and 26).
+    Init("pool train d6 w384 strong 4800 keep 0.5 spread", "pool", "train",
+         _train(students=[POOL_D6_W384], augment="strong", steps=4800, keep_start=0.5, student_blocks="spread"),
+         priority=1, own_steps=True),
     # The condensing data's variety bounds the 10-shot MNIST probe (clothes are not digits); blending images
     # (mix: mixup, the same blend for ancestry and student) makes new inputs from the same ones. Half and all of
     # the images blended, against pass 32's 4-deep student at 2,400 augmented steps.
