@@ -83,14 +83,19 @@ def test_an_augmented_run_differs_from_the_plain_one() -> None:
 def test_an_augmented_run_resumed_from_a_checkpoint_matches_an_uninterrupted_one() -> None:
     uninterrupted = _model(0)
     train(uninterrupted, classification_loss, _data(), CONFIG)
+    for a, b in zip(uninterrupted.parameters(), _stopped_at_7_and_resumed(CONFIG).parameters()):
+        assert torch.equal(a, b)
+
+
+def _stopped_at_7_and_resumed(config: TrainConfig) -> torch.nn.Module:
+    """A run of ``config`` cancelled after step 7, then resumed from its checkpoint into another model."""
     stopped = Recorder(stop_after_calls=7)
     with pytest.raises(Cancelled):
-        train(_model(0), classification_loss, _data(), CONFIG, stopped)
+        train(_model(0), classification_loss, _data(), config, stopped)
     assert torch.load(io.BytesIO(stopped.checkpoints[-1]), weights_only=True)["step"] == 7
     resumed = _model(99)
-    train(resumed, classification_loss, _data(), CONFIG, Recorder(checkpoint=stopped.checkpoints[-1]))
-    for a, b in zip(uninterrupted.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
+    train(resumed, classification_loss, _data(), config, Recorder(checkpoint=stopped.checkpoints[-1]))
+    return resumed
 
 
 def test_a_headless_ancestry_condenses_with_augmented_data() -> None:
@@ -157,12 +162,7 @@ def test_a_mixed_run_differs_from_the_unmixed_one_and_resumes_exactly() -> None:
     train(unmixed, classification_loss, _data(), CONFIG)
     train(mixed, classification_loss, _data(), config)
     assert not torch.equal(unmixed[1].weight, mixed[1].weight)
-    stopped = Recorder(stop_after_calls=7)
-    with pytest.raises(Cancelled):
-        train(_model(0), classification_loss, _data(), config, stopped)
-    resumed = _model(99)
-    train(resumed, classification_loss, _data(), config, Recorder(checkpoint=stopped.checkpoints[-1]))
-    for a, b in zip(mixed.parameters(), resumed.parameters()):
+    for a, b in zip(mixed.parameters(), _stopped_at_7_and_resumed(config).parameters()):
         assert torch.equal(a, b)
 
 
