@@ -255,6 +255,11 @@ INITS: tuple[Init, ...] = (
     Init("pool train d6 w384 strong 4800 keep 0.5 spread", "pool", "train",
          _train(students=[POOL_D6_W384], augment="strong", steps=4800, keep_start=0.5, student_blocks="spread"),
          priority=1, own_steps=True),
+    # At 384 wide the spread start, distilled and blended half-way, probes MNIST at 0.949 of the backbone with 10
+    # shots (pass 55): does the half-way blend carry over to a 192-wide student (pass 50: spread, no blend)?
+    Init("pool train d4 2400 strong spread keep 0.5", "pool", "train",
+         _train(students=[POOL_D4], steps=2400, augment="strong", student_blocks="spread", keep_start=0.5),
+         priority=1, own_steps=True),
     # The condensing data's variety bounds the 10-shot MNIST probe (clothes are not digits); blending images
     # (mix: mixup, the same blend for ancestry and student) makes new inputs from the same ones. Half and all of
     # the images blended, against pass 32's 4-deep student at 2,400 augmented steps.
