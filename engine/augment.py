@@ -71,6 +71,9 @@ class Draw:
     def rows(self, start: int, stop: int) -> "Draw":
         return Draw(self.theta[start:stop], self.gain[start:stop], self.invert[start:stop])
 
+    def take(self, index: torch.Tensor) -> "Draw":
+        return Draw(self.theta[index], self.gain[index], self.invert[index])
+
 
 #: The random streams of a batch: its images' transforms (stream 0, as before mixing existed), the blends, and
 #: the partners' own transforms.
@@ -121,6 +124,8 @@ class Augment:
     def apply(self, images: torch.Tensor, draw: Draw) -> torch.Tensor:
         """``images`` (n, C, H, W), preprocessed, seen through ``draw`` (of n images); fp32, on their device."""
         images = images.float()
+        if len(images) == 0:  # a micro-batch none of whose images is blended has no partners: affine_grid refuses it
+            return images
         theta, gain = draw.theta.to(images.device), draw.gain.to(images.device)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -141,6 +146,11 @@ class Blend:
 
     def rows(self, start: int, stop: int) -> "Blend":
         return Blend(self.partner[start:stop], self.lam[start:stop])
+
+    @property
+    def blended(self) -> torch.Tensor:
+        """The positions of the images that are blended (``lam`` below 1): only their partners need loading."""
+        return torch.nonzero(self.lam < 1.0).flatten()
 
 
 class Mix:
@@ -167,8 +177,12 @@ class Mix:
     @staticmethod
     def apply(images: torch.Tensor, labels: torch.Tensor, partners: torch.Tensor, partner_labels: torch.Tensor,
               blend: Blend) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` blended with ``partners`` (both (n, C, H, W), preprocessed and already transformed); the
-        labels of the image weighted more (an image's own at ``lam`` 0.5 or more)."""
-        lam = blend.lam.to(images.device)
-        out = lam.view(-1, 1, 1, 1) * images.float() + (1.0 - lam).view(-1, 1, 1, 1) * partners.float()
-        return out.contiguous(), torch.where(lam >= 0.5, labels, partner_labels.to(labels.device))
+        """``images`` (n, C, H, W) blended with ``partners``, those of the ``blend.blended`` images only (both
+        preprocessed and already transformed); the labels of the image weighted more (an image's own at ``lam``
+        0.5 or more). Unblended images stay as they are."""
+        index = blend.blended.to(images.device)
+        lam = blend.lam.to(images.device)[index]
+        out, labels = images.float().clone(), labels.clone()
+        out[index] = lam.view(-1, 1, 1, 1) * out[index] + (1.0 - lam).view(-1, 1, 1, 1) * partners.float()
+        labels[index] = torch.where(lam >= 0.5, labels[index], partner_labels.to(labels.device))
+        return out.contiguous(), labels

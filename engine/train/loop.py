@@ -242,12 +242,13 @@ def train(model: nn.Module, loss_fn: LossFn, data: Split, config: TrainConfig,
             start, stop = k * micro, k * micro + len(part)
             if draw is not None:
                 images = augment.apply(images, draw.rows(start, stop))
-            if blend is not None:  # the partners, preprocessed and transformed as the batch's own images
+            if blend is not None:  # the blended images' partners, preprocessed and transformed as the batch's own
                 rows = blend.rows(start, stop)
-                partners, partner_labels = data.batch(rows.partner)
+                blended = rows.blended
+                partners, partner_labels = data.batch(rows.partner[blended])
                 partners = partners.to(device, non_blocking=True)
                 if partner_draw is not None:
-                    partners = augment.apply(partners, partner_draw.rows(start, stop))
+                    partners = augment.apply(partners, partner_draw.rows(start, stop).take(blended))
                 images, labels = mix.apply(images, labels, partners, partner_labels, rows)
             with autocast(device, config.precision):
                 part_loss = loss_fn(model, images, labels)

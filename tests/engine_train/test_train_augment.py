@@ -138,9 +138,10 @@ def test_a_batch_s_blends_are_a_pure_function_of_seed_and_step_and_their_share_i
 
 
 def test_a_blend_weights_the_two_images_and_keeps_the_heavier_one_s_label() -> None:
-    images, partners = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
+    images, partners = torch.zeros(3, 1, 2, 2), torch.ones(2, 1, 2, 2)  # the partners of the blended two only
     blend = Blend(partner=torch.tensor([7, 8, 9]), lam=torch.tensor([1.0, 0.75, 0.25]))
-    out, labels = Mix.apply(images, torch.tensor([0, 1, 2]), partners, torch.tensor([5, 6, 7]), blend)
+    assert blend.blended.tolist() == [1, 2]
+    out, labels = Mix.apply(images, torch.tensor([0, 1, 2]), partners, torch.tensor([6, 7]), blend)
     assert torch.allclose(out[:, 0, 0, 0], torch.tensor([0.0, 0.25, 0.75]))
     assert labels.tolist() == [0, 1, 7]
 
@@ -173,3 +174,14 @@ def test_a_headless_ancestry_condenses_with_blended_data() -> None:
                                      {**QUICK["pool"], "augment": "strong", "mix": 1.0})
     assert metrics["val_feature_loss_after"] < metrics["val_feature_loss_before"]
     assert any(not torch.equal(a, plain.tensors[k]) for k, a in learngene.tensors.items())
+
+
+def test_a_run_whose_draws_blend_no_image_is_the_unblended_run() -> None:
+    # A share so small no draw blends: every micro-batch has no partner to load (an empty batch through the
+    # transforms), and the run equals the one without mixing, weight for weight.
+    config = dataclasses.replace(CONFIG, micro_batch=5)
+    unmixed, barely = _model(0), _model(0)
+    train(unmixed, classification_loss, _data(), config)
+    train(barely, classification_loss, _data(), dataclasses.replace(config, mix=1e-9))
+    for a, b in zip(unmixed.parameters(), barely.parameters()):
+        assert torch.equal(a, b)
