@@ -215,7 +215,13 @@ REGISTRY: dict[str, MethodEntry] = {entry.name: entry for entry in (
                          "keep_start": Param(0.0, real(0.0, 1.0),
                                              "train: share of the start kept after training; each weight becomes "
                                              "keep_start * start + (1 - keep_start) * trained (students: weight "
-                                             "selection, stitches: the least-squares fit); 0: the trained weights")},
+                                             "selection, stitches: the least-squares fit); 0: the trained weights"),
+                         "hidden_weight": Param(0.0, real(0.0, 1000.0),
+                                                "train, features objective: weight of a hidden term; each student "
+                                                "block but the last matches the ancestry's tokens at the same "
+                                                "relative depth (block round((i + 1) * depth / student depth) - 1), "
+                                                "through a training-only projection, both standardized per channel "
+                                                "with the ancestry's statistics, 1 - cosine per token; 0: off")},
                         "engine.train.pool:train_pool"),
         },
     ),

@@ -105,7 +105,13 @@ def _check_layers(ancestry_spec: ViTSpec, params: dict[str, Any]) -> None:
 
 
 def _check_pool(ancestry_spec: ViTSpec, params: dict[str, Any]) -> None:
-    """Each student is selected from the ancestry (weight selection): it can only shrink it."""
+    """Each student is selected from the ancestry (weight selection): it can only shrink it. The hidden term is
+    part of the features objective."""
+    if params.get("hidden_weight") and not resolve_objective(params.get("objective", "auto"),
+                                                             ancestry_spec.num_classes)[1]:
+        raise ParamError("hidden_weight", "the hidden term matches the ancestry's tokens, a part of the features "
+                                          "objective: set objective to 'features' or 'both' (auto distils the "
+                                          "class predictions of an ancestry with a head)")
     if params.get("students") is None:
         return
     from engine.methods import weight_selection

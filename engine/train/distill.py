@@ -16,9 +16,15 @@ compared: student and teacher need not have the same ones. Where the student's w
 pool student, a refined WAVE width) a learnable ``Linear(student width -> teacher width)`` maps the student's
 tokens first; it lives in :class:`FeatureStudent`, a training-only wrapper, so it is optimized and checkpointed
 with the student but never stored in a learngene. ``docs/methods.md`` records why this objective.
+
+**Hidden tokens** (``hidden_weight``, the pool's trained mode; :class:`HiddenTerm`): each student block but the
+last also matches the ancestry's tokens after the block at the same relative depth (:func:`hidden_blocks`), through
+a training-only projection of its own, both sides standardized channel by channel with the ancestry's mean and
+spread at that block (measured once, before training, on fixed images), by ``1 - cosine`` per token.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -32,6 +38,11 @@ from engine.spec import ViTSpec
 from engine.train.loop import (Cancelled, Hooks, LossHistory, TrainConfig, autocast, pick_device, predict_logits,
                                predict_many, train)
 from engine.vit import build_model
+
+
+def stem(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A timm ViT's tokens before its first block, as ``forward_features`` makes them."""
+    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
 
 
 def load_teacher(state: StateDict, spec: ViTSpec) -> nn.Module:
@@ -50,15 +61,18 @@ def distillation(ancestry: StateDict, ancestry_spec: ViTSpec, params: dict[str, 
     logits, features = resolve_objective(params.get("objective", "auto"), ancestry_spec.num_classes)
     return Distillation(load_teacher(ancestry, ancestry_spec), params["temperature"], params["kl_weight"],
                         params["ce_weight"], params.get("feature_weight", 1.0), logits=logits, features=features,
-                        patch_weight=params.get("patch_weight", 1.0))
+                        patch_weight=params.get("patch_weight", 1.0),
+                        hidden_weight=params.get("hidden_weight", 0.0))
 
 
-def feature_student(model: nn.Module, loss: Distillation, widths: list[int]) -> nn.Module:
+def feature_student(model: nn.Module, loss: Distillation, widths: list[int],
+                    hidden: list[tuple[int, int]] = ()) -> nn.Module:
     """What the loop trains: ``model`` itself for the logits objective, else ``model`` in a
-    :class:`FeatureStudent` whose projections map ``widths`` (the widths of its output paths) to the teacher's."""
+    :class:`FeatureStudent` whose projections map ``widths`` (the widths of its output paths) to the teacher's;
+    ``hidden`` (width, depth) per student where the loss matches hidden tokens (:class:`HiddenTerm`)."""
     if not loss.features:
         return model
-    return FeatureStudent(model, widths, loss.teacher.embed_dim)
+    return FeatureStudent(model, widths, loss.teacher.embed_dim, hidden if loss.hidden_weight else ())
 
 
 def per_path(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -117,23 +131,34 @@ def path_outputs(model: nn.Module, images: torch.Tensor) -> list[PathOutputs]:
     return [vit_outputs(model, model.forward_features(images))]
 
 
+def copy_projection(width: int, teacher_width: int) -> nn.Linear:
+    """A ``Linear(width -> teacher_width)`` that starts as a plain copy of the shared coordinates (zeros
+    elsewhere): a narrower student's tokens reach the teacher's first coordinates unchanged, so the loss starts from
+    what the student already computes."""
+    projection = nn.Linear(width, teacher_width)
+    nn.init.zeros_(projection.bias)
+    with torch.no_grad():
+        projection.weight.copy_(torch.eye(teacher_width, width))
+    return projection
+
+
 class FeatureStudent(nn.Module):
     """The student plus the training-only projections of its token widths to the teacher's (one ``Linear`` per
-    width that differs; none when all match). ``forward`` is the student's own (logits), so logit metrics read it
-    as they would the student; the trainers store ``student.net``'s tensors, never the projections."""
+    width that differs; none when all match) and, for the hidden term, one per student block but the last
+    (``hidden``: (width, depth) per student; :class:`HiddenTerm`). ``forward`` is the student's own (logits), so
+    logit metrics read it as they would the student; the trainers store ``student.net``'s tensors, never the
+    projections."""
 
-    def __init__(self, net: nn.Module, widths: list[int], teacher_width: int) -> None:
+    def __init__(self, net: nn.Module, widths: list[int], teacher_width: int,
+                 hidden: list[tuple[int, int]] = ()) -> None:
         super().__init__()
         self.net = net
         self.teacher_width = teacher_width
-        self.projections = nn.ModuleDict({str(w): nn.Linear(w, teacher_width) for w in sorted(set(widths))
+        self.projections = nn.ModuleDict({str(w): copy_projection(w, teacher_width) for w in sorted(set(widths))
                                           if w != teacher_width})
-        for projection in self.projections.values():
-            # Starts as a plain copy of the shared coordinates (zeros elsewhere): a half-width student's tokens
-            # reach the teacher's first half unchanged, so the loss starts from what the student already computes.
-            nn.init.zeros_(projection.bias)
-            with torch.no_grad():
-                projection.weight.copy_(torch.eye(teacher_width, projection.in_features))
+        #: hidden[s][i] maps student s's tokens after its block i (every block but its last).
+        self.hidden = nn.ModuleList(nn.ModuleList(copy_projection(width, teacher_width) for _ in range(depth - 1))
+                                    for width, depth in hidden)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -143,8 +168,96 @@ class FeatureStudent(nn.Module):
         return tokens if width == self.teacher_width else self.projections[str(width)](tokens)
 
     def path_outputs(self, images: torch.Tensor) -> list[PathOutputs]:
-        return [(self.project(pooled), self.project(patches), logits)
-                for pooled, patches, logits in path_outputs(self.net, images)]
+        return self._projected(path_outputs(self.net, images))
+
+    def _projected(self, paths: list[PathOutputs]) -> list[PathOutputs]:
+        return [(self.project(pooled), self.project(patches), logits) for pooled, patches, logits in paths]
+
+    def hidden_outputs(self, images: torch.Tensor) -> tuple[list[PathOutputs], list[list[torch.Tensor]]]:
+        """The output paths (as :meth:`path_outputs`) and each student's projected tokens after every block but
+        its last, from one forward of the net (which says so with a ``hidden_outputs(images)`` of its own)."""
+        paths, hidden = self.net.hidden_outputs(images)
+        return self._projected(paths), [[projection(tokens) for projection, tokens in zip(projections, states)]
+                                        for projections, states in zip(self.hidden, hidden)]
+
+
+def hidden_blocks(student_depth: int, teacher_depth: int) -> list[int]:
+    """The teacher block each student block but the last is matched with: the same relative depth, block
+    ``round((i + 1) * teacher_depth / student_depth) - 1`` (halves up) for student block ``i`` (a 4-deep student
+    of a 12-deep teacher: 2, 5, 8; its last block's tokens are the final features' business)."""
+    return [max(0, ((i + 1) * teacher_depth * 2 + student_depth) // (2 * student_depth) - 1)
+            for i in range(student_depth - 1)]
+
+
+def teacher_tokens(vit: nn.Module, images: torch.Tensor, blocks: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A timm ViT's final-normed tokens (``forward_features``) and its tokens after each of ``blocks``."""
+    x, kept, wanted = stem(vit, images), [], set(blocks)
+    for i, block in enumerate(vit.blocks):
+        x = block(x)
+        if i in wanted:
+            kept.append(x)
+    return vit.norm(x), kept
+
+
+class HiddenTerm(nn.Module):
+    """``1 - cosine`` between each student block's projected tokens and the teacher's at :func:`hidden_blocks`,
+    token by token, both standardized per channel with the teacher's mean and spread at that block (fixed: measured
+    by :meth:`fit` before training, so a step's loss does not depend on how it is split into micro-batches); the
+    mean over tokens, images, blocks and students. Standardizing keeps a few channels of large magnitude (DINOv2's
+    residual stream has them) from deciding the cosine alone."""
+
+    def __init__(self, maps: list[list[int]], mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.maps = maps
+        #: The teacher blocks any student is matched with, in order; ``mean`` and ``std`` have one row each.
+        self.blocks = sorted({b for blocks in maps for b in blocks})
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, teacher: nn.Module, depths: list[int], batches: Iterable[torch.Tensor], precision: str = "auto",
+            hooks: Hooks | None = None) -> "HiddenTerm":
+        """Statistics of ``teacher``'s tokens (every token of every image in ``batches``, on the teacher's device
+        and autocast as training runs it) at the blocks students of ``depths`` are matched with; raises
+        :class:`Cancelled` between batches when ``hooks`` ask to stop."""
+        maps = [hidden_blocks(depth, len(teacher.blocks)) for depth in depths]
+        blocks = sorted({b for blocks in maps for b in blocks})
+        width = teacher.embed_dim
+        sums = torch.zeros(len(blocks), width, dtype=torch.float64)
+        squares = torch.zeros_like(sums)
+        count = 0
+        device = next(teacher.parameters()).device
+        teacher.eval()
+        for images in batches:
+            if hooks is not None and hooks.should_stop():
+                raise Cancelled(0)
+            with autocast(device, precision):
+                _, hidden = teacher_tokens(teacher, images.to(device), blocks)
+            for k, tokens in enumerate(hidden):
+                flat = tokens.reshape(-1, width).double().cpu()
+                sums[k] += flat.sum(0)
+                squares[k] += flat.square().sum(0)
+            count += hidden[0].shape[0] * hidden[0].shape[1] if hidden else 0
+        mean = sums / max(count, 1)
+        std = (squares / max(count, 1) - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+        return cls(maps, mean.float(), std.float())
+
+    def forward(self, student: list[list[torch.Tensor]], teacher: list[torch.Tensor]) -> torch.Tensor:
+        terms = []
+        for blocks, states in zip(self.maps, student):
+            for block, tokens in zip(blocks, states):
+                k = self.blocks.index(block)
+                target = teacher[k]
+                if tokens.shape != target.shape:
+                    raise ValueError(f"hidden tokens of shape {tuple(tokens.shape)} against the teacher's "
+                                     f"{tuple(target.shape)}: the hidden term needs the same tokens on both sides")
+                mean, std = self.mean[k], self.std[k]
+                terms.append(1.0 - F.cosine_similarity((tokens.float() - mean) / std, (target.float() - mean) / std,
+                                                       dim=-1).mean())
+        if not terms:  # students of one block: nothing between the stem and the final features
+            return self.mean.new_zeros(())
+        return torch.stack(terms).mean()
 
 
 def feature_terms(student: PathOutputs, teacher: PathOutputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +277,8 @@ def feature_terms(student: PathOutputs, teacher: PathOutputs) -> tuple[torch.Ten
 
 class Distillation(nn.Module):
     """loss = kl_weight * KL(teacher || student) at ``temperature`` + ce_weight * CE(student, labels) (the
-    logits objective) + feature_weight * (pooled + patch_weight * patch feature terms) (the features objective);
+    logits objective) + feature_weight * (pooled + patch_weight * patch feature terms) (the features objective)
+    + hidden_weight * the hidden term (:class:`HiddenTerm`, where a trainer set :attr:`hidden`);
     ``logits`` and ``features`` say which objectives are on (:func:`resolve_objective`; by default the logits
     only).
 
@@ -173,7 +287,7 @@ class Distillation(nn.Module):
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, kl_weight: float = 1.0,
                  ce_weight: float = 0.0, feature_weight: float = 1.0, logits: bool = True,
-                 features: bool = False, patch_weight: float = 1.0) -> None:
+                 features: bool = False, patch_weight: float = 1.0, hidden_weight: float = 0.0) -> None:
         super().__init__()
         if not (logits or features):
             raise ValueError("distillation needs the logits or the features objective")
@@ -183,6 +297,9 @@ class Distillation(nn.Module):
         self.ce_weight = ce_weight
         self.feature_weight = feature_weight
         self.patch_weight = patch_weight
+        self.hidden_weight = hidden_weight
+        #: The hidden term, set by the trainer that offers it (:meth:`HiddenTerm.fit`) when ``hidden_weight`` > 0.
+        self.hidden: HiddenTerm | None = None
         self.logits = logits
         self.features = features
 
@@ -195,6 +312,14 @@ class Distillation(nn.Module):
         self.teacher.eval()
         with torch.no_grad():
             return vit_outputs(self.teacher, self.teacher.forward_features(images))
+
+    def teacher_hidden(self, images: torch.Tensor) -> tuple[PathOutputs, list[torch.Tensor]]:
+        """:meth:`teacher_outputs` and the teacher's tokens at the hidden term's blocks, from one forward."""
+        assert self.hidden is not None
+        self.teacher.eval()
+        with torch.no_grad():
+            tokens, hidden = teacher_tokens(self.teacher, images, self.hidden.blocks)
+            return vit_outputs(self.teacher, tokens), hidden
 
     def logit_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:
@@ -217,10 +342,18 @@ class Distillation(nn.Module):
     def forward(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not self.features:
             return self.logit_loss(model(images), self.teacher_logits(images), labels)
-        teacher = self.teacher_outputs(images)
-        student = path_outputs(model, images)
+        hidden_loss = None
+        if self.hidden is not None and self.hidden_weight:
+            teacher, teacher_hidden = self.teacher_hidden(images)
+            student, student_hidden = model.hidden_outputs(images)
+            hidden_loss = self.hidden(student_hidden, teacher_hidden)
+        else:
+            teacher = self.teacher_outputs(images)
+            student = path_outputs(model, images)
         pooled, patches = self.feature_loss(student, teacher)
         loss = self.feature_weight * self.feature_term(pooled, patches)
+        if hidden_loss is not None:
+            loss = loss + self.hidden_weight * hidden_loss
         if self.logits:
             student_logits = torch.stack([logits for _, _, logits in student], dim=1)
             loss = loss + self.logit_loss(student_logits.squeeze(1) if student_logits.shape[1] == 1

@@ -8,7 +8,9 @@ ancestry together with the stitch layers between them.
    (:func:`engine.methods.pool.fit_stitches`, the same positions as the pool's catalogue).
 3. Everything trains together: every step distils every student *and* every stitched path of the catalogue
    (front student f up to block j, stitch, back student b from block k) from the ancestry, each path with equal
-   weight, so the descendants users will ask for are exactly what was trained.
+   weight, so the descendants users will ask for are exactly what was trained. With ``hidden_weight`` each
+   student's blocks also match the ancestry's tokens at the same relative depth (:class:`HiddenTerm`), whose
+   statistics are measured on the stitch images.
 """
 from __future__ import annotations
 
@@ -23,13 +25,10 @@ from engine.methods import pool
 from engine.methods.base import Learngene, StateDict
 from engine.spec import ViTSpec
 from engine.train.auxiliary import parameter_tree
-from engine.train.distill import PathOutputs, distil, distillation, feature_student, vit_outputs
-from engine.train.loop import Hooks, LossHistory, TrainConfig
+from engine.train.distill import (HiddenTerm, PathOutputs, distil, distillation, feature_student, stem,
+                                  vit_outputs)
+from engine.train.loop import Hooks, LossHistory, TrainConfig, pick_device
 from engine.vit import build_model
-
-
-def _stem(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
 
 
 class PoolNet(nn.Module):
@@ -58,12 +57,14 @@ class PoolNet(nn.Module):
         stitch = self.stitches.get_submodule(f"{f}.{b}")
         return nn.functional.linear(x, stitch.weight, stitch.bias)
 
-    def _final_tokens(self, images: torch.Tensor) -> list[tuple[VisionTransformer, torch.Tensor]]:
-        """Every path's final-normed tokens, with the student whose pooling and head end that path."""
+    def _final_tokens(self, images: torch.Tensor
+                      ) -> tuple[list[tuple[VisionTransformer, torch.Tensor]], list[list[torch.Tensor]]]:
+        """Every path's final-normed tokens, with the student whose pooling and head end that path; and every
+        student's tokens after each of its blocks."""
         hidden = []  # hidden[s][j]: tokens after block j of student s, reused by every path leaving it
         ends = []
         for student in self.students:
-            x, states = _stem(student, images), []
+            x, states = stem(student, images), []
             for block in student.blocks:
                 x = block(x)
                 states.append(x)
@@ -75,17 +76,27 @@ class PoolNet(nn.Module):
             for block in back.blocks[k:]:
                 x = block(x)
             ends.append((back, back.norm(x)))
-        return ends
+        return ends, hidden
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([vit.forward_head(tokens) for vit, tokens in self._final_tokens(images)], dim=1)
+        return torch.stack([vit.forward_head(tokens) for vit, tokens in self._final_tokens(images)[0]], dim=1)
 
     def path_outputs(self, images: torch.Tensor) -> list[PathOutputs]:
-        return [vit_outputs(vit, tokens) for vit, tokens in self._final_tokens(images)]
+        return [vit_outputs(vit, tokens) for vit, tokens in self._final_tokens(images)[0]]
+
+    def hidden_outputs(self, images: torch.Tensor) -> tuple[list[PathOutputs], list[list[torch.Tensor]]]:
+        """:meth:`path_outputs` and each student's tokens after every block but its last (the hidden term's)."""
+        ends, hidden = self._final_tokens(images)
+        return [vit_outputs(vit, tokens) for vit, tokens in ends], [states[:-1] for states in hidden]
 
     def path_names(self) -> list[str]:
         return ([f"student {s}" for s in range(len(self.specs))]
                 + [f"{f}[..{j}] -> {b}[{k}..]" for f, j, b, k in self.paths])
+
+
+#: Images the hidden term's statistics are measured on (every token of each): enough for a per-channel mean and
+#: spread at any image size, few enough to cost seconds before training.
+HIDDEN_STATS_IMAGES = 64
 
 
 def _split_students(tensors: StateDict, specs: list[ViTSpec]) -> list[tuple[StateDict, ViTSpec]]:
@@ -115,8 +126,18 @@ def train_pool(ancestry: StateDict, ancestry_spec: ViTSpec, dataset: Dataset, pa
     share = params.get("keep_start", 0.0)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if share else None
     loss = distillation(ancestry, ancestry_spec, params)
-    student = feature_student(model, loss, [spec.embed_dim for spec in specs])
-    history, metrics = distil(student, loss, dataset, TrainConfig.from_params(params), hooks)
+    config = TrainConfig.from_params(params)
+    if params.get("hidden_weight", 0.0) and loss.features:
+        # The ancestry's token statistics at the matched blocks, on (up to HIDDEN_STATS_IMAGES of) the same images,
+        # on the training device.
+        loss.to(pick_device(config.device))
+        stats = sample.subset(torch.arange(min(len(sample), HIDDEN_STATS_IMAGES)))
+        loss.hidden = HiddenTerm.fit(loss.teacher, [spec.depth for spec in specs],
+                                     (images for images, _ in stats.batches(pool.STITCH_BATCH)), config.precision,
+                                     hooks)
+    student = feature_student(model, loss, [spec.embed_dim for spec in specs],
+                              [(spec.embed_dim, spec.depth) for spec in specs])
+    history, metrics = distil(student, loss, dataset, config, hooks)
     metrics["paths"] = model.path_names()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if start_state is not None:

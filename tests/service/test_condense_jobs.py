@@ -130,6 +130,9 @@ def test_cancelling_a_running_job_leaves_no_version(client: TestClient, ctx: App
     ({"params": {"precision": "fp16"}}, "params.precision"),
     ({"params": {"augment": "heavy"}}, "params.augment"),
     ({"params": {"mix": 1.5}}, "params.mix"),
+    ({"method": "pool", "params": {"hidden_weight": -1}}, "params.hidden_weight"),
+    # The hidden term belongs to the features objective; this ancestry has a head, so auto distils its logits.
+    ({"method": "pool", "params": {"hidden_weight": 1.0}}, "params.hidden_weight"),
     ({"dataset": None, "mode": "train"}, "dataset"),
     ({"dataset": None, "mode": "fit", "evaluate": True}, "evaluate"),
     # Cross-entropy on 20 classes through the ancestry's 10-class head: used to be queued, then fail.
