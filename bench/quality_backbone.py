@@ -118,6 +118,13 @@ def _train(**extra: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted({**common, **extra}.items()))
 
 
+def _hidden(student: dict[str, int], steps: int) -> Init:
+    """A spread student of ``student``'s size with the hidden term (``hidden_weight`` 1), ``steps`` augmented."""
+    return Init(f"pool train d{student['depth']} {steps} strong spread hidden", "pool", "train",
+                _train(students=[student], steps=steps, augment="strong", student_blocks="spread", hidden_weight=1.0),
+                priority=1, own_steps=True)
+
+
 INITS: tuple[Init, ...] = (
     Init("random", "random", priority=0),
     Init("weight-selection", "weight-selection", priority=0),
@@ -271,21 +278,8 @@ INITS: tuple[Init, ...] = (
     # 384. The hidden term (hidden_weight) gives every student block a target of its own: the ancestry's tokens at
     # the same relative depth (a prototype at 1,200 steps: +0.085 / +0.094 of MNIST probe with 10 / 100 shots).
     # Against pass 50's spread student at 2,400 and pass 51's at 9,600 steps; the same recipe at depths 6 and 12.
-    Init("pool train d4 2400 strong spread hidden", "pool", "train",
-         _train(students=[POOL_D4], steps=2400, augment="strong", student_blocks="spread", hidden_weight=1.0),
-         priority=1, own_steps=True),
-    Init("pool train d4 4800 strong spread hidden", "pool", "train",
-         _train(students=[POOL_D4], steps=4800, augment="strong", student_blocks="spread", hidden_weight=1.0),
-         priority=1, own_steps=True),
-    Init("pool train d4 9600 strong spread hidden", "pool", "train",
-         _train(students=[POOL_D4], steps=9600, augment="strong", student_blocks="spread", hidden_weight=1.0),
-         priority=1, own_steps=True),
-    Init("pool train d6 4800 strong spread hidden", "pool", "train",
-         _train(students=[POOL_D6], steps=4800, augment="strong", student_blocks="spread", hidden_weight=1.0),
-         priority=1, own_steps=True),
-    Init("pool train d12 4800 strong spread hidden", "pool", "train",
-         _train(students=[POOL_STUDENT], steps=4800, augment="strong", student_blocks="spread", hidden_weight=1.0),
-         priority=1, own_steps=True),
+    *(_hidden(student, steps) for student, steps in
+      ((POOL_D4, 2400), (POOL_D4, 4800), (POOL_D4, 9600), (POOL_D6, 4800), (POOL_STUDENT, 4800))),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
