@@ -277,9 +277,10 @@ INITS: tuple[Init, ...] = (
     # Only the last block learns from the ancestry's final tokens, seen through 3 blocks of 192 where it had 12 of
     # 384. The hidden term (hidden_weight) gives every student block a target of its own: the ancestry's tokens at
     # the same relative depth (a prototype at 1,200 steps: +0.085 / +0.094 of MNIST probe with 10 / 100 shots).
-    # Against pass 50's spread student at 2,400 and pass 51's at 9,600 steps; the same recipe at depths 6 and 12.
+    # Against pass 50's spread student at 2,400 and pass 51's at 9,600 steps; the same recipe at depths 6 (pass 52:
+    # spread, 4,800 steps) and 12.
     *(_hidden(student, steps) for student, steps in
-      ((POOL_D4, 2400), (POOL_D4, 4800), (POOL_D4, 9600), (POOL_D6, 4800), (POOL_STUDENT, 4800))),
+      ((POOL_D4, 2400), (POOL_D4, 4800), (POOL_D4, 9600), (POOL_D6, 2400), (POOL_D6, 4800), (POOL_STUDENT, 4800))),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
