@@ -121,8 +121,8 @@ def _train(**extra: Any) -> tuple[tuple[str, Any], ...]:
 def _hidden(student: dict[str, int], steps: int) -> Init:
     """A spread student of ``student``'s size with the hidden term (``hidden_weight`` 1), ``steps`` augmented."""
     return Init(f"pool train d{student['depth']} {steps} strong spread hidden", "pool", "train",
-                _train(students=[student], steps=steps, augment="strong", student_blocks="spread", hidden_weight=1.0),
-                priority=1, own_steps=True)
+                _train(students=[student], steps=steps, augment="strong", student_blocks="spread",
+                       hidden_weight=1.0), priority=1, own_steps=True)
 
 
 INITS: tuple[Init, ...] = (
