@@ -2,6 +2,7 @@
 the same relative depth, standardized with fixed statistics of the ancestry's, through training-only projections."""
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -130,3 +131,22 @@ def test_the_hidden_term_is_refused_without_the_features_objective(dino: Ancestr
     with pytest.raises(ValueError) as caught:
         entry.validate_params({"hidden_weight": -0.5}, "train")
     assert caught.value.field == "params.hidden_weight"  # type: ignore[attr-defined]
+
+
+def test_a_run_with_the_hidden_term_resumes_exactly(dino: Ancestry) -> None:
+    """The hidden projections train with the student, so they are checkpointed with it; the statistics are
+    measured again, identically, by the run that resumes."""
+    from tests.engine_train.test_train_loop import Recorder
+
+    state, spec = dino
+    params = {**HIDDEN, "steps": 12, "warmup_steps": 2, "evaluate": False}
+    counted = Recorder()
+    whole, _, _ = condense("pool", "train", state, spec, DIGITS_URI, params, counted)
+    stopped = Recorder(stop_after_calls=counted.calls - 5)  # a stop five calls before the end: within training
+    with pytest.raises(Cancelled):
+        condense("pool", "train", state, spec, DIGITS_URI, params, stopped)
+    step = torch.load(io.BytesIO(stopped.checkpoints[-1]), weights_only=True)["step"]
+    assert 0 < step < 12
+    resumed, _, _ = condense("pool", "train", state, spec, DIGITS_URI, params,
+                             Recorder(checkpoint=stopped.checkpoints[-1]))
+    assert all(torch.equal(resumed.tensors[k], whole.tensors[k]) for k in whole.tensors)
