@@ -281,7 +281,7 @@ INITS: tuple[Init, ...] = (
     # spread, 4,800 steps) and 12.
     *(_hidden(student, steps) for student, steps in
       ((POOL_D4, 2400), (POOL_D4, 4800), (POOL_D4, 9600), (POOL_D4, 19200), (POOL_D6, 2400), (POOL_D6, 4800),
-       (POOL_D6, 9600), (POOL_STUDENT, 4800))),
+       (POOL_D6, 9600), (POOL_STUDENT, 4800), (POOL_STUDENT, 9600))),
     Init("pool fit", "pool", "fit", (("students", [POOL_STUDENT]),), priority=2),
     Init("tleg fit", "tleg", "fit", priority=2),
     Init("wave fit", "wave", "fit", priority=2),
