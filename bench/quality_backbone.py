@@ -555,6 +555,14 @@ class Runner:
                 self.data["results"][self.key(cell, 0)]["finetune"]))
         self.save()
 
+    def drop_at_deadline(self) -> int:
+        """Records the measurements the deadline left out (queued or running) as one skipped entry and returns
+        how many; none when the deadline fell just after the last one."""
+        dropped = len(self.queue) + len(self.futures)
+        if dropped:
+            self.data["skipped"].append({"cell": "deadline", "error": f"{dropped} measurement(s) not run"})
+        return dropped
+
     def pump(self, busy: bool, until: float) -> bool:
         """Collect finished work and hand out more until ``until``; False once the deadline has passed."""
         while time.time() < until:
@@ -638,10 +646,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         measure(init, f"{init.label}|{t}", record["learngene"], init, SIZES)
             alive = runner.pump(worker.is_alive(), time.time() + 20)
             if not alive:
-                dropped = len(runner.queue) + len(runner.futures)
-                if dropped:  # the deadline may fall just after the last measurement: nothing was left out then
-                    data["skipped"].append({"cell": "deadline", "error": f"{dropped} measurement(s) not run"})
-                print(f"deadline: {dropped} measurements dropped", flush=True)
+                print(f"deadline: {runner.drop_at_deadline()} measurements dropped", flush=True)
                 break
             if not worker.is_alive() and not ready and not runner.queue and not runner.futures:
                 break

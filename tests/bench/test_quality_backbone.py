@@ -119,3 +119,20 @@ def test_a_terminated_report_stops_the_service_it_started(tmp_path: Path) -> Non
             with contextlib.suppress(OSError):
                 if str(tmp_path) in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace"):
                     os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_deadline_after_the_last_measurement_records_nothing_skipped(tmp_path: Path) -> None:
+    """Regression (pass 59): a deadline that fell just after the last measurement wrote '0 measurement(s) not run'
+    into the report's skipped list. Only measurements the deadline really left out are recorded, as one entry."""
+    from bench.quality_backbone import Runner
+
+    runner = Runner(tmp_path, tmp_path / "raw.json", deadline=None)
+    try:
+        assert runner.drop_at_deadline() == 0
+        assert runner.data["skipped"] == []
+        runner.queue_cell(("random", "mnist", (4, 192, 3), 10), None)
+        runner.queue_cell(("random", "mnist", (4, 192, 3), 100), None)
+        assert runner.drop_at_deadline() == 2
+        assert runner.data["skipped"] == [{"cell": "deadline", "error": "2 measurement(s) not run"}]
+    finally:
+        runner.pool.shutdown(wait=False, cancel_futures=True)
