@@ -15,6 +15,14 @@ ancestry, at three sizes:
   already resized in memory and runs the whole batch at once (teacher forward under ``no_grad``, student forward
   and backward).
 
+``pool-hidden-112`` is another workload on the same streamed data: the report's best learngene at d12 w192, a
+Learngene Pool trained mode with one 12-deep, 192-wide student distilling a **headless** ViT-S/14 (DINOv2's
+shape: layer scale, no head) by the features objective plus the hidden term (``hidden_weight: 1``: each student
+block but the last matched with the ancestry's block at the same relative depth). Ours: the pool trainer's model
+(``PoolNet`` in its ``FeatureStudent``, the projections included) and ``Distillation`` through the engine's loop.
+Plain: the same student and projections driven by timm's own ``forward_intermediates`` on both sides and the loss
+written out in a few lines (:func:`plain_hidden_loss`; ``tests/bench`` checks it equals the engine's).
+
 Each side first runs ``--warmup`` steps (allocator, kernels), then ``--steps`` timed steps; the two sides
 alternate ``--repeats`` times and the medians are printed, so both share whatever else the machine is doing.
 Both sides autocast alike (``--precision``: auto is bf16 on CUDA and on CPUs with native bf16). The process's
@@ -41,13 +49,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engine.costs import gflops
 from engine.data import DIGITS_URI, ArraySource, Preprocess, Split, batch_indices, load_dataset
 from engine.spec import ViTSpec
 from engine.train.ancestry import SEED_ANCESTRY_SPEC
-from engine.train.distill import Distillation, soft_kl
+from engine.train.distill import Distillation, HiddenTerm, feature_student, hidden_blocks, soft_kl
 from engine.train.loop import NoHooks, TrainConfig, autocast, make_optimizer, native_bf16, pick_device, train
+from engine.train.pool import HIDDEN_STATS_IMAGES, PoolNet
 from engine.train.tleg import LinearExpansionViT
 from engine.vit import build_model
 
@@ -62,6 +72,7 @@ class Workload:
     data: Split  # what our side trains on (streamed for vit-s-112)
     batch_size: int
     plain_data: Split | None = None  # the plain side's images, preprocessed in memory; None: ``data``
+    student: ViTSpec | None = None  # a pool student distilled with the hidden term; None: TLEG's auxiliary network
 
 
 class JobLikeHooks(NoHooks):
@@ -92,15 +103,58 @@ def workloads(device: torch.device) -> list[Workload]:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(2048, 28, 28), dtype=np.uint8)
     streamed = Split(ArraySource(pixels, 255.0, Preprocess(112, 3)), torch.from_numpy(rng.integers(0, 10, 2048)))
+    preresized = Split(streamed.images, streamed.labels)
+    # DINOv2's ViT-S/14 as users upload it: layer scale, no head; the student: 12 blocks at width 192.
+    headless = vit_s14.replace(num_classes=0, init_values=1e-5)
+    student = headless.replace(embed_dim=192, num_heads=3)
     return [Workload("seed", SEED_ANCESTRY_SPEC, digits, 64), Workload("vit-s", vit_s, random_data, batch),
-            Workload("vit-s-112", vit_s14, streamed, batch_112, Split(streamed.images, streamed.labels))]
+            Workload("vit-s-112", vit_s14, streamed, batch_112, preresized),
+            Workload("pool-hidden-112", headless, streamed, batch_112, preresized, student)]
 
 
-def setup(workload: Workload, device: torch.device) -> tuple[LinearExpansionViT, Distillation]:
+def setup(workload: Workload, device: torch.device) -> tuple[nn.Module, Distillation]:
+    """The model our loop trains and its loss: TLEG's auxiliary network with the logits objective, or (a workload
+    with a ``student``) the pool trainer's one-student net in its ``FeatureStudent`` with the features objective and
+    the hidden term, its statistics measured on the first images as the trainer does."""
     torch.manual_seed(0)
     teacher = build_model(workload.ancestry).eval().requires_grad_(False)
-    aux = LinearExpansionViT(workload.ancestry.replace(depth=AUX_DEPTH, class_token=False, global_pool="avg"))
-    return aux.to(device), Distillation(teacher).to(device)
+    if workload.student is None:
+        aux = LinearExpansionViT(workload.ancestry.replace(depth=AUX_DEPTH, class_token=False, global_pool="avg"))
+        return aux.to(device), Distillation(teacher).to(device)
+    spec = workload.student
+    net = PoolNet([(build_model(spec).state_dict(), spec)], {})
+    loss = Distillation(teacher, logits=False, features=True, hidden_weight=1.0).to(device)
+    images = (workload.plain_data or workload.data).images[:HIDDEN_STATS_IMAGES]
+    loss.hidden = HiddenTerm.fit(loss.teacher, [spec.depth], [images]).to(device)
+    model = feature_student(net, loss, [spec.embed_dim], [(spec.embed_dim, spec.depth)])
+    return model.to(device), loss
+
+
+def plain_hidden_loss(model: nn.Module, loss: Distillation, images: torch.Tensor) -> torch.Tensor:
+    """What a user would write for the features objective plus the hidden term, on the modules :func:`setup` made
+    (the student is ``model.net.students[0]``, a timm ViT; the projections are ``model``'s): timm's
+    ``forward_intermediates`` on both sides, ``1 - cosine`` of the pooled (class) tokens and of the layer-normed
+    patch tokens, and of every student block's standardized tokens but the last against the teacher's block at the
+    same relative depth."""
+    student = model.net.students[0]
+    blocks = hidden_blocks(len(student.blocks), len(loss.teacher.blocks))
+    with torch.no_grad():
+        t_final, t_hidden = loss.teacher.forward_intermediates(images, indices=blocks, return_prefix_tokens=True,
+                                                               output_fmt="NLC")
+    s_final, s_hidden = student.forward_intermediates(images, indices=list(range(len(student.blocks) - 1)),
+                                                      return_prefix_tokens=True, output_fmt="NLC")
+    width = t_final.shape[-1]
+    s_final = model.project(s_final)
+    pooled = 1 - F.cosine_similarity(s_final[:, 0].float(), t_final[:, 0].float(), dim=-1).mean()
+    patches = 1 - F.cosine_similarity(F.layer_norm(s_final[:, 1:].float(), (width,)),
+                                      F.layer_norm(t_final[:, 1:].float(), (width,)), dim=-1).mean()
+    terms = []
+    for projection, (tokens, prefix), (t_tokens, t_prefix) in zip(model.hidden[0], s_hidden, t_hidden):
+        k = len(terms)  # student block k against teacher block blocks[k], standardized by that block's statistics
+        mean, std = loss.hidden.mean[k], loss.hidden.std[k]
+        ours, theirs = projection(torch.cat([prefix, tokens], 1)).float(), torch.cat([t_prefix, t_tokens], 1).float()
+        terms.append(1 - F.cosine_similarity((ours - mean) / std, (theirs - mean) / std, dim=-1).mean())
+    return pooled + patches + torch.stack(terms).mean()
 
 
 def sync(device: torch.device) -> None:
@@ -130,10 +184,12 @@ def plain(workload: Workload, config: TrainConfig, warmup: int, device: torch.de
             images = images_all[index].to(device, non_blocking=True)
             labels = labels_all[index].to(device, non_blocking=True)
             with autocast(device, config.precision):
-                with torch.no_grad():
-                    teacher_logits = loss.teacher(images)
-                student_logits = model(images)
-            value = soft_kl(student_logits, teacher_logits, loss.temperature)
+                if workload.student is not None:
+                    value = plain_hidden_loss(model, loss, images)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = loss.teacher(images)
+                    value = soft_kl(model(images), teacher_logits, loss.temperature)
             value.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
@@ -155,7 +211,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each timed run (>= 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
-    parser.add_argument("--only", action="append", choices=["seed", "vit-s", "vit-s-112"],
+    parser.add_argument("--only", action="append", choices=["seed", "vit-s", "vit-s-112", "pool-hidden-112"],
                         help="run only these workloads (repeatable); default: all")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
@@ -163,7 +219,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up, "
           f"median of {args.repeats}; precision {args.precision} (native bf16: {native_bf16(device)})")
-    print(f"{'workload':<8} {'batch':>5} {'ours img/s':>11} {'plain img/s':>12} {'ratio':>6}"
+    print(f"{'workload':<15} {'batch':>5} {'ours img/s':>11} {'plain img/s':>12} {'ratio':>6}"
           + (f" {'MFU ours':>9} {'MFU plain':>10}" if device.type == "cuda" else ""))
     for workload in workloads(device):
         if args.only and workload.name not in args.only:
@@ -175,10 +231,11 @@ def main() -> None:
             results["ours"].append(ours(workload, config, args.warmup, device))
             results["plain"].append(plain(workload, config, args.warmup, device))
         a, b = statistics.median(results["ours"]), statistics.median(results["plain"])
-        line = f"{workload.name:<8} {workload.batch_size:>5} {a:>11.1f} {b:>12.1f} {a / b:>6.3f}"
+        line = f"{workload.name:<15} {workload.batch_size:>5} {a:>11.1f} {b:>12.1f} {a / b:>6.3f}"
         if device.type == "cuda":
-            aux = workload.ancestry.replace(depth=AUX_DEPTH, class_token=False, global_pool="avg")
-            flops_per_image = (3 * gflops(aux) + gflops(workload.ancestry)) * 1e9
+            trained = workload.student or workload.ancestry.replace(depth=AUX_DEPTH, class_token=False,
+                                                                    global_pool="avg")
+            flops_per_image = (3 * gflops(trained) + gflops(workload.ancestry)) * 1e9
             peak = args.peak_tflops * 1e12
             line += f" {a * flops_per_image / peak:>9.1%} {b * flops_per_image / peak:>10.1%}"
         print(line, flush=True)
