@@ -4,7 +4,7 @@ batch size, optimizer (AdamW, fused on CUDA), gradient clipping and autocast, wi
 reports or checkpoints. The ratio ours / plain shows what the loop's bookkeeping costs; 1.0 is free.
 
 The workload is TLEG condensing: the auxiliary network (12 blocks of A + (i/12) B) distilled from a frozen
-ancestry, at three sizes:
+ancestry, at three sizes (a fourth workload, the pool's hidden term, follows):
 
 - ``seed``: the fresh install's digits ancestry (16 px, patch 4, width 64, 6 blocks), digits data;
 - ``vit-s``: a ViT-S-size ancestry (width 384, 6 heads, 12 blocks; 224 px patch 16 on CUDA, 32 px patch 8 on a
@@ -152,8 +152,9 @@ def plain_hidden_loss(model: nn.Module, loss: Distillation, images: torch.Tensor
     for projection, (tokens, prefix), (t_tokens, t_prefix) in zip(model.hidden[0], s_hidden, t_hidden):
         k = len(terms)  # student block k against teacher block blocks[k], standardized by that block's statistics
         mean, std = loss.hidden.mean[k], loss.hidden.std[k]
-        ours, theirs = projection(torch.cat([prefix, tokens], 1)).float(), torch.cat([t_prefix, t_tokens], 1).float()
-        terms.append(1 - F.cosine_similarity((ours - mean) / std, (theirs - mean) / std, dim=-1).mean())
+        mine = projection(torch.cat([prefix, tokens], 1)).float()
+        target = torch.cat([t_prefix, t_tokens], 1).float()
+        terms.append(1 - F.cosine_similarity((mine - mean) / std, (target - mean) / std, dim=-1).mean())
     return pooled + patches + torch.stack(terms).mean()
 
 
