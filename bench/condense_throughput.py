@@ -149,8 +149,9 @@ def plain_hidden_loss(model: nn.Module, loss: Distillation, images: torch.Tensor
     patches = 1 - F.cosine_similarity(F.layer_norm(s_final[:, 1:].float(), (width,)),
                                       F.layer_norm(t_final[:, 1:].float(), (width,)), dim=-1).mean()
     terms = []
-    for projection, (tokens, prefix), (t_tokens, t_prefix) in zip(model.hidden[0], s_hidden, t_hidden):
-        k = len(terms)  # student block k against teacher block blocks[k], standardized by that block's statistics
+    # student block k against teacher block blocks[k], standardized by that block's statistics
+    blocks_both_sides = zip(model.hidden[0], s_hidden, t_hidden)
+    for k, (projection, (tokens, prefix), (t_tokens, t_prefix)) in enumerate(blocks_both_sides):
         mean, std = loss.hidden.mean[k], loss.hidden.std[k]
         mine = projection(torch.cat([prefix, tokens], 1)).float()
         target = torch.cat([t_prefix, t_tokens], 1).float()

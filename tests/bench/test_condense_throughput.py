@@ -2,7 +2,6 @@
 means something if both sides compute the same loss on the same modules."""
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,6 +43,6 @@ def test_the_plain_hidden_loss_is_the_engines() -> None:
 
 def test_both_sides_of_the_pool_hidden_workload_train() -> None:
     workload = tiny()
-    config = dataclasses.replace(TrainConfig(steps=2, batch_size=8, log_every=1, precision="fp32"))
+    config = TrainConfig(steps=2, batch_size=8, log_every=1, precision="fp32")
     assert ours(workload, config, 1, torch.device("cpu")) > 0
     assert plain(workload, config, 1, torch.device("cpu")) > 0
